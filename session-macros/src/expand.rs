@@ -1,0 +1,178 @@
+//! Code generation: the `Session` impl and the accessor extension trait.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::{DeriveInput, Fields, Ident};
+
+use crate::ast::{Body, Input};
+use crate::errors::Errors;
+use crate::{fallback, valid};
+
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
+    let mut errors = Errors::default();
+    let parsed = Input::from_syn(input, &mut errors);
+    if let Some(parsed) = &parsed {
+        valid::validate(parsed, &mut errors);
+    }
+    match (parsed, errors.finish()) {
+        (Some(parsed), Ok(())) => impl_session(&parsed),
+        (parsed, result) => {
+            let error = result.err().map(|e| e.to_compile_error());
+            let stub = fallback::expand(input, parsed.as_ref());
+            quote! { #error #stub }
+        }
+    }
+}
+
+/// The path of the facade's hidden module: `::tg_session::__private` or the
+/// `crate = "..."` override.
+pub(crate) fn private(input: Option<&Input<'_>>) -> TokenStream {
+    match input.and_then(|input| input.attrs.krate.as_ref()) {
+        Some(krate) => quote!(#krate::__private),
+        None => quote!(::tg_session::__private),
+    }
+}
+
+/// The accessor's name: `key = "..."`, else `session`.
+pub(crate) fn accessor(input: &Input<'_>) -> Ident {
+    match &input.attrs.key {
+        Some(key) => key.clone(),
+        None => format_ident!("session"),
+    }
+}
+
+fn impl_session(input: &Input<'_>) -> TokenStream {
+    let p = private(Some(input));
+    let ty = &input.original.ident;
+    let attrs = &input.attrs;
+    let accessor = accessor(input);
+    let name = accessor.to_string();
+    let lazy = attrs.lazy.is_some();
+    let key = match (&attrs.key_fn, &attrs.scope) {
+        (Some(key_fn), _) => quote!(#p::KeyStrategy::Custom(#key_fn)),
+        (None, Some(scope)) => {
+            let variant = match scope.as_str() {
+                "chat" => quote!(Chat),
+                "user_in_chat" => quote!(UserInChat),
+                "chat_thread" => quote!(ChatThread),
+                "global" => quote!(Global),
+                _ => quote!(User),
+            };
+            quote!(#p::KeyStrategy::Scope(#p::Scope::#variant))
+        }
+        (None, None) => quote!(#p::KeyStrategy::Scope(#p::Scope::User)),
+    };
+    let ttl = match &attrs.ttl_secs {
+        Some(secs) => {
+            quote!(::core::option::Option::Some(::core::time::Duration::from_secs(#secs)))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let on_decode_error = match attrs.reset_on_decode_error {
+        Some(true) => quote!(#p::OnDecodeError::Reset),
+        _ => quote!(#p::OnDecodeError::Error),
+    };
+    let codec = match &attrs.codec {
+        Some(codec) => quote!(#codec),
+        None => quote!(#p::Json),
+    };
+    let initial = initial(input);
+    let ext = ext_trait(input, &p);
+    // The supertrait bounds are checked at the type's name, so a type that is
+    // not `Serialize + DeserializeOwned` gets its error there.
+    let impl_for = quote_spanned!(ty.span()=> impl #p::Session for #ty);
+    quote! {
+        #[automatically_derived]
+        #impl_for {
+            const NAME: &'static str = #name;
+            const LAZY: bool = #lazy;
+            const KEY: #p::KeyStrategy = #key;
+            const TTL: ::core::option::Option<::core::time::Duration> = #ttl;
+            const ON_DECODE_ERROR: #p::OnDecodeError = #on_decode_error;
+            type Codec = #codec;
+
+            fn initial() -> Self {
+                #initial
+            }
+        }
+
+        #ext
+    }
+}
+
+fn initial(input: &Input<'_>) -> TokenStream {
+    if let Some(initial) = &input.attrs.initial {
+        return quote!(#initial());
+    }
+    let default = quote!(::core::default::Default::default());
+    match &input.body {
+        Body::Struct { fields, defaults } => {
+            let values = defaults.iter().map(|d| match d {
+                Some(expr) => quote!(#expr),
+                None => default.clone(),
+            });
+            match fields {
+                Fields::Named(named) => {
+                    let names = named.named.iter().map(|f| &f.ident);
+                    quote!(Self { #(#names: #values,)* })
+                }
+                Fields::Unnamed(_) => quote!(Self ( #(#values,)* )),
+                Fields::Unit => quote!(Self),
+            }
+        }
+        Body::Enum { variants } => match variants.iter().find(|v| v.default.is_some()) {
+            Some(variant) => {
+                let ident = &variant.original.ident;
+                quote!(Self::#ident)
+            }
+            None => quote!(<Self as ::core::default::Default>::default()),
+        },
+    }
+}
+
+/// The extension trait whose method, named by `key`, is the accessor.
+pub(crate) fn ext_trait(input: &Input<'_>, p: &TokenStream) -> TokenStream {
+    let vis = &input.original.vis;
+    let ty = &input.original.ident;
+    let accessor = accessor(input);
+    let trait_name = format_ident!("{}SessionExt", ty);
+    let trait_doc = format!(
+        "The accessor of the [`{ty}`] session: `ctx.{accessor}()` on every session context."
+    );
+    let lazy = input.attrs.lazy.is_some();
+    let (signature, body, method_doc) = if lazy {
+        (
+            quote! {
+                fn #accessor(&self) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#p::SessionRef<#ty>, #p::Error>,
+                > + ::core::marker::Send + '_
+            },
+            quote!(#p::SessionContext::sessions(self).load::<#ty>()),
+            format!("Loads the `{accessor}` session on first use in this update (lazy)."),
+        )
+    } else {
+        (
+            quote! {
+                fn #accessor(&self) -> ::core::result::Result<#p::SessionRef<#ty>, #p::Error>
+            },
+            quote!(#p::SessionContext::sessions(self).get::<#ty>()),
+            format!("The `{accessor}` session, loaded before the handler (eager)."),
+        )
+    };
+    quote! {
+        #[doc = #trait_doc]
+        #vis trait #trait_name {
+            #[doc = #method_doc]
+            #[allow(non_snake_case)]
+            #signature;
+        }
+
+        #[automatically_derived]
+        impl<__C: #p::SessionContext + ?::core::marker::Sized> #trait_name for __C {
+            #[allow(non_snake_case)]
+            #signature {
+                #body
+            }
+        }
+    }
+}

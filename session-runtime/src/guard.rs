@@ -1,0 +1,112 @@
+//! [`SessionRef`]: what an accessor returns.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::Error;
+use crate::session::Session;
+use crate::slot::{SlotMeta, SlotState};
+use crate::storage::{Record, Write, WriteOutcome};
+
+/// A session of the current update, borrowed from its context.
+///
+/// Derefs to the session value; a mutable access marks it changed, and the
+/// context writes it after the handler if its encoded bytes differ from what
+/// was loaded. Drop it before the handler returns: only one `SessionRef` per
+/// session can be alive at a time.
+pub struct SessionRef<T: Session> {
+    meta: Arc<SlotMeta>,
+    state: OwnedMutexGuard<SlotState<T>>,
+}
+
+impl<T: Session> SessionRef<T> {
+    pub(crate) fn new(meta: Arc<SlotMeta>, state: OwnedMutexGuard<SlotState<T>>) -> Self {
+        Self { meta, state }
+    }
+
+    /// The storage key of this session (`[prefix:][bot:]name:scope`).
+    pub fn key(&self) -> &str {
+        self.meta.key.as_str()
+    }
+
+    /// The stored version this update works on; `None` if nothing is stored.
+    pub fn version(&self) -> Option<u64> {
+        self.state.stored.as_ref().map(|record| record.version)
+    }
+
+    /// Deletes the session from its storage now and resets the value to its
+    /// initial value. A later change in this update is saved again.
+    pub async fn clear(&mut self) -> Result<(), Error> {
+        let delete = Write::Delete {
+            key: self.meta.key.clone(),
+        };
+        self.meta
+            .storage
+            .write(std::slice::from_ref(&delete))
+            .await
+            .map_err(|source| self.meta.storage_error(source))?;
+        tracing::debug!(session = self.meta.session, key = %self.meta.key, "session cleared");
+        let state = &mut *self.state;
+        state.value = T::initial();
+        state.stored = None;
+        state.touched = false;
+        Ok(())
+    }
+
+    /// Writes the session now if it changed, instead of waiting for the end of
+    /// the handler (for long handlers). Fails with [`Error::Conflict`] if
+    /// another process changed it meanwhile.
+    pub async fn save(&mut self) -> Result<(), Error> {
+        let Some(write) = self.state.pending_write(&self.meta)? else {
+            self.state.touched = false;
+            return Ok(());
+        };
+        let outcomes = self
+            .meta
+            .storage
+            .write(std::slice::from_ref(&write))
+            .await
+            .map_err(|source| self.meta.storage_error(source))?;
+        match (outcomes.first(), write) {
+            (Some(WriteOutcome::Written { version }), Write::Put { value, .. }) => {
+                self.state.stored = Some(Record {
+                    value,
+                    version: *version,
+                });
+                self.state.touched = false;
+                Ok(())
+            }
+            (Some(WriteOutcome::Conflict), _) => Err(self.meta.conflict()),
+            (other, _) => Err(self.meta.storage_error(crate::StorageError::other(format!(
+                "the storage answered {other:?} to a put"
+            )))),
+        }
+    }
+}
+
+impl<T: Session> Deref for SessionRef<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.state.value
+    }
+}
+
+impl<T: Session> DerefMut for SessionRef<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.state.touched = true;
+        &mut self.state.value
+    }
+}
+
+impl<T: Session + fmt::Debug> fmt::Debug for SessionRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRef")
+            .field("key", &self.meta.key.as_str())
+            .field("value", &self.state.value)
+            .finish()
+    }
+}

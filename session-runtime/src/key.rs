@@ -1,0 +1,251 @@
+//! Which ids of an update make a session's key, and how storage keys are built.
+
+use std::fmt;
+
+/// The ids of one update that session keys are built from.
+///
+/// Framework glue fills it from the update; a hand-written loop builds it with
+/// the setters:
+///
+/// ```
+/// use tg_session_runtime::UpdateIds;
+/// let ids = UpdateIds::new().user(42).chat(-100123).thread(7);
+/// assert_eq!(ids.user_id(), Some(42));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UpdateIds {
+    bot_id: Option<u64>,
+    chat_id: Option<i64>,
+    user_id: Option<u64>,
+    thread_id: Option<i32>,
+    business_connection_id: Option<String>,
+}
+
+impl UpdateIds {
+    /// No ids at all (a `global` session still works).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the bot's own user id (used in keys when the manager asks for it).
+    #[must_use]
+    pub fn bot(mut self, bot_id: u64) -> Self {
+        self.bot_id = Some(bot_id);
+        self
+    }
+
+    /// Sets the chat id.
+    #[must_use]
+    pub fn chat(mut self, chat_id: i64) -> Self {
+        self.chat_id = Some(chat_id);
+        self
+    }
+
+    /// Sets the sender's user id.
+    #[must_use]
+    pub fn user(mut self, user_id: u64) -> Self {
+        self.user_id = Some(user_id);
+        self
+    }
+
+    /// Sets the forum topic (message thread) id.
+    #[must_use]
+    pub fn thread(mut self, thread_id: i32) -> Self {
+        self.thread_id = Some(thread_id);
+        self
+    }
+
+    /// Sets the business connection id.
+    #[must_use]
+    pub fn business_connection(mut self, id: impl Into<String>) -> Self {
+        self.business_connection_id = Some(id.into());
+        self
+    }
+
+    /// The bot's own user id, if known.
+    pub fn bot_id(&self) -> Option<u64> {
+        self.bot_id
+    }
+
+    /// The chat the update happened in, if any.
+    pub fn chat_id(&self) -> Option<i64> {
+        self.chat_id
+    }
+
+    /// The sender, if any (a channel post has none).
+    pub fn user_id(&self) -> Option<u64> {
+        self.user_id
+    }
+
+    /// The forum topic, if the update is in one.
+    pub fn thread_id(&self) -> Option<i32> {
+        self.thread_id
+    }
+
+    /// The business connection the update came through, if any.
+    pub fn business_connection_id(&self) -> Option<&str> {
+        self.business_connection_id.as_deref()
+    }
+}
+
+/// Which ids of the update a session is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scope {
+    /// One session per sender, across chats (the default, as GramIO's `senderId`).
+    User,
+    /// One session per chat, shared by its members.
+    Chat,
+    /// One session per sender in each chat.
+    UserInChat,
+    /// One session per forum topic; messages outside topics share the chat's main thread.
+    ChatThread,
+    /// One session for the whole bot.
+    Global,
+}
+
+impl Scope {
+    /// The scope's name as written in `#[session(scope = "...")]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Chat => "chat",
+            Scope::UserInChat => "user_in_chat",
+            Scope::ChatThread => "chat_thread",
+            Scope::Global => "global",
+        }
+    }
+
+    /// The part of the storage key this scope takes from `ids`, or what is missing.
+    pub fn scope_key(self, ids: &UpdateIds) -> Result<String, &'static str> {
+        const SENDER: &str = "the sender's user id";
+        const CHAT: &str = "a chat id";
+        match self {
+            Scope::User => ids.user_id.map(|user| user.to_string()).ok_or(SENDER),
+            Scope::Chat => ids.chat_id.map(|chat| chat.to_string()).ok_or(CHAT),
+            Scope::UserInChat => {
+                let chat = ids.chat_id.ok_or(CHAT)?;
+                let user = ids.user_id.ok_or(SENDER)?;
+                Ok(format!("{chat}:{user}"))
+            }
+            Scope::ChatThread => {
+                let chat = ids.chat_id.ok_or(CHAT)?;
+                Ok(match ids.thread_id {
+                    Some(thread) => format!("{chat}:{thread}"),
+                    None => format!("{chat}:main"),
+                })
+            }
+            Scope::Global => Ok("global".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A custom key function (GramIO's `getSessionKey`): the scope part of the key
+/// from the update's ids, or `None` when this update has no session of this type.
+pub type KeyFn = fn(&UpdateIds) -> Option<String>;
+
+/// How a session type's key is made.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyStrategy {
+    /// From a built-in scope.
+    Scope(Scope),
+    /// From a user function.
+    Custom(KeyFn),
+}
+
+impl KeyStrategy {
+    pub(crate) fn scope_key(&self, ids: &UpdateIds) -> Result<String, &'static str> {
+        match self {
+            KeyStrategy::Scope(scope) => scope.scope_key(ids),
+            KeyStrategy::Custom(key_fn) => key_fn(ids).ok_or("a key from its `key_fn`"),
+        }
+    }
+}
+
+/// A full storage key: `[prefix:][bot_id:]<session name>:<scope key>`.
+///
+/// The scope part is kept apart so a storage can group keys of one user or
+/// chat (a Redis Cluster hash tag, for instance).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StorageKey {
+    full: String,
+    scope_start: usize,
+}
+
+impl StorageKey {
+    /// Builds the key of session `name` under an optional prefix and bot id.
+    pub fn new(prefix: Option<&str>, bot_id: Option<u64>, name: &str, scope_key: &str) -> Self {
+        use fmt::Write as _;
+        let mut full = String::with_capacity(
+            prefix.map_or(0, |p| p.len() + 1) + 21 + name.len() + 1 + scope_key.len(),
+        );
+        if let Some(prefix) = prefix {
+            full.push_str(prefix);
+            full.push(':');
+        }
+        if let Some(bot_id) = bot_id {
+            // Writing to a String cannot fail.
+            let _ = write!(full, "{bot_id}:");
+        }
+        full.push_str(name);
+        full.push(':');
+        let scope_start = full.len();
+        full.push_str(scope_key);
+        Self { full, scope_start }
+    }
+
+    /// The whole key.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The part of the key before the scope key (`prefix:bot:name:`).
+    pub fn namespace(&self) -> &str {
+        &self.full[..self.scope_start]
+    }
+
+    /// The scope key alone (`42`, `-100:42`, …).
+    pub fn scope_key(&self) -> &str {
+        &self.full[self.scope_start..]
+    }
+}
+
+impl fmt::Display for StorageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl AsRef<str> for StorageKey {
+    fn as_ref(&self) -> &str {
+        &self.full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout_keeps_scope_apart() {
+        let key = StorageKey::new(Some("app"), Some(7), "counter", "-1:42");
+        assert_eq!(key.as_str(), "app:7:counter:-1:42");
+        assert_eq!(key.namespace(), "app:7:counter:");
+        assert_eq!(key.scope_key(), "-1:42");
+        assert_eq!(StorageKey::new(None, None, "c", "1").as_str(), "c:1");
+    }
+
+    #[test]
+    fn scopes_name_what_is_missing() {
+        let channel_post = UpdateIds::new().chat(-100);
+        assert_eq!(Scope::User.scope_key(&channel_post), Err("the sender's user id"));
+        assert_eq!(Scope::ChatThread.scope_key(&channel_post).as_deref(), Ok("-100:main"));
+        assert_eq!(Scope::Global.scope_key(&UpdateIds::new()).as_deref(), Ok("global"));
+    }
+}

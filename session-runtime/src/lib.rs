@@ -1,0 +1,30 @@
+//! The runtime of [tg-session](https://docs.rs/tg-session): storages, codecs,
+//! key scopes and the per-update session context.
+//!
+//! Use it through the `tg-session` crate, which adds `#[derive(Session)]`.
+
+mod context;
+mod error;
+mod guard;
+mod key;
+mod lock;
+mod manager;
+mod session;
+mod slot;
+
+pub mod codec;
+pub mod storage;
+
+pub use async_trait::async_trait;
+pub use codec::Codec;
+pub use codec::Json;
+#[cfg(feature = "msgpack")]
+pub use codec::MessagePack;
+pub use context::{HandlerOutcome, SessionContext, Sessions};
+pub use error::{BoxError, CodecError, Error, StorageError, StorageErrorKind};
+pub use guard::SessionRef;
+pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
+pub use manager::{DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder, SharedStorage};
+pub use session::{OnDecodeError, Session};
+pub use storage::memory::MemoryStorage;
+pub use storage::{Record, Storage, Write, WriteOutcome};

@@ -1,0 +1,116 @@
+//! Per-key locks that serialize the updates of one session key in this process.
+//!
+//! A session is loaded before the handler and saved after it, with a network
+//! round trip (the reply) in between; two updates of one key interleaving
+//! there lose one write. The table holds an entry only while some update holds
+//! or waits for that key, so it does not grow with every key ever seen.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+
+struct Entry {
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    /// Updates holding or waiting for the key; the entry goes at zero.
+    users: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct KeyLocks {
+    table: Mutex<HashMap<Box<str>, Entry>>,
+}
+
+/// A claim on a key: holds it once `held` is set, and leaves the table clean
+/// when dropped, whether it got the lock, timed out or was cancelled.
+pub(crate) struct KeyLockGuard {
+    locks: Arc<KeyLocks>,
+    key: Box<str>,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    fn table(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+        // Every statement leaves the table consistent, so a poisoned lock has
+        // nothing to repair.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits at most `timeout` for `key`; `None` when it stayed taken.
+    pub(crate) async fn lock(self: &Arc<Self>, key: &str, timeout: Duration) -> Option<KeyLockGuard> {
+        let mutex = {
+            let mut table = self.table();
+            let entry = table.entry(key.into()).or_insert_with(|| Entry {
+                mutex: Arc::default(),
+                users: 0,
+            });
+            entry.users += 1;
+            Arc::clone(&entry.mutex)
+        };
+        let mut claim = KeyLockGuard {
+            locks: Arc::clone(self),
+            key: key.into(),
+            held: None,
+        };
+        let held = match Arc::clone(&mutex).try_lock_owned() {
+            Ok(held) => held,
+            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned()).await.ok()?,
+        };
+        claim.held = Some(held);
+        Some(claim)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table().len()
+    }
+}
+
+impl Drop for KeyLockGuard {
+    fn drop(&mut self) {
+        // Unlock before giving up the claim, so a new entry for this key can
+        // never coexist with a guard of the old one.
+        drop(self.held.take());
+        let mut table = self.locks.table();
+        if let Some(entry) = table.get_mut(&*self.key) {
+            entry.users -= 1;
+            if entry.users == 0 {
+                table.remove(&*self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn table_forgets_released_and_timed_out_keys() {
+        let locks = Arc::new(KeyLocks::default());
+        let first = locks.lock("a", WAIT).await;
+        assert!(first.is_some());
+        assert!(locks.lock("a", Duration::from_millis(10)).await.is_none());
+        assert_eq!(locks.len(), 1);
+        drop(first);
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiter_leaves_no_entry() {
+        let locks = Arc::new(KeyLocks::default());
+        let held = locks.lock("a", WAIT).await;
+        let waiter = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { locks.lock("a", WAIT).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        waiter.abort();
+        assert!(waiter.await.is_err());
+        drop(held);
+        assert_eq!(locks.len(), 0);
+    }
+}

@@ -1,0 +1,318 @@
+//! [`SessionManager`]: the long-lived configuration every update starts from.
+
+use std::any::TypeId;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::context::{HandlerOutcome, Sessions};
+use crate::error::Error;
+use crate::key::{KeyStrategy, StorageKey, UpdateIds};
+use crate::lock::KeyLocks;
+use crate::session::Session;
+use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
+use crate::storage::memory::MemoryStorage;
+use crate::storage::{Record, Storage};
+
+/// A storage shared between the manager and session types.
+pub type SharedStorage = Arc<dyn Storage>;
+
+/// When sessions changed by a handler are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SavePolicy {
+    /// Only when the handler succeeded; a failed handler's changes are dropped (default).
+    #[default]
+    OnSuccess,
+    /// Whatever the handler returned.
+    Always,
+}
+
+/// The default time an update waits for a key another update holds.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Configuration shared by every update: storages, key layout, save policy and
+/// the session types loaded before the handler.
+///
+/// Build one at start-up and start a [`Sessions`] context per update with
+/// [`SessionManager::begin`] (framework glue does this for you). Cloning is cheap.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tg_session_runtime::{Json, Session, SessionManager, MemoryStorage};
+/// # #[derive(Serialize, Deserialize)] struct Counter { apple: u32 }
+/// # impl Session for Counter { const NAME: &'static str = "counter"; type Codec = Json;
+/// #     fn initial() -> Self { Counter { apple: 1 } } }
+/// let manager = SessionManager::builder()
+///     .storage(MemoryStorage::new())
+///     .prefix("my_bot")
+///     .register::<Counter>()
+///     .build()?;
+/// # Ok::<(), tg_session_runtime::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SessionManager {
+    pub(crate) inner: Arc<ManagerInner>,
+}
+
+pub(crate) struct ManagerInner {
+    /// Index 0 is the default storage.
+    pub(crate) storages: Vec<StorageEntry>,
+    prefix: Option<String>,
+    bot_id_in_keys: bool,
+    pub(crate) save_policy: SavePolicy,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) registrations: Vec<Registration>,
+    pub(crate) locks: Arc<KeyLocks>,
+}
+
+pub(crate) struct StorageEntry {
+    pub(crate) storage: SharedStorage,
+    pub(crate) name: Arc<str>,
+}
+
+/// A session type known to the manager, with its type erased.
+pub(crate) struct Registration {
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) lazy: bool,
+    pub(crate) key: KeyStrategy,
+    pub(crate) storage_index: usize,
+    pub(crate) open: fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>,
+}
+
+impl Registration {
+    fn of<T: Session>(storage_index: usize) -> Self {
+        Self {
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            name: T::NAME,
+            lazy: T::LAZY,
+            key: T::KEY,
+            storage_index,
+            open: TypedSlot::<T>::erased,
+        }
+    }
+}
+
+impl ManagerInner {
+    /// The storage key of session `name` for this update.
+    pub(crate) fn storage_key(
+        &self,
+        name: &'static str,
+        strategy: &KeyStrategy,
+        ids: &UpdateIds,
+    ) -> Result<StorageKey, Error> {
+        let missing = |needs| Error::MissingId {
+            session: name,
+            needs,
+        };
+        let bot_id = match self.bot_id_in_keys {
+            true => Some(ids.bot_id().ok_or_else(|| missing("the bot's id (keys include it)"))?),
+            false => None,
+        };
+        let scope_key = strategy.scope_key(ids).map_err(missing)?;
+        Ok(StorageKey::new(self.prefix.as_deref(), bot_id, name, &scope_key))
+    }
+
+    pub(crate) fn registration(&self, type_id: TypeId) -> Option<&Registration> {
+        self.registrations.iter().find(|r| r.type_id == type_id)
+    }
+}
+
+impl SessionManager {
+    /// Starts configuring a manager (memory storage unless told otherwise).
+    pub fn builder() -> SessionManagerBuilder {
+        SessionManagerBuilder::default()
+    }
+
+    /// Starts the sessions of one update: takes the keys of the eager
+    /// sessions, then loads them in one batch per storage.
+    ///
+    /// This never fails: a session that could not be loaded (missing id,
+    /// storage down, undecodable bytes) reports its error from its accessor,
+    /// and the others keep working.
+    pub async fn begin(&self, ids: UpdateIds) -> Sessions {
+        Sessions::begin(Arc::clone(&self.inner), ids).await
+    }
+
+    /// Runs `handler` with the sessions of one update and commits them after
+    /// it (when it succeeded, or always per [`SavePolicy`]).
+    ///
+    /// A commit failure becomes the result when the handler succeeded; when
+    /// it failed, its own error wins and the commit error is logged.
+    pub async fn run<F, Fut, T, E>(&self, ids: UpdateIds, handler: F) -> Result<T, E>
+    where
+        F: FnOnce(Sessions) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let sessions = self.begin(ids).await;
+        let result = handler(sessions.clone()).await;
+        let outcome = match result {
+            Ok(_) => HandlerOutcome::Succeeded,
+            Err(_) => HandlerOutcome::Failed,
+        };
+        let committed = sessions.commit(outcome).await;
+        match (result, committed) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(error)) => Err(error.into()),
+            (Err(error), _) => Err(error),
+        }
+    }
+}
+
+impl Default for SessionManager {
+    /// A manager over a fresh [`MemoryStorage`] with no registered types.
+    fn default() -> Self {
+        Self::builder().build_unchecked()
+    }
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("SessionManager")
+            .field("storages", &inner.storages.iter().map(|s| &*s.name).collect::<Vec<_>>())
+            .field("prefix", &inner.prefix)
+            .field("bot_id_in_keys", &inner.bot_id_in_keys)
+            .field("save_policy", &inner.save_policy)
+            .field("sessions", &inner.registrations.iter().map(|r| r.name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`SessionManager`].
+#[must_use]
+pub struct SessionManagerBuilder {
+    default_storage: Option<SharedStorage>,
+    prefix: Option<String>,
+    bot_id_in_keys: bool,
+    save_policy: SavePolicy,
+    lock_timeout: Duration,
+    registrations: Vec<(Registration, Option<SharedStorage>)>,
+}
+
+impl Default for SessionManagerBuilder {
+    fn default() -> Self {
+        Self {
+            default_storage: None,
+            prefix: None,
+            bot_id_in_keys: false,
+            save_policy: SavePolicy::default(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            registrations: Vec::new(),
+        }
+    }
+}
+
+impl SessionManagerBuilder {
+    /// The storage of every session type not given its own (default: a new
+    /// [`MemoryStorage`]).
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.default_storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// Prepends `prefix:` to every key, so several bots or apps share one storage.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Puts the bot's id in every key (after the prefix), so several bots
+    /// share one storage without sharing sessions. Updates then need a bot id.
+    pub fn bot_id_in_keys(mut self, enabled: bool) -> Self {
+        self.bot_id_in_keys = enabled;
+        self
+    }
+
+    /// When changed sessions are written.
+    pub fn save_policy(mut self, policy: SavePolicy) -> Self {
+        self.save_policy = policy;
+        self
+    }
+
+    /// How long an update waits for a session key that another update of
+    /// this process holds, before its accessor fails with
+    /// [`Error::LockTimeout`] (default 30 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Registers a session type in the default storage. Eager types must be
+    /// registered: they are loaded before the handler. Lazy types may be, to
+    /// be checked for key clashes at build time.
+    pub fn register<T: Session>(mut self) -> Self {
+        self.registrations.push((Registration::of::<T>(0), None));
+        self
+    }
+
+    /// Registers a session type kept in its own storage. Session types given
+    /// the same `Arc` share its load and commit round trips.
+    pub fn register_in<T: Session>(mut self, storage: SharedStorage) -> Self {
+        self.registrations.push((Registration::of::<T>(0), Some(storage)));
+        self
+    }
+
+    /// Checks the configuration and builds the manager.
+    ///
+    /// Fails with [`Error::DuplicateSession`] when two registered types use
+    /// the same key name (their records would overwrite each other).
+    pub fn build(self) -> Result<SessionManager, Error> {
+        for (index, (later, _)) in self.registrations.iter().enumerate() {
+            if let Some((earlier, _)) = self.registrations[..index]
+                .iter()
+                .find(|(earlier, _)| earlier.name == later.name)
+            {
+                return Err(Error::DuplicateSession {
+                    session: later.name,
+                    first: earlier.type_name,
+                    second: later.type_name,
+                });
+            }
+        }
+        Ok(self.build_unchecked())
+    }
+
+    fn build_unchecked(self) -> SessionManager {
+        let default = self
+            .default_storage
+            .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
+        let mut storages = vec![entry(default)];
+        let mut registrations = Vec::with_capacity(self.registrations.len());
+        for (mut registration, storage) in self.registrations {
+            if let Some(storage) = storage {
+                let same = |entry: &StorageEntry| {
+                    std::ptr::addr_eq(Arc::as_ptr(&entry.storage), Arc::as_ptr(&storage))
+                };
+                registration.storage_index = match storages.iter().position(same) {
+                    Some(index) => index,
+                    None => {
+                        storages.push(entry(storage));
+                        storages.len() - 1
+                    }
+                };
+            }
+            registrations.push(registration);
+        }
+        SessionManager {
+            inner: Arc::new(ManagerInner {
+                storages,
+                prefix: self.prefix,
+                bot_id_in_keys: self.bot_id_in_keys,
+                save_policy: self.save_policy,
+                lock_timeout: self.lock_timeout,
+                registrations,
+                locks: Arc::default(),
+            }),
+        }
+    }
+}
+
+fn entry(storage: SharedStorage) -> StorageEntry {
+    let name = Arc::from(storage.name());
+    StorageEntry { storage, name }
+}

@@ -16,7 +16,6 @@ use crate::key::StorageKey;
 
 pub mod memory;
 
-
 /// A stored session: its encoded bytes and the version they were written at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {

@@ -1,7 +1,8 @@
 //! Code generation: the `Session` impl and the accessor extension trait.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens as _, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Fields, Ident};
 
 use crate::ast::{Body, Input};
@@ -104,13 +105,17 @@ fn initial(input: &Input<'_>) -> TokenStream {
     if let Some(initial) = &input.attrs.initial {
         return quote!(#initial());
     }
-    let default = quote!(::core::default::Default::default());
+    // Spanned on the field's type or the type's name, so a missing `Default`
+    // is reported there rather than on `#[derive(Session)]`.
     match &input.body {
         Body::Struct { fields, defaults } => {
-            let values = defaults.iter().map(|d| match d {
-                Some(expr) => quote!(#expr),
-                None => default.clone(),
-            });
+            let values = fields
+                .iter()
+                .zip(defaults)
+                .map(|(field, default)| match default {
+                    Some(default) => default.expr.to_token_stream(),
+                    None => quote_spanned!(field.ty.span()=> ::core::default::Default::default()),
+                });
             match fields {
                 Fields::Named(named) => {
                     let names = named.named.iter().map(|f| &f.ident);
@@ -125,7 +130,10 @@ fn initial(input: &Input<'_>) -> TokenStream {
                 let ident = &variant.original.ident;
                 quote!(Self::#ident)
             }
-            None => quote!(<Self as ::core::default::Default>::default()),
+            None => {
+                let ty = &input.original.ident;
+                quote_spanned!(ty.span()=> <Self as ::core::default::Default>::default())
+            }
         },
     }
 }

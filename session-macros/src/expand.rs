@@ -184,3 +184,62 @@ pub(crate) fn ext_trait(input: &Input<'_>, p: &TokenStream) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use syn::{DeriveInput, parse_quote};
+
+    use super::derive;
+
+    fn expand(input: &DeriveInput) -> String {
+        derive(input).to_string()
+    }
+
+    #[test]
+    fn the_accessor_trait_is_documented() {
+        let output = expand(&parse_quote! {
+            #[session(key = "sessionKey", lazy)]
+            pub struct Profile { name: String }
+        });
+        assert!(output.contains("pub trait ProfileSessionExt"), "{output}");
+        assert!(
+            output.contains(r#"doc = "The accessor of the [`Profile`] session: `ctx.sessionKey()` on every session context.""#),
+            "{output}"
+        );
+        assert!(
+            output.contains(
+                r#"doc = "Loads the `sessionKey` session on first use in this update (lazy).""#
+            ),
+            "{output}"
+        );
+        // The camelCase accessor must not warn in the user's crate.
+        assert_eq!(
+            output.matches("allow (non_snake_case)").count(),
+            2,
+            "{output}"
+        );
+    }
+
+    #[test]
+    fn an_error_comes_with_a_stub_and_the_accessor() {
+        let output = expand(&parse_quote! {
+            #[session(lazzy, key = "counter")]
+            struct Counter { apple: u32 }
+        });
+        assert_eq!(output.matches("compile_error").count(), 1, "{output}");
+        assert!(
+            output.contains("impl :: tg_session :: __private :: Session for Counter"),
+            "{output}"
+        );
+        assert!(output.contains("fn counter"), "{output}");
+    }
+
+    #[test]
+    fn a_union_gets_the_error_alone() {
+        let output = expand(&parse_quote! {
+            union Bits { int: u32, float: f32 }
+        });
+        assert_eq!(output.matches("compile_error").count(), 1, "{output}");
+        assert!(!output.contains("impl"), "{output}");
+    }
+}

@@ -30,7 +30,9 @@ async fn handler(ctx: &Sessions) -> Result<u32, Error> {
 }
 
 /// Generic over any context type, as a framework adapter would be.
-async fn generic_handler<C: tg_session::SessionContext + Sync>(ctx: &C) -> Result<Option<String>, Error> {
+async fn generic_handler<C: tg_session::SessionContext + Sync>(
+    ctx: &C,
+) -> Result<Option<String>, Error> {
     Ok(ctx.profile().await?.name.clone())
 }
 

@@ -163,7 +163,10 @@ fn main() {
     assert_eq!(Month::TTL, Some(Duration::from_secs(30 * 86_400)));
     assert_eq!(Ninety::TTL, Some(Duration::from_secs(5_400)));
     assert_eq!(Quick::TTL, Some(Duration::from_secs(45)));
-    assert_eq!(Mixed::TTL, Some(Duration::from_secs(86_400 + 2 * 3_600 + 3 * 60 + 4)));
+    assert_eq!(
+        Mixed::TTL,
+        Some(Duration::from_secs(86_400 + 2 * 3_600 + 3 * 60 + 4))
+    );
 
     assert_eq!(Counter::ON_DECODE_ERROR, OnDecodeError::Error);
     assert_eq!(Strict::ON_DECODE_ERROR, OnDecodeError::Error);

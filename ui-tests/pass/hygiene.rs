@@ -97,5 +97,7 @@ async fn main() {
     let ctx = manager.begin(renamed::UpdateIds::new().user(7)).await;
     assert_eq!(user::handler(&ctx).await.unwrap(), 4);
     assert_eq!(ctx.sessionKey().unwrap().r#match, 3);
-    ctx.commit(renamed::HandlerOutcome::Succeeded).await.unwrap();
+    ctx.commit(renamed::HandlerOutcome::Succeeded)
+        .await
+        .unwrap();
 }

@@ -41,7 +41,11 @@ struct Named {
 
 #[derive(Session, Serialize, Deserialize)]
 #[session(key = "tuple")]
-struct Tuple(#[session(default = 5)] u8, String, #[session(default = vec!['a'])] Vec<char>);
+struct Tuple(
+    #[session(default = 5)] u8,
+    String,
+    #[session(default = vec!['a'])] Vec<char>,
+);
 
 #[derive(Session, Serialize, Deserialize)]
 #[session(key = "unit")]
@@ -53,7 +57,9 @@ enum ByVariant {
     Start,
     #[session(default)]
     AskName,
-    Named { name: String },
+    Named {
+        name: String,
+    },
     Aged(u8),
 }
 

@@ -71,6 +71,9 @@ pub(crate) struct StorageEntry {
     pub(crate) name: Arc<str>,
 }
 
+/// Decodes a loaded record into a slot of the registered type.
+pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>;
+
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
     pub(crate) type_id: TypeId,
@@ -79,7 +82,7 @@ pub(crate) struct Registration {
     pub(crate) lazy: bool,
     pub(crate) key: KeyStrategy,
     pub(crate) storage_index: usize,
-    pub(crate) open: fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>,
+    pub(crate) open: OpenSlot,
 }
 
 impl Registration {

@@ -278,16 +278,15 @@ impl std::fmt::Debug for Sessions {
 
 /// Borrows the typed value of a loaded slot for one accessor call.
 fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error> {
-    let meta = slot.meta();
-    let typed = slot
-        .as_any()
-        .downcast_ref::<TypedSlot<T>>()
+    let typed = Arc::clone(slot)
+        .into_any()
+        .downcast::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
-        .ok_or_else(|| meta.already_borrowed())?;
+        .map_err(|_| slot.meta().already_borrowed())?;
     let state = Arc::clone(&typed.state)
         .try_lock_owned()
-        .map_err(|_| meta.already_borrowed())?;
-    Ok(SessionRef::new(Arc::clone(&typed.meta), state))
+        .map_err(|_| typed.meta.already_borrowed())?;
+    Ok(SessionRef::new(typed, state))
 }
 
 /// Takes the in-process lock of `key`, within the manager's lock timeout.

@@ -118,13 +118,7 @@ impl ManagerInner {
             ),
             false => None,
         };
-        let scope_key = strategy.scope_key(ids).map_err(missing)?;
-        Ok(StorageKey::new(
-            self.prefix.as_deref(),
-            bot_id,
-            name,
-            &scope_key,
-        ))
+        StorageKey::for_update(self.prefix.as_deref(), bot_id, name, strategy, ids).map_err(missing)
     }
 
     pub(crate) fn registration(&self, type_id: TypeId) -> Option<&Registration> {

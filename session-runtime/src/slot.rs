@@ -94,14 +94,14 @@ impl<T: Session> SlotState<T> {
 
 /// A session slot with its type erased, as the context keeps it.
 pub(crate) trait ErasedSlot: Send + Sync {
-    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn meta(&self) -> &SlotMeta;
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Option<Write>, Error>;
 }
 
 pub(crate) struct TypedSlot<T> {
-    pub(crate) meta: Arc<SlotMeta>,
+    pub(crate) meta: SlotMeta,
     pub(crate) state: Arc<Mutex<SlotState<T>>>,
 }
 
@@ -138,7 +138,7 @@ impl<T: Session> TypedSlot<T> {
             },
         };
         Ok(Self {
-            meta: Arc::new(meta),
+            meta,
             state: Arc::new(Mutex::new(SlotState {
                 value,
                 stored: record,
@@ -156,7 +156,7 @@ impl<T: Session> TypedSlot<T> {
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {
-    fn as_any(&self) -> &dyn Any {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
     }
 

@@ -1,8 +1,10 @@
 //! The Redis storage against a real `redis-server` each test starts itself:
-//! round trips per update, conflicts between processes, outages, TTL, prefixes.
+//! the whole behaviour suite, then what only Redis has: round trips per
+//! update, conflicts between processes, outages, TTL, prefixes.
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod suite;
 mod support {
     pub mod redis_server;
 }
@@ -16,9 +18,42 @@ use serde::{Deserialize, Serialize};
 use support::redis_server::{CommandCounter, RedisServer};
 use tg_session::storage::{Record, Storage, Write, WriteOutcome};
 use tg_session::{
-    Error, HandlerOutcome, RedisStorage, Session, SessionManager, StorageErrorKind, StorageKey,
-    UpdateIds,
+    Error, HandlerOutcome, RedisStorage, Session, SessionManager, SharedStorage, StorageError,
+    StorageErrorKind, StorageKey, UpdateIds, async_trait,
 };
+
+/// A Redis storage on a server of its own, which stops when the storage is
+/// dropped (so no test leaves a `redis-server` behind).
+struct ServedStorage {
+    storage: RedisStorage,
+    _server: RedisServer,
+}
+
+#[async_trait]
+impl Storage for ServedStorage {
+    fn name(&self) -> &str {
+        self.storage.name()
+    }
+
+    async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
+        self.storage.load(keys).await
+    }
+
+    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
+        self.storage.write(writes).await
+    }
+}
+
+async fn redis_storage() -> SharedStorage {
+    let server = RedisServer::start();
+    let storage = RedisStorage::connect(&server.url()).await.unwrap();
+    Arc::new(ServedStorage {
+        storage,
+        _server: server,
+    })
+}
+
+behaviour_suite!(redis_storage);
 
 #[derive(Session, Serialize, Deserialize, Debug)]
 #[session(key = "counter")]

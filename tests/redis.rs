@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use support::redis_server::{CommandCounter, RedisServer};
+use support::redis_server::{CommandCounter, RedisCluster, RedisServer};
 use tg_session::storage::{Record, Storage, Write, WriteOutcome};
 use tg_session::{
     Error, HandlerOutcome, RedisStorage, Session, SessionManager, SharedStorage, StorageError,
@@ -544,4 +544,76 @@ async fn connecting_to_nothing_fails_fast() {
     .await
     .expect("connect hung");
     assert_eq!(result.unwrap_err().kind(), StorageErrorKind::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_batches_per_slot_and_refuses_stale_writes() {
+    let cluster = RedisCluster::start();
+    let storage = RedisStorage::cluster(cluster.urls()).await.unwrap();
+    assert!(
+        storage.name().starts_with("redis-cluster://127.0.0.1:"),
+        "{}",
+        storage.name()
+    );
+    let first = manager(storage.clone());
+    // Each update touches a user slot and a chat slot, on whichever nodes they live.
+    for user in 1..=30 {
+        let ctx = first
+            .begin(UpdateIds::new().user(user).chat(-(user as i64)))
+            .await;
+        ctx.counter().unwrap().n += user as u32;
+        ctx.room().unwrap().messages += 1;
+        ctx.profile().await.unwrap().name = Some(format!("user {user}"));
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    }
+    for user in 1..=30 {
+        let ctx = first
+            .begin(UpdateIds::new().user(user).chat(-(user as i64)))
+            .await;
+        assert_eq!(ctx.counter().unwrap().n, user as u32);
+        assert_eq!(ctx.room().unwrap().messages, 1);
+        assert_eq!(
+            ctx.profile().await.unwrap().name,
+            Some(format!("user {user}"))
+        );
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    }
+    for node in &cluster.nodes {
+        assert_ne!(
+            node.command(&["DBSIZE"]),
+            ":0",
+            "keys spread over every node"
+        );
+    }
+
+    // One batch over three slots: outcomes in input order.
+    let outcomes = storage
+        .write(&[
+            put(key("c", "a"), b"1", None),
+            put(key("c", "b"), b"2", Some(3)),
+            put(key("c", "c"), b"3", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Written { version: 1 },
+            WriteOutcome::Conflict,
+            WriteOutcome::Written { version: 1 }
+        ]
+    );
+
+    let second = manager(RedisStorage::cluster(cluster.urls()).await.unwrap());
+    let ids = UpdateIds::new().user(1).chat(-1);
+    let a = first.begin(ids.clone()).await;
+    let b = second.begin(ids).await;
+    a.counter().unwrap().n = 100;
+    b.counter().unwrap().n = 200;
+    a.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert!(matches!(
+        b.commit(HandlerOutcome::Succeeded).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(read_counter(&second, 1).await, 100);
 }

@@ -309,3 +309,66 @@ impl CommandCounter {
         }
     }
 }
+
+/// A Redis Cluster of three primaries (no replicas), each a [`RedisServer`].
+pub struct RedisCluster {
+    /// The nodes; dropping the cluster stops them.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them with `redis-cli
+    /// --cluster create` and waits until every node reports the cluster ok.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--save",
+                    "",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect();
+        let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".to_owned());
+        let output = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(
+                nodes
+                    .iter()
+                    .map(|node| format!("127.0.0.1:{}", node.port())),
+            )
+            .arg("--cluster-yes")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{cli}` ({e})"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + START_DEADLINE;
+        for node in &nodes {
+            while !node
+                .command(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster not ok after {START_DEADLINE:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// `redis://127.0.0.1:<port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port()))
+            .collect()
+    }
+}

@@ -177,8 +177,7 @@ async fn round_trips_per_update() {
     let ctx = both.begin(ids).await;
     {
         let mut same = ctx.counter().unwrap();
-        let n = same.n;
-        same.n = n;
+        let _mutably_borrowed: &mut Counter = &mut same;
     }
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
     assert_eq!(counter.take(), ["MGET"], "unchanged session");

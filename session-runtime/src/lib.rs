@@ -29,4 +29,6 @@ pub use manager::{
 };
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
+#[cfg(feature = "redis")]
+pub use storage::redis::RedisStorage;
 pub use storage::{Record, Storage, Write, WriteOutcome};

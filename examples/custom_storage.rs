@@ -15,17 +15,17 @@ use serde::{Deserialize, Serialize};
 use tg_session::storage::{Record, Storage, Write, WriteOutcome};
 use tg_session::{Session, SessionManager, StorageError, StorageKey, UpdateIds, async_trait};
 
+/// Each record with the instant it expires, if it has a TTL.
+type Records = HashMap<String, (Record, Option<Instant>)>;
+
 /// Sessions in a map; each record remembers when it expires.
 #[derive(Default)]
 pub struct MapStorage {
-    records: Mutex<HashMap<String, (Record, Option<Instant>)>>,
+    records: Mutex<Records>,
 }
 
 impl MapStorage {
-    fn records(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, (Record, Option<Instant>)>>, StorageError>
-    {
+    fn records(&self) -> Result<std::sync::MutexGuard<'_, Records>, StorageError> {
         self.records
             .lock()
             .map_err(|_| StorageError::other("a thread panicked while holding the map"))

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::OnceCell;
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::guard::SessionRef;
@@ -186,9 +187,12 @@ impl Sessions {
             .map_or(0, |registration| registration.storage_index);
         let key = manager.storage_key(T::NAME, &T::KEY, &self.inner.ids)?;
         let meta = lock_key(manager, T::NAME, key, storage_index).await?;
+        let span =
+            tracing::debug_span!("session.load", storage = %meta.storage_name, key = %meta.key);
         let record = meta
             .storage
             .load(std::slice::from_ref(&meta.key))
+            .instrument(span)
             .await
             .map_err(|source| meta.storage_error(source))?
             .pop()
@@ -245,7 +249,8 @@ impl Sessions {
         }
         for (_, writes, metas) in &batches {
             let Some(first) = metas.first() else { continue };
-            match first.storage.write(writes).await {
+            let span = tracing::debug_span!("session.commit", storage = %first.storage_name, writes = writes.len());
+            match first.storage.write(writes).instrument(span).await {
                 Ok(outcomes) => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
                         match outcome {
@@ -354,7 +359,8 @@ async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
             .map(|(registration, key, lock)| (key, (registration, lock)))
             .unzip();
         let storage = &manager.storages[storage_index];
-        let records = match storage.storage.load(&keys).await {
+        let span = tracing::debug_span!("session.load", storage = %storage.name, keys = keys.len());
+        let records = match storage.storage.load(&keys).instrument(span).await {
             Ok(records) if records.len() == keys.len() => Ok(records),
             Ok(records) => Err(crate::StorageError::other(format!(
                 "asked for {} keys, got {} records",

@@ -17,7 +17,10 @@ struct Profile {
 
 #[tokio::test]
 async fn counter_counts() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     for expected in 2..5 {
         let ctx = manager.begin(UpdateIds::new().user(1).chat(1)).await;
         let n = {

@@ -13,8 +13,13 @@ pub(crate) struct Input<'a> {
 }
 
 pub(crate) enum Body<'a> {
-    Struct { fields: &'a Fields, defaults: Vec<Option<Expr>> },
-    Enum { variants: Vec<Variant<'a>> },
+    Struct {
+        fields: &'a Fields,
+        defaults: Vec<Option<Expr>>,
+    },
+    Enum {
+        variants: Vec<Variant<'a>>,
+    },
 }
 
 pub(crate) struct Variant<'a> {
@@ -76,5 +81,8 @@ fn field_span(field: &syn::Field) -> Span {
         .attrs
         .iter()
         .find(|attr| attr.path().is_ident("session"))
-        .map_or_else(|| syn::spanned::Spanned::span(field), |attr| syn::spanned::Spanned::span(attr))
+        .map_or_else(
+            || syn::spanned::Spanned::span(field),
+            |attr| syn::spanned::Spanned::span(attr),
+        )
 }

@@ -1,8 +1,8 @@
 //! Parses `#[session(...)]` on the type, its fields and its variants.
 
 use proc_macro2::Span;
-use syn::meta::ParseNestedMeta;
 use syn::ext::IdentExt as _;
+use syn::meta::ParseNestedMeta;
 use syn::parse::Parse;
 use syn::spanned::Spanned as _;
 use syn::{Attribute, Expr, Ident, LitStr, Path};
@@ -31,7 +31,12 @@ fn session_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("session"))
 }
 
-fn set_once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<()> {
+fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+) -> syn::Result<()> {
     if slot.is_some() {
         return Err(meta.error(format_args!("duplicate session attribute `{name}`")));
     }
@@ -55,11 +60,17 @@ fn path(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<Path> {
     if value.peek(LitStr) {
         let lit: LitStr = value.parse()?;
         return lit.parse::<Path>().map_err(|_| {
-            syn::Error::new(lit.span(), format_args!("`{name}` must name a path, like `{name} = my_mod::item`"))
+            syn::Error::new(
+                lit.span(),
+                format_args!("`{name}` must name a path, like `{name} = my_mod::item`"),
+            )
         });
     }
     Path::parse(value).map_err(|error| {
-        syn::Error::new(error.span(), format_args!("`{name}` must name a path, like `{name} = my_mod::item`"))
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` must name a path, like `{name} = my_mod::item`"),
+        )
     })
 }
 
@@ -164,7 +175,9 @@ fn accessor_name(lit: &LitStr) -> syn::Result<Ident> {
     }
     let is_keyword = syn::parse::Parser::parse_str(Ident::parse_any, &text).is_ok();
     let message = match is_keyword {
-        true => format!("session key `{text}` is a Rust keyword and cannot name the accessor; choose another name"),
+        true => format!(
+            "session key `{text}` is a Rust keyword and cannot name the accessor; choose another name"
+        ),
         false => format!(
             "session key `{text}` is not a Rust identifier; it names the accessor \
              (`ctx.{text}()`): use letters, digits and `_`, like \"counter\" or \"sessionKey\""
@@ -183,7 +196,11 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
     for ch in text.chars() {
         if let Some(digit) = ch.to_digit(10) {
             let n = number.unwrap_or(0);
-            number = Some(n.checked_mul(10).and_then(|n| n.checked_add(u64::from(digit))).ok_or("it is too large")?);
+            number = Some(
+                n.checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or("it is too large")?,
+            );
             continue;
         }
         let unit = match ch {
@@ -194,7 +211,10 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
             _ => return Err("it has a character that is neither a digit nor a unit"),
         };
         let n = number.take().ok_or("a unit has no number before it")?;
-        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or("it is too large")?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or("it is too large")?;
     }
     if number.is_some() {
         return Err("the last number has no unit");
@@ -230,7 +250,9 @@ pub(crate) fn variant_default(attrs: &[Attribute], errors: &mut Errors) -> Optio
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("default") {
                 if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    return Err(meta.error("`default` on a variant takes no value: write `#[session(default)]`"));
+                    return Err(meta.error(
+                        "`default` on a variant takes no value: write `#[session(default)]`",
+                    ));
                 }
                 return set_once(&mut out, meta.path.span(), &meta, "default");
             }

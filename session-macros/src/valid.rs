@@ -37,7 +37,9 @@ pub(crate) fn validate(input: &Input<'_>, errors: &mut Errors) {
         Body::Enum { variants } => {
             let mut seen = None;
             for variant in variants {
-                let Some(span) = variant.default else { continue };
+                let Some(span) = variant.default else {
+                    continue;
+                };
                 if !matches!(variant.original.fields, syn::Fields::Unit) {
                     errors.spanned(
                         span,

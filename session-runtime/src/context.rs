@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
+use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
 use crate::manager::{ManagerInner, Registration, SavePolicy};
-use crate::guard::SessionRef;
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::{Write, WriteOutcome};
@@ -113,7 +113,10 @@ impl Sessions {
 
     fn slots(&self) -> MutexGuard<'_, Vec<SlotEntry>> {
         // Entries are pushed whole, so a poisoned list is still consistent.
-        self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check_open<T: Session>(&self) -> Result<(), Error> {
@@ -131,7 +134,9 @@ impl Sessions {
         self.check_open::<T>()?;
         let slot = {
             let slots = self.slots();
-            let entry = slots.iter().find(|entry| entry.type_id == TypeId::of::<T>());
+            let entry = slots
+                .iter()
+                .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
                 Some(EntryState::Failed(error)) => return Err(error.clone()),
                 Some(state) => state.loaded().cloned(),
@@ -153,7 +158,9 @@ impl Sessions {
         self.check_open::<T>()?;
         let cell = {
             let mut slots = self.slots();
-            let entry = slots.iter().find(|entry| entry.type_id == TypeId::of::<T>());
+            let entry = slots
+                .iter()
+                .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
                 Some(EntryState::Loaded(slot)) => return borrow::<T>(slot),
                 Some(EntryState::Failed(error)) => return Err(error.clone()),
@@ -207,8 +214,10 @@ impl Sessions {
             tracing::debug!("handler failed: session changes dropped");
             return Ok(());
         }
-        let slots: Vec<&Arc<dyn ErasedSlot>> =
-            entries.iter().filter_map(|entry| entry.state.loaded()).collect();
+        let slots: Vec<&Arc<dyn ErasedSlot>> = entries
+            .iter()
+            .filter_map(|entry| entry.state.loaded())
+            .collect();
         let mut first_error = None;
         let mut report = |error: Error| {
             tracing::warn!(%error, "session not saved");
@@ -219,7 +228,10 @@ impl Sessions {
             match slot.pending_write() {
                 Ok(Some(write)) => {
                     let meta = slot.meta();
-                    match batches.iter_mut().find(|batch| batch.0 == meta.storage_index) {
+                    match batches
+                        .iter_mut()
+                        .find(|batch| batch.0 == meta.storage_index)
+                    {
                         Some((_, writes, metas)) => {
                             writes.push(write);
                             metas.push(meta);

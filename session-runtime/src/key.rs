@@ -244,8 +244,17 @@ mod tests {
     #[test]
     fn scopes_name_what_is_missing() {
         let channel_post = UpdateIds::new().chat(-100);
-        assert_eq!(Scope::User.scope_key(&channel_post), Err("the sender's user id"));
-        assert_eq!(Scope::ChatThread.scope_key(&channel_post).as_deref(), Ok("-100:main"));
-        assert_eq!(Scope::Global.scope_key(&UpdateIds::new()).as_deref(), Ok("global"));
+        assert_eq!(
+            Scope::User.scope_key(&channel_post),
+            Err("the sender's user id")
+        );
+        assert_eq!(
+            Scope::ChatThread.scope_key(&channel_post).as_deref(),
+            Ok("-100:main")
+        );
+        assert_eq!(
+            Scope::Global.scope_key(&UpdateIds::new()).as_deref(),
+            Ok("global")
+        );
     }
 }

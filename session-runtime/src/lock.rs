@@ -38,7 +38,11 @@ impl KeyLocks {
     }
 
     /// Waits at most `timeout` for `key`; `None` when it stayed taken.
-    pub(crate) async fn lock(self: &Arc<Self>, key: &str, timeout: Duration) -> Option<KeyLockGuard> {
+    pub(crate) async fn lock(
+        self: &Arc<Self>,
+        key: &str,
+        timeout: Duration,
+    ) -> Option<KeyLockGuard> {
         let mutex = {
             let mut table = self.table();
             let entry = table.entry(key.into()).or_insert_with(|| Entry {
@@ -55,7 +59,9 @@ impl KeyLocks {
         };
         let held = match Arc::clone(&mutex).try_lock_owned() {
             Ok(held) => held,
-            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned()).await.ok()?,
+            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned())
+                .await
+                .ok()?,
         };
         claim.held = Some(held);
         Some(claim)

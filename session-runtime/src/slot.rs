@@ -147,7 +147,10 @@ impl<T: Session> TypedSlot<T> {
         })
     }
 
-    pub(crate) fn erased(meta: SlotMeta, record: Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error> {
+    pub(crate) fn erased(
+        meta: SlotMeta,
+        record: Option<Record>,
+    ) -> Result<Arc<dyn ErasedSlot>, Error> {
         Ok(Arc::new(Self::open(meta, record)?))
     }
 }
@@ -162,7 +165,10 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     }
 
     fn pending_write(&self) -> Result<Option<Write>, Error> {
-        let state = self.state.try_lock().map_err(|_| self.meta.already_borrowed())?;
+        let state = self
+            .state
+            .try_lock()
+            .map_err(|_| self.meta.already_borrowed())?;
         state.pending_write(&self.meta)
     }
 }

@@ -5,7 +5,7 @@
 mod sql_cases;
 
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use sql_cases::{Counter, key, put, record};
 use sqlx::Connection as _;
@@ -15,47 +15,52 @@ use tg_session::{
     StorageErrorKind, UpdateIds, WriteOutcome,
 };
 
-static DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| {
-    tempfile::Builder::new()
-        .prefix("tg-session-sqlite-")
-        .tempdir()
-        .unwrap()
-});
+/// A directory of database files, removed when the test ends.
+struct Dir(tempfile::TempDir);
 
-fn path(file: &str) -> PathBuf {
-    DIR.path().join(file)
-}
+impl Dir {
+    fn new() -> Self {
+        Self(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
 
-async fn open(file: &str) -> SqliteStorage {
-    SqliteStorage::open(path(file)).await.unwrap()
-}
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.path().join(file)
+    }
 
-async fn shared(file: &str) -> SharedStorage {
-    Arc::new(open(file).await)
-}
+    async fn open(&self, file: &str) -> SqliteStorage {
+        SqliteStorage::open(self.path(file)).await.unwrap()
+    }
 
-/// A direct connection to the file, to look at and age rows as time would.
-async fn raw(file: &str) -> SqliteConnection {
-    SqliteConnection::connect(&format!("sqlite:{}", path(file).display()))
-        .await
-        .unwrap()
+    async fn shared(&self, file: &str) -> SharedStorage {
+        Arc::new(self.open(file).await)
+    }
+
+    /// A direct connection to the file, to look at and age rows as time would.
+    async fn raw(&self, file: &str) -> SqliteConnection {
+        SqliteConnection::connect(&format!("sqlite:{}", self.path(file).display()))
+            .await
+            .unwrap()
+    }
 }
 
 #[tokio::test]
 async fn batches_keep_order() {
-    sql_cases::batches_keep_order(shared("order.db").await).await;
+    let dir = Dir::new();
+    sql_cases::batches_keep_order(dir.shared("order.db").await).await;
 }
 
 #[tokio::test]
 async fn versions_are_checked() {
-    sql_cases::versions_are_checked(shared("versions.db").await).await;
+    let dir = Dir::new();
+    sql_cases::versions_are_checked(dir.shared("versions.db").await).await;
 }
 
 #[tokio::test]
 async fn ttl_expires_and_cleanup_removes() {
-    let storage = open("ttl.db").await;
+    let dir = Dir::new();
+    let storage = dir.open("ttl.db").await;
     let age = async |key: &str| {
-        let mut conn = raw("ttl.db").await;
+        let mut conn = dir.raw("ttl.db").await;
         sqlx::query("UPDATE tg_sessions SET expires_at = expires_at - 3600001 WHERE key = ?1")
             .bind(key)
             .execute(&mut conn)
@@ -63,7 +68,7 @@ async fn ttl_expires_and_cleanup_removes() {
             .unwrap();
     };
     let count = async |prefix: &str| {
-        let mut conn = raw("ttl.db").await;
+        let mut conn = dir.raw("ttl.db").await;
         sqlx::query_scalar("SELECT count(*) FROM tg_sessions WHERE key LIKE ?1")
             .bind(format!("{prefix}:%"))
             .fetch_one(&mut conn)
@@ -77,28 +82,35 @@ async fn ttl_expires_and_cleanup_removes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_writer_gets_conflict() {
+    let dir = Dir::new();
     // Two storages on one file stand for two bot processes.
     sql_cases::second_writer_gets_conflict(
-        shared("conflict.db").await,
-        shared("conflict.db").await,
+        dir.shared("conflict.db").await,
+        dir.shared("conflict.db").await,
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_managers_lose_nothing() {
-    sql_cases::concurrent_managers_lose_nothing(shared("race.db").await, shared("race.db").await)
-        .await;
+    let dir = Dir::new();
+    sql_cases::concurrent_managers_lose_nothing(
+        dir.shared("race.db").await,
+        dir.shared("race.db").await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_updates_never_hit_a_locked_database() {
-    sql_cases::many_concurrent_updates(shared("many.db").await).await;
+    let dir = Dir::new();
+    sql_cases::many_concurrent_updates(dir.shared("many.db").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_storages_on_one_file_write_concurrently() {
-    let (first, second) = (shared("two.db").await, shared("two.db").await);
+    let dir = Dir::new();
+    let (first, second) = (dir.shared("two.db").await, dir.shared("two.db").await);
     let mut tasks = Vec::new();
     for (index, storage) in [first, second].into_iter().cycle().take(64).enumerate() {
         tasks.push(tokio::spawn(async move {
@@ -124,7 +136,8 @@ async fn two_storages_on_one_file_write_concurrently() {
 
 #[tokio::test]
 async fn sessions_survive_closing_and_reopening() {
-    let storage = open("reopen.db").await;
+    let dir = Dir::new();
+    let storage = dir.open("reopen.db").await;
     let manager = SessionManager::builder()
         .storage(storage.clone())
         .register::<Counter>()
@@ -140,7 +153,7 @@ async fn sessions_survive_closing_and_reopening() {
     assert_eq!(error.kind(), StorageErrorKind::Unavailable, "{error}");
     drop((manager, storage));
 
-    let reopened = open("reopen.db").await;
+    let reopened = dir.open("reopen.db").await;
     let manager = SessionManager::builder()
         .storage(reopened.clone())
         .register::<Counter>()
@@ -153,16 +166,18 @@ async fn sessions_survive_closing_and_reopening() {
 
 #[tokio::test]
 async fn settings_are_applied() {
-    let storage = SqliteStorage::builder(path("settings.db"))
+    let dir = Dir::new();
+    // Spawned: opening is `Send`, like every storage future.
+    let open = SqliteStorage::builder(dir.path("settings.db"))
         .synchronous(SqliteSynchronous::Full)
-        .open()
-        .await
-        .unwrap();
+        .readers(1)
+        .open();
+    let storage = tokio::spawn(open).await.unwrap().unwrap();
     storage
         .write(&[put(&key("settings", "k"), "v", None, None)])
         .await
         .unwrap();
-    let mut conn = raw("settings.db").await;
+    let mut conn = dir.raw("settings.db").await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -173,12 +188,13 @@ async fn settings_are_applied() {
 
 #[tokio::test]
 async fn table_name_is_configurable_and_checked() {
-    let custom = SqliteStorage::builder(path("tables.db"))
+    let dir = Dir::new();
+    let custom = SqliteStorage::builder(dir.path("tables.db"))
         .table("bot_two")
         .open()
         .await
         .unwrap();
-    let default = open("tables.db").await;
+    let default = dir.open("tables.db").await;
     assert_eq!(
         (custom.table(), default.table()),
         ("bot_two", "tg_sessions")
@@ -198,7 +214,7 @@ async fn table_name_is_configurable_and_checked() {
         "1st",
         "",
     ] {
-        let error = SqliteStorage::builder(path("tables.db"))
+        let error = SqliteStorage::builder(dir.path("tables.db"))
             .table(bad)
             .open()
             .await
@@ -208,7 +224,7 @@ async fn table_name_is_configurable_and_checked() {
             "{bad:?}: {error}"
         );
     }
-    let mut conn = raw("tables.db").await;
+    let mut conn = dir.raw("tables.db").await;
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .fetch_all(&mut conn)
@@ -219,7 +235,8 @@ async fn table_name_is_configurable_and_checked() {
 
 #[tokio::test]
 async fn an_unopenable_file_is_a_storage_error() {
-    let error = SqliteStorage::open(path("no-such-dir/sessions.db"))
+    let dir = Dir::new();
+    let error = SqliteStorage::open(dir.path("no-such-dir/sessions.db"))
         .await
         .unwrap_err();
     assert!(error.to_string().contains("unable to open"), "{error}");

@@ -28,6 +28,7 @@ pid=$!
 read -r signal || signal=QUIT
 kill -"${signal:-QUIT}" "$pid" 2>/dev/null
 wait "$pid"
+[ "${signal:-QUIT}" = QUIT ] && rm -rf "$3"
 "#;
 
 /// A running PostgreSQL server owned by a test.
@@ -55,7 +56,16 @@ impl PostgresServer {
         let output = as_user(Command::new(bin.join("initdb")), user)
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .expect("run initdb");
         assert!(
@@ -90,7 +100,11 @@ impl PostgresServer {
     /// same data and port.
     pub fn restart(&mut self) {
         self.stop("INT");
-        assert!(self.launch(), "PostgreSQL did not restart; log:\n{}", self.log());
+        assert!(
+            self.launch(),
+            "PostgreSQL did not restart; log:\n{}",
+            self.log()
+        );
     }
 
     /// Starts `postgres` and waits until it accepts connections; `false`
@@ -132,7 +146,10 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("PostgreSQL did not accept connections within {PATIENCE:?}; log:\n{}", self.log());
+        panic!(
+            "PostgreSQL did not accept connections within {PATIENCE:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// Sends `signal` (INT: fast shutdown, QUIT: immediate) and waits for the server to exit.
@@ -190,7 +207,9 @@ fn binaries() -> PathBuf {
 
 /// `None` when this process is not root; else the uid and gid to run PostgreSQL as.
 fn unprivileged_user() -> Option<(u32, u32)> {
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
     if euid != 0 {
         return None;
     }
@@ -199,7 +218,13 @@ fn unprivileged_user() -> Option<(u32, u32)> {
     }
     // Several test binaries may race here: a failed useradd is fine when the user now exists.
     let _ = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "tg-session-test"])
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "tg-session-test",
+        ])
         .status();
     Some(passwd_entry("tg-session-test").expect("no unprivileged user to run PostgreSQL as"))
 }
@@ -209,7 +234,9 @@ fn passwd_entry(name: &str) -> Option<(u32, u32)> {
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         match fields.as_slice() {
-            [user, _, uid, gid, ..] if *user == name => Some((uid.parse().ok()?, gid.parse().ok()?)),
+            [user, _, uid, gid, ..] if *user == name => {
+                Some((uid.parse().ok()?, gid.parse().ok()?))
+            }
             _ => None,
         }
     })

@@ -97,6 +97,8 @@ impl Statements {
 #[must_use]
 pub struct PostgresStorageBuilder {
     table: String,
+    max_connections: u32,
+    acquire_timeout: Duration,
 }
 
 impl PostgresStorageBuilder {
@@ -108,20 +110,36 @@ impl PostgresStorageBuilder {
         self
     }
 
-    /// Connects a pool of up to 10 connections to `url`
-    /// (`postgres://user:password@host:port/database`) and creates the table
-    /// if it is missing.
+    /// Most connections [`connect`](Self::connect) opens (default 10).
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long [`connect`](Self::connect)'s pool waits for a connection
+    /// (the server unreachable, or every connection busy) before a load or
+    /// write fails with [`StorageErrorKind::Timeout`](crate::StorageErrorKind)
+    /// (default 5 s).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Connects a pool to `url` (`postgres://user:password@host:port/database`)
+    /// and creates the table if it is missing.
     pub async fn connect(self, url: &str) -> Result<PostgresStorage, StorageError> {
         let table = TableName::parse(&self.table, true)?;
         let pool = PgPoolOptions::new()
-            .max_connections(10)
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
             .connect(url)
             .await
             .map_err(storage_error)?;
         PostgresStorage::create(pool, table).await
     }
 
-    /// Uses an existing pool (the bot's own) and creates the table if it is missing.
+    /// Uses an existing pool (the bot's own, with its own settings) and
+    /// creates the table if it is missing.
     pub async fn pool(self, pool: PgPool) -> Result<PostgresStorage, StorageError> {
         let table = TableName::parse(&self.table, true)?;
         PostgresStorage::create(pool, table).await
@@ -129,7 +147,8 @@ impl PostgresStorageBuilder {
 }
 
 impl PostgresStorage {
-    /// Connects to `url` with the default table and a pool of up to 10 connections.
+    /// Connects to `url` with the default table and a pool of up to 10
+    /// connections waiting at most 5 s for one.
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
         Self::builder().connect(url).await
     }
@@ -143,6 +162,8 @@ impl PostgresStorage {
     pub fn builder() -> PostgresStorageBuilder {
         PostgresStorageBuilder {
             table: DEFAULT_TABLE.to_owned(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 
@@ -226,27 +247,38 @@ impl PostgresStorage {
 /// Creates the table and its expiry index, under an advisory lock so that
 /// processes starting together do not race on the catalog.
 async fn create_table(pool: &PgPool, table: &TableName) -> Result<(), StorageError> {
+    let mut tx = pool.begin().await.map_err(storage_error)?;
+    create_in(&mut tx, table).await?;
+    tx.commit().await.map_err(storage_error)
+}
+
+async fn create_in(conn: &mut PgConnection, table: &TableName) -> Result<(), StorageError> {
     let t = table.quoted();
     let index = table.index();
-    let mut tx = pool.begin().await.map_err(storage_error)?;
+    let statements = [
+        format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\
+                 key TEXT PRIMARY KEY, \
+                 value BYTEA NOT NULL, \
+                 version BIGINT NOT NULL, \
+                 expires_at TIMESTAMPTZ\
+             )"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL"
+        ),
+    ];
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("tg_session:{}", table.as_str()))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(storage_error)?;
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE IF NOT EXISTS {t} (\
-             key TEXT PRIMARY KEY, \
-             value BYTEA NOT NULL, \
-             version BIGINT NOT NULL, \
-             expires_at TIMESTAMPTZ\
-         ); \
-         CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL;"
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(storage_error)?;
-    tx.commit().await.map_err(storage_error)?;
+    for statement in &statements {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(storage_error)?;
+    }
     Ok(())
 }
 

@@ -38,13 +38,17 @@ fn next_user(counter: &AtomicU64) -> u64 {
 }
 
 async fn ours_one(manager: &SessionManager, user: u64) {
-    let ctx = manager.begin(UpdateIds::new().user(user).chat(user as i64)).await;
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
     ctx.one().unwrap().apple += 1;
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
 
 async fn ours_four(manager: &SessionManager, user: u64) {
-    let ctx = manager.begin(UpdateIds::new().user(user).chat(user as i64)).await;
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
     ctx.one().unwrap().apple += 1;
     ctx.two().unwrap().apple += 1;
     ctx.three().unwrap().apple += 1;
@@ -64,13 +68,17 @@ async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("update_read_modify_write_memory");
     let user = AtomicU64::new(0);
 
     let one = SessionManager::builder().register::<One>().build().unwrap();
     group.bench_function(BenchmarkId::new("tg_session", "1 session"), |b| {
-        b.to_async(&runtime).iter(|| ours_one(&one, black_box(next_user(&user))))
+        b.to_async(&runtime)
+            .iter(|| ours_one(&one, black_box(next_user(&user))))
     });
     let storage = InMemStorage::<One>::new();
     group.bench_function(BenchmarkId::new("teloxide_dialogue", "1 session"), |b| {
@@ -86,7 +94,8 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     group.bench_function(BenchmarkId::new("tg_session", "4 sessions"), |b| {
-        b.to_async(&runtime).iter(|| ours_four(&four, black_box(next_user(&user))))
+        b.to_async(&runtime)
+            .iter(|| ours_four(&four, black_box(next_user(&user))))
     });
     let storages = (
         InMemStorage::<One>::new(),

@@ -22,7 +22,10 @@ pub struct MapStorage {
 }
 
 impl MapStorage {
-    fn records(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, (Record, Option<Instant>)>>, StorageError> {
+    fn records(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, (Record, Option<Instant>)>>, StorageError>
+    {
         self.records
             .lock()
             .map_err(|_| StorageError::other("a thread panicked while holding the map"))
@@ -30,7 +33,11 @@ impl MapStorage {
 }
 
 /// The version stored under `key`, treating an expired record as absent.
-fn live_version(records: &HashMap<String, (Record, Option<Instant>)>, key: &str, now: Instant) -> Option<u64> {
+fn live_version(
+    records: &HashMap<String, (Record, Option<Instant>)>,
+    key: &str,
+    now: Instant,
+) -> Option<u64> {
     records
         .get(key)
         .filter(|(_, expires)| expires.is_none_or(|at| at > now))
@@ -61,12 +68,20 @@ impl Storage for MapStorage {
         Ok(writes
             .iter()
             .map(|write| match write {
-                Write::Put { key, value, expected_version, ttl } => {
+                Write::Put {
+                    key,
+                    value,
+                    expected_version,
+                    ttl,
+                } => {
                     if live_version(&records, key.as_str(), now) != *expected_version {
                         return WriteOutcome::Conflict;
                     }
                     let version = Write::next_version(*expected_version);
-                    let record = Record { value: value.clone(), version };
+                    let record = Record {
+                        value: value.clone(),
+                        version,
+                    };
                     let expires = ttl.map(|ttl| now + ttl);
                     records.insert(key.to_string(), (record, expires));
                     WriteOutcome::Written { version }

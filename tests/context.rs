@@ -19,9 +19,18 @@ fn two_types_with_one_key_name_are_refused_at_build() {
         .register::<lenient::LenientCounter>()
         .build()
         .expect_err("both are named `counter`");
-    assert!(matches!(error, Error::DuplicateSession { session: "counter", .. }));
+    assert!(matches!(
+        error,
+        Error::DuplicateSession {
+            session: "counter",
+            ..
+        }
+    ));
     let message = error.to_string();
-    assert!(message.contains("Counter") && message.contains("LenientCounter"), "{message}");
+    assert!(
+        message.contains("Counter") && message.contains("LenientCounter"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -29,7 +38,13 @@ async fn an_eager_type_must_be_registered() {
     let manager = SessionManager::builder().build().unwrap();
     let ctx = manager.begin(user(1)).await;
     let error = ctx.counter().map(|c| c.apple).expect_err("not registered");
-    assert!(matches!(error, Error::NotRegistered { session: "counter", .. }));
+    assert!(matches!(
+        error,
+        Error::NotRegistered {
+            session: "counter",
+            ..
+        }
+    ));
     assert!(error.to_string().contains(".register::<"), "{error}");
     // `load` still works for it: it is loaded on demand.
     assert_eq!(ctx.load::<Counter>().await.unwrap().apple, 1);
@@ -37,33 +52,62 @@ async fn an_eager_type_must_be_registered() {
 
 #[tokio::test]
 async fn one_session_cannot_be_borrowed_twice() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let ctx = manager.begin(user(1)).await;
     let first = ctx.counter().unwrap();
     let error = ctx.counter().map(|c| c.apple).expect_err("still borrowed");
-    assert!(matches!(error, Error::AlreadyBorrowed { session: "counter", .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            Error::AlreadyBorrowed {
+                session: "counter",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     drop(first);
     ctx.counter().unwrap().apple += 1;
 }
 
 #[tokio::test]
 async fn a_guard_alive_at_commit_is_reported_not_waited_for() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let ctx = manager.begin(user(1)).await;
     let mut leaked = ctx.counter().unwrap();
     leaked.apple = 9;
-    let error = ctx.commit(HandlerOutcome::Succeeded).await.expect_err("guard alive");
+    let error = ctx
+        .commit(HandlerOutcome::Succeeded)
+        .await
+        .expect_err("guard alive");
     assert!(matches!(error, Error::AlreadyBorrowed { .. }), "{error:?}");
 }
 
 #[tokio::test]
 async fn a_committed_context_refuses_access() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let ctx = manager.begin(user(1)).await;
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-    assert!(matches!(ctx.counter().map(|c| c.apple), Err(Error::Finished { .. })));
-    assert!(matches!(ctx.profile().await.map(|p| p.name.clone()), Err(Error::Finished { .. })));
-    ctx.commit(HandlerOutcome::Succeeded).await.expect("a second commit does nothing");
+    assert!(matches!(
+        ctx.counter().map(|c| c.apple),
+        Err(Error::Finished { .. })
+    ));
+    assert!(matches!(
+        ctx.profile().await.map(|p| p.name.clone()),
+        Err(Error::Finished { .. })
+    ));
+    ctx.commit(HandlerOutcome::Succeeded)
+        .await
+        .expect("a second commit does nothing");
 }
 
 #[tokio::test]
@@ -76,8 +120,21 @@ async fn a_held_key_times_out_a_lazy_waiter_but_not_other_keys() {
     let _held = holder.profile().await.unwrap();
 
     let waiter = manager.begin(user(1)).await;
-    let error = waiter.profile().await.map(|p| p.name.clone()).expect_err("key held");
-    assert!(matches!(error, Error::LockTimeout { session: "profile", .. }), "{error:?}");
+    let error = waiter
+        .profile()
+        .await
+        .map(|p| p.name.clone())
+        .expect_err("key held");
+    assert!(
+        matches!(
+            error,
+            Error::LockTimeout {
+                session: "profile",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 
     let other = manager.begin(user(2)).await;
     other.profile().await.expect("another key never waits").name = Some("Bob".into());
@@ -96,7 +153,10 @@ async fn run_commits_after_the_handler_and_passes_its_error() {
             AppError::Session(error)
         }
     }
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let apples = manager
         .run(user(1), |ctx| async move {
             let mut counter = ctx.counter()?;
@@ -114,15 +174,23 @@ async fn run_commits_after_the_handler_and_passes_its_error() {
         .await;
     assert!(matches!(failed, Err(AppError::Refused)));
     let after = manager
-        .run(user(1), |ctx| async move { Ok::<_, AppError>(ctx.counter()?.apple) })
+        .run(user(1), |ctx| async move {
+            Ok::<_, AppError>(ctx.counter()?.apple)
+        })
         .await
         .unwrap();
     assert_eq!(after, 2, "the failed update saved nothing");
     // A guard that outlives the handler makes the commit fail, as the handler's error type.
     let escaped = manager
-        .run(user(1), |ctx| async move { Ok::<_, AppError>(ctx.counter()?) })
+        .run(
+            user(1),
+            |ctx| async move { Ok::<_, AppError>(ctx.counter()?) },
+        )
         .await;
-    assert!(matches!(escaped, Err(AppError::Session(Error::AlreadyBorrowed { .. }))));
+    assert!(matches!(
+        escaped,
+        Err(AppError::Session(Error::AlreadyBorrowed { .. }))
+    ));
 }
 
 #[tokio::test]

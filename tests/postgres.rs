@@ -6,6 +6,7 @@
 mod postgres_server;
 #[path = "support/sql_cases.rs"]
 mod sql_cases;
+mod suite;
 
 use std::sync::{Arc, LazyLock};
 
@@ -27,6 +28,8 @@ async fn connect() -> PostgresStorage {
 async fn shared() -> SharedStorage {
     Arc::new(connect().await)
 }
+
+behaviour_suite!(shared);
 
 #[tokio::test]
 async fn batches_keep_order() {

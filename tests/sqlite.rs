@@ -3,9 +3,11 @@
 
 #[path = "support/sql_cases.rs"]
 mod sql_cases;
+mod suite;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use sql_cases::{Counter, key, put, record};
 use sqlx::Connection as _;
@@ -14,6 +16,22 @@ use tg_session::{
     HandlerOutcome, SessionManager, SharedStorage, SqliteStorage, SqliteSynchronous, Storage,
     StorageErrorKind, UpdateIds, WriteOutcome,
 };
+
+/// The behaviour suite's storages: a new file each, in a directory emptied
+/// once per run (a `static` is never dropped, so it cannot clean up after).
+async fn suite_storage() -> SharedStorage {
+    static DIR: LazyLock<PathBuf> = LazyLock::new(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sqlite-suite");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let file = DIR.join(format!("{}.db", NEXT.fetch_add(1, Ordering::Relaxed)));
+    Arc::new(SqliteStorage::open(file).await.unwrap())
+}
+
+behaviour_suite!(suite_storage);
 
 /// A directory of database files, removed when the test ends.
 struct Dir(tempfile::TempDir);

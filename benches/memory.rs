@@ -21,9 +21,9 @@ use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
 const USERS: u64 = 1_000;
 
 macro_rules! session_types {
-    ($($ty:ident $accessor:ident),*) => {$(
+    ($($ty:ident $key:literal),*) => {$(
         #[derive(Session, Serialize, Deserialize, Clone, Default)]
-        #[session(key = $accessor)]
+        #[session(key = $key)]
         struct $ty {
             apple: u32,
             name: Option<String>,

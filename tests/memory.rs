@@ -10,3 +10,15 @@ async fn memory() -> SharedStorage {
 }
 
 behaviour_suite!(memory);
+
+/// The same suite over the bounded (moka) backend.
+mod bounded {
+    use super::suite;
+    use tg_session::{MemoryStorage, SharedStorage};
+
+    async fn bounded_memory() -> SharedStorage {
+        std::sync::Arc::new(MemoryStorage::with_capacity(1_000_000))
+    }
+
+    crate::behaviour_suite!(bounded_memory);
+}

@@ -301,11 +301,7 @@ async fn lock_key(
         .locks
         .lock(key.as_str(), manager.lock_timeout)
         .await
-        .ok_or_else(|| Error::LockTimeout {
-            session,
-            key: key.to_string(),
-            waited: manager.lock_timeout,
-        })?;
+        .ok_or_else(|| lock_timeout(manager, session, &key))?;
     let storage = &manager.storages[storage_index];
     Ok(SlotMeta {
         session,
@@ -321,67 +317,82 @@ async fn lock_key(
 /// two updates never wait on each other in a cycle), then one load per storage.
 async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
     let mut entries = Vec::with_capacity(manager.registrations.len());
-    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::new();
+    let failed = |registration: &Registration, error| SlotEntry {
+        type_id: registration.type_id,
+        state: EntryState::Failed(error),
+    };
+    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(entries.capacity());
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.storage_key(registration.name, &registration.key, ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state: EntryState::Failed(error),
-            }),
+            Err(error) => entries.push(failed(registration, error)),
         }
     }
-    wanted.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    let mut locked: Vec<(&Registration, SlotMeta)> = Vec::with_capacity(wanted.len());
+    if wanted.is_empty() {
+        return entries;
+    }
+    wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    let mut locked = Vec::with_capacity(wanted.len());
     for (registration, key) in wanted {
-        match lock_key(manager, registration.name, key, registration.storage_index).await {
-            Ok(meta) => locked.push((registration, meta)),
-            Err(error) => entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state: EntryState::Failed(error),
-            }),
+        match manager.locks.lock(key.as_str(), manager.lock_timeout).await {
+            Some(lock) => locked.push((registration, key, lock)),
+            None => {
+                let error = lock_timeout(manager, registration.name, &key);
+                entries.push(failed(registration, error));
+            }
         }
     }
-    for storage_index in 0..manager.storages.len() {
-        let (batch, rest): (Vec<_>, Vec<_>) = locked
-            .into_iter()
-            .partition(|(_, meta)| meta.storage_index == storage_index);
-        locked = rest;
-        if batch.is_empty() {
-            continue;
-        }
-        let keys: Vec<StorageKey> = batch.iter().map(|(_, meta)| meta.key.clone()).collect();
-        let storage = &manager.storages[storage_index].storage;
-        match storage.load(&keys).await {
-            Ok(records) if records.len() == batch.len() => {
-                for ((registration, meta), record) in batch.into_iter().zip(records) {
-                    let state = match (registration.open)(meta, record) {
-                        Ok(slot) => EntryState::Loaded(slot),
-                        Err(error) => EntryState::Failed(error),
-                    };
-                    entries.push(SlotEntry {
-                        type_id: registration.type_id,
-                        state,
-                    });
-                }
-            }
-            result => {
-                let source = match result {
-                    Err(source) => source,
-                    Ok(records) => crate::StorageError::other(format!(
-                        "asked for {} keys, got {} records",
-                        keys.len(),
-                        records.len()
-                    )),
-                };
-                for (registration, meta) in batch {
-                    entries.push(SlotEntry {
-                        type_id: registration.type_id,
-                        state: EntryState::Failed(meta.storage_error(source.clone())),
-                    });
-                }
-            }
+    // Stable: keeps the key order inside each storage's batch.
+    locked.sort_by_key(|(registration, ..)| registration.storage_index);
+    while let Some((first, ..)) = locked.first() {
+        let storage_index = first.storage_index;
+        let batch = locked
+            .iter()
+            .take_while(|(registration, ..)| registration.storage_index == storage_index)
+            .count();
+        let (keys, held): (Vec<StorageKey>, Vec<_>) = locked
+            .drain(..batch)
+            .map(|(registration, key, lock)| (key, (registration, lock)))
+            .unzip();
+        let storage = &manager.storages[storage_index];
+        let records = match storage.storage.load(&keys).await {
+            Ok(records) if records.len() == keys.len() => Ok(records),
+            Ok(records) => Err(crate::StorageError::other(format!(
+                "asked for {} keys, got {} records",
+                keys.len(),
+                records.len()
+            ))),
+            Err(source) => Err(source),
+        };
+        for (index, (key, (registration, lock))) in keys.into_iter().zip(held).enumerate() {
+            let meta = SlotMeta {
+                session: registration.name,
+                key,
+                storage: Arc::clone(&storage.storage),
+                storage_index,
+                storage_name: Arc::clone(&storage.name),
+                _lock: lock,
+            };
+            let state = match &records {
+                Ok(records) => match (registration.open)(meta, records[index].clone()) {
+                    Ok(slot) => EntryState::Loaded(slot),
+                    Err(error) => EntryState::Failed(error),
+                },
+                Err(source) => EntryState::Failed(meta.storage_error(source.clone())),
+            };
+            entries.push(SlotEntry {
+                type_id: registration.type_id,
+                state,
+            });
         }
     }
     entries
+}
+
+fn lock_timeout(manager: &ManagerInner, session: &'static str, key: &StorageKey) -> Error {
+    Error::LockTimeout {
+        session,
+        key: key.to_string(),
+        waited: manager.lock_timeout,
+    }
 }

@@ -38,7 +38,7 @@ use tg_session::{
 const USERS: u64 = 1_000;
 
 macro_rules! session_types {
-    ($($ty:ident $accessor:ident),*) => {$(
+    ($($ty:ident $accessor:literal),*) => {$(
         #[derive(Session, Serialize, Deserialize, Clone, Default)]
         #[session(key = $accessor)]
         struct $ty {

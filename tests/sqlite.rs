@@ -222,7 +222,10 @@ async fn table_name_is_configurable_and_checked() {
         .write(&[put(&k, "custom", None, None)])
         .await
         .unwrap();
-    assert_eq!(default.load(&[k.clone()]).await.unwrap(), [None]);
+    assert_eq!(
+        default.load(std::slice::from_ref(&k)).await.unwrap(),
+        [None]
+    );
     assert_eq!(custom.load(&[k]).await.unwrap(), [record("custom", 1)]);
 
     for bad in [

@@ -125,7 +125,10 @@ pub async fn versions_are_checked(storage: SharedStorage) {
             WriteOutcome::Written { version: 1 }
         ]
     );
-    assert_eq!(storage.load(&[k.clone()]).await.unwrap(), [record("v1", 1)]);
+    assert_eq!(
+        storage.load(std::slice::from_ref(&k)).await.unwrap(),
+        [record("v1", 1)]
+    );
     assert_eq!(
         storage
             .write(&[Write::Delete { key: k.clone() }])
@@ -133,7 +136,10 @@ pub async fn versions_are_checked(storage: SharedStorage) {
             .unwrap(),
         [WriteOutcome::Deleted]
     );
-    assert_eq!(storage.load(&[k.clone()]).await.unwrap(), [None]);
+    assert_eq!(
+        storage.load(std::slice::from_ref(&k)).await.unwrap(),
+        [None]
+    );
     assert_eq!(
         storage
             .write(&[put(&k, "fresh", None, None)])
@@ -203,7 +209,7 @@ pub async fn ttl_expires_and_cleanup_removes(
         [WriteOutcome::Written { version: 1 }]
     );
     assert_eq!(
-        storage.load(&[short.clone()]).await.unwrap(),
+        storage.load(std::slice::from_ref(&short)).await.unwrap(),
         [record("new", 1)]
     );
 

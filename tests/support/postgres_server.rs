@@ -45,9 +45,15 @@ impl PostgresServer {
     pub fn start() -> Self {
         let bin = binaries();
         let user = unprivileged_user();
+        // The unprivileged user must reach the directory: $TMPDIR may be
+        // private to root, /tmp is open to all.
+        let parent = match user {
+            Some(_) => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("tg-session-pg-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temporary directory");
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the temp dir");

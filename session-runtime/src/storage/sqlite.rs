@@ -197,11 +197,14 @@ impl SqliteStorageBuilder {
             .foreign_keys(false);
         // Connections live as long as the storage so their prepared
         // statements stay cached.
+        // A file has no link to go stale: pinging it on every acquire would
+        // only add a round trip to sqlx's connection thread.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(storage_error)?;
@@ -210,6 +213,7 @@ impl SqliteStorageBuilder {
             .max_connections(self.readers)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(storage_error)?;

@@ -17,6 +17,12 @@ use crate::key::StorageKey;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A stored session: its encoded bytes and the version they were written at.
 #[derive(Clone, Debug, PartialEq, Eq)]

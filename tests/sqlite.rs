@@ -1,0 +1,264 @@
+//! The SQLite storage on real database files in a temporary directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/sql_cases.rs"]
+mod sql_cases;
+mod suite;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use sql_cases::{Counter, key, put, record};
+use sqlx::Connection as _;
+use sqlx::sqlite::SqliteConnection;
+use tg_session::{
+    HandlerOutcome, SessionManager, SharedStorage, SqliteStorage, SqliteSynchronous, Storage,
+    StorageErrorKind, UpdateIds, WriteOutcome,
+};
+
+/// The behaviour suite's storages: a new file each, in a directory emptied
+/// once per run (a `static` is never dropped, so it cannot clean up after).
+async fn suite_storage() -> SharedStorage {
+    static DIR: LazyLock<PathBuf> = LazyLock::new(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sqlite-suite");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let file = DIR.join(format!("{}.db", NEXT.fetch_add(1, Ordering::Relaxed)));
+    Arc::new(SqliteStorage::open(file).await.unwrap())
+}
+
+behaviour_suite!(suite_storage);
+
+/// A directory of database files, removed when the test ends.
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Self(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.path().join(file)
+    }
+
+    async fn open(&self, file: &str) -> SqliteStorage {
+        SqliteStorage::open(self.path(file)).await.unwrap()
+    }
+
+    async fn shared(&self, file: &str) -> SharedStorage {
+        Arc::new(self.open(file).await)
+    }
+
+    /// A direct connection to the file, to look at and age rows as time would.
+    async fn raw(&self, file: &str) -> SqliteConnection {
+        SqliteConnection::connect(&format!("sqlite:{}", self.path(file).display()))
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn batches_keep_order() {
+    let dir = Dir::new();
+    sql_cases::batches_keep_order(dir.shared("order.db").await).await;
+}
+
+#[tokio::test]
+async fn versions_are_checked() {
+    let dir = Dir::new();
+    sql_cases::versions_are_checked(dir.shared("versions.db").await).await;
+}
+
+#[tokio::test]
+async fn ttl_expires_and_cleanup_removes() {
+    let dir = Dir::new();
+    let storage = dir.open("ttl.db").await;
+    let age = async |key: &str| {
+        let mut conn = dir.raw("ttl.db").await;
+        sqlx::query("UPDATE tg_sessions SET expires_at = expires_at - 3600001 WHERE key = ?1")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    };
+    let count = async |prefix: &str| {
+        let mut conn = dir.raw("ttl.db").await;
+        sqlx::query_scalar("SELECT count(*) FROM tg_sessions WHERE key LIKE ?1")
+            .bind(format!("{prefix}:%"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    let cleanup = async || storage.cleanup_expired().await.unwrap();
+    sql_cases::ttl_expires_and_cleanup_removes(Arc::new(storage.clone()), age, count, cleanup)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_writer_gets_conflict() {
+    let dir = Dir::new();
+    // Two storages on one file stand for two bot processes.
+    sql_cases::second_writer_gets_conflict(
+        dir.shared("conflict.db").await,
+        dir.shared("conflict.db").await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_managers_lose_nothing() {
+    let dir = Dir::new();
+    sql_cases::concurrent_managers_lose_nothing(
+        dir.shared("race.db").await,
+        dir.shared("race.db").await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_updates_never_hit_a_locked_database() {
+    let dir = Dir::new();
+    sql_cases::many_concurrent_updates(dir.shared("many.db").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_storages_on_one_file_write_concurrently() {
+    let dir = Dir::new();
+    let (first, second) = (dir.shared("two.db").await, dir.shared("two.db").await);
+    let mut tasks = Vec::new();
+    for (index, storage) in [first, second].into_iter().cycle().take(64).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let (a, b) = (
+                key("two", &format!("{index}-a")),
+                key("two", &format!("{index}-b")),
+            );
+            storage
+                .write(&[put(&a, "a", None, None), put(&b, "b", None, None)])
+                .await
+        }));
+    }
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            [
+                WriteOutcome::Written { version: 1 },
+                WriteOutcome::Written { version: 1 }
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn sessions_survive_closing_and_reopening() {
+    let dir = Dir::new();
+    let storage = dir.open("reopen.db").await;
+    let manager = SessionManager::builder()
+        .storage(storage.clone())
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let ctx = manager.begin(UpdateIds::new().user(5)).await;
+        ctx.get::<Counter>().unwrap().hits += 1;
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    }
+    storage.close().await;
+    let error = storage.load(&[key("reopen", "x")]).await.unwrap_err();
+    assert_eq!(error.kind(), StorageErrorKind::Unavailable, "{error}");
+    drop((manager, storage));
+
+    let reopened = dir.open("reopen.db").await;
+    let manager = SessionManager::builder()
+        .storage(reopened.clone())
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let ctx = manager.begin(UpdateIds::new().user(5)).await;
+    let counter = ctx.get::<Counter>().unwrap();
+    assert_eq!((counter.hits, counter.version()), (3, Some(3)));
+}
+
+#[tokio::test]
+async fn settings_are_applied() {
+    let dir = Dir::new();
+    // Spawned: opening is `Send`, like every storage future.
+    let open = SqliteStorage::builder(dir.path("settings.db"))
+        .synchronous(SqliteSynchronous::Full)
+        .readers(1)
+        .open();
+    let storage = tokio::spawn(open).await.unwrap().unwrap();
+    storage
+        .write(&[put(&key("settings", "k"), "v", None, None)])
+        .await
+        .unwrap();
+    let mut conn = dir.raw("settings.db").await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert!(storage.name().starts_with("sqlite:") && storage.name().ends_with("settings.db"));
+}
+
+#[tokio::test]
+async fn table_name_is_configurable_and_checked() {
+    let dir = Dir::new();
+    let custom = SqliteStorage::builder(dir.path("tables.db"))
+        .table("bot_two")
+        .open()
+        .await
+        .unwrap();
+    let default = dir.open("tables.db").await;
+    assert_eq!(
+        (custom.table(), default.table()),
+        ("bot_two", "tg_sessions")
+    );
+    let k = key("tables", "k");
+    custom
+        .write(&[put(&k, "custom", None, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        default.load(std::slice::from_ref(&k)).await.unwrap(),
+        [None]
+    );
+    assert_eq!(custom.load(&[k]).await.unwrap(), [record("custom", 1)]);
+
+    for bad in [
+        "x; DROP TABLE tg_sessions; --",
+        "main.sessions",
+        "\"quoted\"",
+        "1st",
+        "",
+    ] {
+        let error = SqliteStorage::builder(dir.path("tables.db"))
+            .table(bad)
+            .open()
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("invalid session table name"),
+            "{bad:?}: {error}"
+        );
+    }
+    let mut conn = dir.raw("tables.db").await;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["bot_two", "tg_sessions"]);
+}
+
+#[tokio::test]
+async fn an_unopenable_file_is_a_storage_error() {
+    let dir = Dir::new();
+    let error = SqliteStorage::open(dir.path("no-such-dir/sessions.db"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("unable to open"), "{error}");
+}

@@ -29,10 +29,10 @@ pub use manager::{
 };
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
-#[cfg(feature = "redis")]
-pub use storage::redis::RedisStorage;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::{PostgresStorage, PostgresStorageBuilder};
+#[cfg(feature = "redis")]
+pub use storage::redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
 pub use storage::{Record, Storage, Write, WriteOutcome};

@@ -28,3 +28,5 @@ pub use manager::{DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManag
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
 pub use storage::{Record, Storage, Write, WriteOutcome};
+#[cfg(feature = "teloxide")]
+pub mod teloxide;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use teloxide::Bot;
 use teloxide::dispatching::{Dispatcher, UpdateHandler};
+use teloxide::error_handlers::LoggingErrorHandler;
+use teloxide::update_listeners::{Polling, UpdateListener};
 use teloxide::dptree::di::DependencyMap;
 
 use crate::people::{Chat, User};
@@ -175,24 +177,32 @@ pub async fn run_offline<E>(
 where
     E: fmt::Debug + Send + Sync + 'static,
 {
-    let mut dispatcher = Dispatcher::builder(stub.bot(), handler)
+    let bot = stub.bot();
+    let mut dispatcher = Dispatcher::builder(bot.clone(), handler)
         .dependencies(deps)
         .build();
-    let token = dispatcher.shutdown_token();
+    // What `dispatch()` uses, built here to keep its stop token: stopping
+    // the listener ends dispatching through its update stream. (teloxide's
+    // `ShutdownToken` is woken with `Notify::notify_waiters`, which is lost
+    // when the dispatcher is between two waits, e.g. while it reaps idle
+    // workers; the run would then hang.)
+    let mut polling = Polling::builder(bot)
+        .timeout(Duration::from_secs(10))
+        .delete_webhook()
+        .await
+        .build();
+    let stop = polling.stop_token();
     let drive = async {
-        // The first poll means the dispatcher is running (and can be shut down).
         stub.first_call("getUpdates").await;
         let played = play(stub, script, print).await;
-        match token.shutdown() {
-            Ok(done) => {
-                stub.close();
-                done.await;
-            }
-            Err(_) => stub.close(),
-        }
+        stop.stop();
+        stub.close();
         played
     };
-    let ((), played) = tokio::join!(dispatcher.dispatch(), drive);
+    let ((), played) = tokio::join!(
+        dispatcher.dispatch_with_listener(polling, LoggingErrorHandler::new()),
+        drive
+    );
     played
 }
 

@@ -261,3 +261,78 @@ where
         self.chain(enter_sessions_log_only(manager))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn update(json: &str) -> Update {
+        // `from_str`, not `from_value`: the latter yields `UpdateKind::Error`.
+        serde_json::from_str(json).unwrap()
+    }
+
+    const ALICE: &str = r#"{"id": 42, "is_bot": false, "first_name": "Alice"}"#;
+
+    #[test]
+    fn a_topic_message_carries_user_chat_and_thread() {
+        let upd = update(&format!(
+            r#"{{"update_id": 1, "message": {{"message_id": 5, "date": 1, "from": {ALICE},
+                "chat": {{"id": -100, "type": "supergroup", "title": "F", "is_forum": true}},
+                "message_thread_id": 4, "is_topic_message": true, "text": "x"}}}}"#
+        ));
+        let ids = update_ids(&upd, None);
+        assert_eq!((ids.user_id(), ids.chat_id(), ids.thread_id()), (Some(42), Some(-100), Some(4)));
+        assert_eq!(ids.bot_id(), None);
+    }
+
+    #[test]
+    fn a_reply_thread_outside_a_forum_is_not_a_topic() {
+        let upd = update(&format!(
+            r#"{{"update_id": 1, "message": {{"message_id": 5, "date": 1, "from": {ALICE},
+                "chat": {{"id": -100, "type": "supergroup", "title": "G"}},
+                "message_thread_id": 3, "text": "x"}}}}"#
+        ));
+        assert_eq!(update_ids(&upd, None).thread_id(), None);
+    }
+
+    #[test]
+    fn a_channel_post_has_a_chat_and_no_sender() {
+        let upd = update(
+            r#"{"update_id": 1, "channel_post": {"message_id": 5, "date": 1,
+                "chat": {"id": -1009, "type": "channel", "title": "News"}, "text": "x"}}"#,
+        );
+        let ids = update_ids(&upd, None);
+        assert_eq!((ids.user_id(), ids.chat_id()), (None, Some(-1009)));
+    }
+
+    #[test]
+    fn a_business_message_carries_its_connection_and_me_the_bot_id() {
+        let upd = update(&format!(
+            r#"{{"update_id": 1, "business_message": {{"message_id": 5, "date": 1, "from": {ALICE},
+                "chat": {{"id": 42, "type": "private", "first_name": "Alice"}},
+                "business_connection_id": "conn-1", "text": "x"}}}}"#
+        ));
+        let me: Me = serde_json::from_str(
+            r#"{"id": 7, "is_bot": true, "first_name": "B", "username": "b", "can_join_groups": true,
+                "can_read_all_group_messages": false, "supports_inline_queries": false,
+                "can_connect_to_business": true, "has_main_web_app": false}"#,
+        )
+        .unwrap();
+        let ids = update_ids(&upd, Some(&me));
+        assert_eq!(ids.business_connection_id(), Some("conn-1"));
+        assert_eq!((ids.bot_id(), ids.user_id(), ids.chat_id()), (Some(7), Some(42), Some(42)));
+    }
+
+    #[test]
+    fn a_callback_query_takes_the_chat_and_topic_of_its_message() {
+        let upd = update(&format!(
+            r#"{{"update_id": 1, "callback_query": {{"id": "q", "from": {ALICE}, "chat_instance": "c",
+                "data": "d", "message": {{"message_id": 5, "date": 1,
+                "chat": {{"id": -100, "type": "supergroup", "title": "F", "is_forum": true}},
+                "message_thread_id": 9, "is_topic_message": true, "text": "x"}}}}}}"#
+        ));
+        let ids = update_ids(&upd, None);
+        assert_eq!((ids.user_id(), ids.chat_id(), ids.thread_id()), (Some(42), Some(-100), Some(9)));
+    }
+}

@@ -53,7 +53,10 @@ fn me() -> teloxide::types::Me {
 }
 
 fn tg_session_tree() -> UpdateHandler<BoxError> {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     Update::filter_message()
         .enter_sessions(manager)
         .endpoint(|ctx: Sessions| async move {
@@ -68,7 +71,11 @@ fn teloxide_tree() -> UpdateHandler<BoxError> {
     Update::filter_message()
         .enter_dialogue::<Message, InMemStorage<Counter>, Counter>()
         .endpoint(|dialogue: CounterDialogue, counter: Counter| async move {
-            dialogue.update(Counter { apple: counter.apple + 1 }).await?;
+            dialogue
+                .update(Counter {
+                    apple: counter.apple + 1,
+                })
+                .await?;
             Ok(())
         })
 }
@@ -93,20 +100,24 @@ async fn run_all(tree: &UpdateHandler<BoxError>, updates: &[DependencyMap]) {
 }
 
 fn dispatch(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("dispatch");
     group.throughput(Throughput::Elements(USERS));
 
     let ours = tg_session_tree();
     let ours_updates = deps(&dptree::deps![]);
     group.bench_function("tg-session enter_sessions + MemoryStorage", |b| {
-        b.to_async(&runtime).iter(|| run_all(black_box(&ours), &ours_updates));
+        b.to_async(&runtime)
+            .iter(|| run_all(black_box(&ours), &ours_updates));
     });
 
     let theirs = teloxide_tree();
     let theirs_updates = deps(&dptree::deps![InMemStorage::<Counter>::new()]);
     group.bench_function("teloxide enter_dialogue + InMemStorage", |b| {
-        b.to_async(&runtime).iter(|| run_all(black_box(&theirs), &theirs_updates));
+        b.to_async(&runtime)
+            .iter(|| run_all(black_box(&theirs), &theirs_updates));
     });
     group.finish();
 }

@@ -32,7 +32,8 @@ async fn on_message(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxErro
         counter.apple += 1;
         counter.apple
     };
-    bot.send_message(msg.chat.id, format!("apples: {apples}")).await?;
+    bot.send_message(msg.chat.id, format!("apples: {apples}"))
+        .await?;
     Ok(())
 }
 
@@ -43,7 +44,11 @@ async fn main() -> Result<(), BoxError> {
         .enter_sessions(manager)
         .endpoint(on_message);
 
-    let (alice, bob, carol) = (User::new(101, "Alice"), User::new(102, "Bob"), User::new(103, "Carol"));
+    let (alice, bob, carol) = (
+        User::new(101, "Alice"),
+        User::new(102, "Bob"),
+        User::new(103, "Carol"),
+    );
     let garden = Chat::group(-1001, "Garden club");
     let script = Script::new()
         .say(&alice, &alice.private_chat(), "hi")

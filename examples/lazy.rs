@@ -15,13 +15,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bot_api_stub::demo::{self, BoxError, Script};
 use bot_api_stub::User;
+use bot_api_stub::demo::{self, BoxError, Script};
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
 use tg_session::storage::{Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
-use tg_session::{MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey};
+use tg_session::{
+    MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey,
+};
 
 /// GramIO: `session({ key: "sessionKey", lazy: true, initial: () => ({ count: 0 }) })`.
 #[derive(Session, Serialize, Deserialize, Default)]
@@ -53,7 +55,12 @@ impl Storage for CountingStorage {
     }
 }
 
-async fn on_message(bot: Bot, msg: Message, ctx: Sessions, storage: CountingStorage) -> Result<(), BoxError> {
+async fn on_message(
+    bot: Bot,
+    msg: Message,
+    ctx: Sessions,
+    storage: CountingStorage,
+) -> Result<(), BoxError> {
     let answer = match msg.text() {
         Some("/help") => "send anything and I count it".to_owned(),
         _ => {
@@ -64,7 +71,11 @@ async fn on_message(bot: Bot, msg: Message, ctx: Sessions, storage: CountingStor
         }
     };
     let loads = storage.loads.load(Ordering::Relaxed);
-    bot.send_message(msg.chat.id, format!("{answer} (storage loads so far: {loads})")).await?;
+    bot.send_message(
+        msg.chat.id,
+        format!("{answer} (storage loads so far: {loads})"),
+    )
+    .await?;
     Ok(())
 }
 
@@ -90,4 +101,3 @@ async fn main() -> Result<(), BoxError> {
         .say(&alice, &a, "again");
     demo::run(handler, dptree::deps![storage], script).await
 }
-

@@ -68,13 +68,18 @@ async fn on_message(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxErro
                 "what is your name?".to_owned()
             }
             (Signup::AskedName, name) => {
-                *signup = Signup::AskedAge { name: name.to_owned() };
+                *signup = Signup::AskedAge {
+                    name: name.to_owned(),
+                };
                 format!("nice to meet you, {name}; how old are you?")
             }
             (Signup::AskedAge { name }, age) => match age.parse::<u8>() {
                 Ok(age) => {
                     let name = name.clone();
-                    *signup = Signup::Done { name: name.clone(), age };
+                    *signup = Signup::Done {
+                        name: name.clone(),
+                        age,
+                    };
                     format!("signed up: {name}, {age}")
                 }
                 Err(_) => "a number, please".to_owned(),
@@ -89,7 +94,11 @@ async fn on_message(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxErro
                     Signup::Done { name, age } => format!("{name} ({age})"),
                     _ => "stranger (try /signup)".to_owned(),
                 };
-                let some = if data.some.is_some() { ", some: maybe-empty" } else { "" };
+                let some = if data.some.is_some() {
+                    ", some: maybe-empty"
+                } else {
+                    ""
+                };
                 format!("{who}: apples: {}{some}", data.apple)
             }
         }

@@ -81,18 +81,32 @@ fn counter_bot(manager: SessionManager) -> UpdateHandler<BoxError> {
 }
 
 fn people() -> (User, User, User) {
-    (User::new(101, "Alice"), User::new(102, "Bob"), User::new(103, "Carol"))
+    (
+        User::new(101, "Alice"),
+        User::new(102, "Bob"),
+        User::new(103, "Carol"),
+    )
 }
 
 #[tokio::test]
 async fn three_users_each_see_their_own_count_rise() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let (alice, bob, carol) = people();
-    let (a, b, c) = (alice.private_chat(), bob.private_chat(), carol.private_chat());
+    let (a, b, c) = (
+        alice.private_chat(),
+        bob.private_chat(),
+        carol.private_chat(),
+    );
     let group = Chat::group(-500, "Orchard");
     let mut script = Script::new();
     for round in 0..3 {
-        script = script.say(&alice, &a, "hi").say(&bob, &b, "hi").say(&carol, &c, "hi");
+        script = script
+            .say(&alice, &a, "hi")
+            .say(&bob, &b, "hi")
+            .say(&carol, &c, "hi");
         if round == 1 {
             // The counter is per user: their messages in a group count too.
             script = script.say(&bob, &group, "hi").say(&alice, &group, "hi");
@@ -111,7 +125,9 @@ async fn three_users_each_see_their_own_count_rise() {
     assert_eq!(transcript.answers_to(&alice, &group), apples(&[4]));
     // Each reply went to the chat the message came from.
     for exchange in &transcript.exchanges {
-        let bot_api_stub::demo::Step::Say { chat, .. } = &exchange.step else { unreachable!() };
+        let bot_api_stub::demo::Step::Say { chat, .. } = &exchange.step else {
+            unreachable!()
+        };
         assert_eq!(exchange.replies.len(), 1);
         assert_eq!(exchange.replies[0].chat_id, chat.id);
     }
@@ -133,17 +149,32 @@ async fn reset_clears_the_session_in_storage() {
         .say(&bob, &b, "one")
         .say(&alice, &a, "/reset");
     let stub = BotApiStub::start().await.unwrap();
-    let transcript = run_offline(&stub, counter_bot(manager.clone()), dptree::deps![], &script, false)
-        .await
-        .unwrap();
-    assert_eq!(transcript.answers_to(&alice, &a), ["apples: 2", "apples: 3", "cleared"]);
+    let transcript = run_offline(
+        &stub,
+        counter_bot(manager.clone()),
+        dptree::deps![],
+        &script,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        transcript.answers_to(&alice, &a),
+        ["apples: 2", "apples: 3", "cleared"]
+    );
 
     // After the run: Alice's record is gone, Bob's is intact.
-    let keys = [StorageKey::new(None, None, "counter", "101"), StorageKey::new(None, None, "counter", "102")];
+    let keys = [
+        StorageKey::new(None, None, "counter", "101"),
+        StorageKey::new(None, None, "counter", "102"),
+    ];
     let records = storage.load(&keys).await.unwrap();
     assert!(records[0].is_none(), "alice's session was not deleted");
     let bob_record = records[1].as_ref().expect("bob's session is stored");
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&bob_record.value).unwrap()["apple"], 2);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&bob_record.value).unwrap()["apple"],
+        2
+    );
 
     // And the next message starts again from the initial value.
     let script = Script::new().say(&alice, &a, "after");
@@ -175,7 +206,9 @@ async fn lazy_sessions_cost_nothing_when_untouched() {
         .register::<Visits>()
         .build()
         .unwrap();
-    let handler = Update::filter_message().enter_sessions(manager).endpoint(visit);
+    let handler = Update::filter_message()
+        .enter_sessions(manager)
+        .endpoint(visit);
     let (alice, bob, _) = people();
     let (a, b) = (alice.private_chat(), bob.private_chat());
     let help_only = Script::new()
@@ -187,8 +220,16 @@ async fn lazy_sessions_cost_nothing_when_untouched() {
         .await
         .unwrap();
     assert_eq!(transcript.answers_to(&alice, &a), ["help", "help"]);
-    assert_eq!(storage.loads.load(Ordering::SeqCst), 0, "an untouched lazy session was loaded");
-    assert_eq!(storage.writes.load(Ordering::SeqCst), 0, "an untouched lazy session was written");
+    assert_eq!(
+        storage.loads.load(Ordering::SeqCst),
+        0,
+        "an untouched lazy session was loaded"
+    );
+    assert_eq!(
+        storage.writes.load(Ordering::SeqCst),
+        0,
+        "an untouched lazy session was written"
+    );
 
     let mixed = Script::new()
         .say(&alice, &a, "hi")
@@ -196,15 +237,31 @@ async fn lazy_sessions_cost_nothing_when_untouched() {
         .say(&bob, &b, "hi")
         .say(&alice, &a, "hi");
     let stub = BotApiStub::start().await.unwrap();
-    let transcript = run_offline(&stub, handler, dptree::deps![], &mixed, false).await.unwrap();
-    assert_eq!(transcript.answers_to(&alice, &a), ["visits: 1", "help", "visits: 2"]);
-    assert_eq!(storage.loads.load(Ordering::SeqCst), 3, "one load per update that awaited the session");
-    assert_eq!(storage.writes.load(Ordering::SeqCst), 3, "one write per update that changed it");
+    let transcript = run_offline(&stub, handler, dptree::deps![], &mixed, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        transcript.answers_to(&alice, &a),
+        ["visits: 1", "help", "visits: 2"]
+    );
+    assert_eq!(
+        storage.loads.load(Ordering::SeqCst),
+        3,
+        "one load per update that awaited the session"
+    );
+    assert_eq!(
+        storage.writes.load(Ordering::SeqCst),
+        3,
+        "one write per update that changed it"
+    );
 }
 
 #[tokio::test]
 async fn a_channel_post_is_handled_and_the_user_session_reports_the_missing_sender() {
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let handler = dptree::entry()
         .enter_sessions(manager)
         .branch(Update::filter_message().endpoint(count_apples))
@@ -217,7 +274,9 @@ async fn a_channel_post_is_handled_and_the_user_session_reports_the_missing_send
         .say(&alice, &a, "hi")
         .post(&news, "again");
     let stub = BotApiStub::start().await.unwrap();
-    let transcript = run_offline(&stub, handler, dptree::deps![], &script, false).await.unwrap();
+    let transcript = run_offline(&stub, handler, dptree::deps![], &script, false)
+        .await
+        .unwrap();
     let expected = Error::MissingId {
         session: "counter",
         needs: "the sender's user id",
@@ -234,14 +293,26 @@ async fn a_channel_post_is_handled_and_the_user_session_reports_the_missing_send
 #[tokio::test]
 async fn the_allowed_updates_hint_lists_only_what_the_tree_handles() {
     let stub = BotApiStub::start().await.unwrap();
-    let manager = SessionManager::builder().register::<Counter>().build().unwrap();
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
     let (alice, _, _) = people();
     let script = Script::new().say(&alice, &alice.private_chat(), "hi");
-    run_offline(&stub, counter_bot(manager.clone()), dptree::deps![], &script, false)
-        .await
-        .unwrap();
+    run_offline(
+        &stub,
+        counter_bot(manager.clone()),
+        dptree::deps![],
+        &script,
+        false,
+    )
+    .await
+    .unwrap();
     let first_poll = stub.first_call("getUpdates").await;
-    assert_eq!(first_poll["allowed_updates"], serde_json::json!(["message"]));
+    assert_eq!(
+        first_poll["allowed_updates"],
+        serde_json::json!(["message"])
+    );
 
     // The layer at the root, above two branches: still only their kinds.
     let stub = BotApiStub::start().await.unwrap();
@@ -249,9 +320,12 @@ async fn the_allowed_updates_hint_lists_only_what_the_tree_handles() {
         .enter_sessions(manager)
         .branch(Update::filter_message().endpoint(count_apples))
         .branch(Update::filter_channel_post().endpoint(count_apples));
-    run_offline(&stub, handler, dptree::deps![], &script, false).await.unwrap();
+    run_offline(&stub, handler, dptree::deps![], &script, false)
+        .await
+        .unwrap();
     let first_poll = stub.first_call("getUpdates").await;
-    let mut kinds: Vec<String> = serde_json::from_value(first_poll["allowed_updates"].clone()).unwrap();
+    let mut kinds: Vec<String> =
+        serde_json::from_value(first_poll["allowed_updates"].clone()).unwrap();
     kinds.sort();
     assert_eq!(kinds, ["channel_post", "message"]);
 }
@@ -308,10 +382,23 @@ async fn a_failed_commit_becomes_the_trees_error() {
     let handler: UpdateHandler<BoxError> = Update::filter_message()
         .enter_sessions(manager.clone())
         .endpoint(increment);
-    let result = handler.dispatch(dptree::deps![message_update("hi"), me()]).await;
-    let std::ops::ControlFlow::Break(Err(error)) = result else { panic!("expected an error, got {result:?}") };
+    let result = handler
+        .dispatch(dptree::deps![message_update("hi"), me()])
+        .await;
+    let std::ops::ControlFlow::Break(Err(error)) = result else {
+        panic!("expected an error, got {result:?}")
+    };
     let error = error.downcast::<Error>().expect("a tg_session::Error");
-    assert!(matches!(*error, Error::Storage { session: "counter", .. }), "{error}");
+    assert!(
+        matches!(
+            *error,
+            Error::Storage {
+                session: "counter",
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     // With the log-only variant the handler's `Ok` stands.
     let handler: UpdateHandler<String> = Update::filter_message()
@@ -320,8 +407,13 @@ async fn a_failed_commit_becomes_the_trees_error() {
             ctx.counter().map_err(|e| e.to_string())?.apple += 1;
             Ok(())
         });
-    let result = handler.dispatch(dptree::deps![message_update("hi"), me()]).await;
-    assert!(matches!(result, std::ops::ControlFlow::Break(Ok(()))), "{result:?}");
+    let result = handler
+        .dispatch(dptree::deps![message_update("hi"), me()])
+        .await;
+    assert!(
+        matches!(result, std::ops::ControlFlow::Break(Ok(()))),
+        "{result:?}"
+    );
 }
 
 #[tokio::test]
@@ -341,14 +433,20 @@ async fn nothing_is_written_when_the_tree_does_not_handle_the_update_or_fails() 
                 .map(|ctx: Sessions| ctx.counter().map(|mut c| c.apple += 1).is_ok())
                 .endpoint(|changed: bool| async move {
                     match changed {
-                        true => Err::<(), BoxError>("the handler failed after changing the session".into()),
+                        true => Err::<(), BoxError>(
+                            "the handler failed after changing the session".into(),
+                        ),
                         false => Ok(()),
                     }
                 }),
         );
-    let result = handler.dispatch(dptree::deps![message_update("stop"), me()]).await;
+    let result = handler
+        .dispatch(dptree::deps![message_update("stop"), me()])
+        .await;
     assert!(matches!(result, std::ops::ControlFlow::Continue(_)));
-    let result = handler.dispatch(dptree::deps![message_update("go"), me()]).await;
+    let result = handler
+        .dispatch(dptree::deps![message_update("go"), me()])
+        .await;
     assert!(matches!(result, std::ops::ControlFlow::Break(Err(_))));
     assert_eq!(storage.writes.load(Ordering::SeqCst), 0);
 

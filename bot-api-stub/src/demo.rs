@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use teloxide::Bot;
 use teloxide::dispatching::{Dispatcher, UpdateHandler};
+use teloxide::dptree::di::DependencyMap;
 use teloxide::error_handlers::LoggingErrorHandler;
 use teloxide::update_listeners::{Polling, UpdateListener};
-use teloxide::dptree::di::DependencyMap;
 
 use crate::people::{Chat, User};
 use crate::server::{BotApiStub, Reply};
@@ -128,7 +128,11 @@ impl Transcript {
 /// long polling, plays `script`, prints the exchange and returns.
 ///
 /// Logs go through `tracing`, filtered by `RUST_LOG` (errors by default).
-pub async fn run<E>(handler: UpdateHandler<E>, deps: DependencyMap, script: Script) -> Result<(), BoxError>
+pub async fn run<E>(
+    handler: UpdateHandler<E>,
+    deps: DependencyMap,
+    script: Script,
+) -> Result<(), BoxError>
 where
     E: fmt::Debug + Send + Sync + 'static,
 {

@@ -101,7 +101,9 @@ impl Chat {
             ChatKind::Topic { title, .. } => {
                 json!({ "id": self.id, "type": "supergroup", "title": title, "is_forum": true })
             }
-            ChatKind::Channel { title } => json!({ "id": self.id, "type": "channel", "title": title }),
+            ChatKind::Channel { title } => {
+                json!({ "id": self.id, "type": "channel", "title": title })
+            }
         }
     }
 }

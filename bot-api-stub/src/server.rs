@@ -272,7 +272,9 @@ impl Drop for BotApiStub {
 
 impl std::fmt::Debug for BotApiStub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BotApiStub").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("BotApiStub")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -283,7 +285,10 @@ fn replies(inner: &Inner) -> Vec<Reply> {
         .filter(|request| request.is("sendMessage"))
         .map(|request| Reply {
             chat_id: request.params["chat_id"].as_i64().unwrap_or_default(),
-            text: request.params["text"].as_str().unwrap_or_default().to_owned(),
+            text: request.params["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         })
         .collect()
 }
@@ -306,7 +311,13 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     // The path is `/bot<token>/<Method>`.
-    let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+    let method = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
@@ -322,7 +333,9 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     state.changed();
     let result = match method.to_ascii_lowercase().as_str() {
         "getme" => state.me.clone(),
-        "getwebhookinfo" => json!({ "url": "", "has_custom_certificate": false, "pending_update_count": 0 }),
+        "getwebhookinfo" => {
+            json!({ "url": "", "has_custom_certificate": false, "pending_update_count": 0 })
+        }
         "deletewebhook" | "close" | "setmycommands" | "answercallbackquery" => json!(true),
         "getupdates" => get_updates(state, &params).await,
         "sendmessage" => sent_message(state, &params),
@@ -352,7 +365,9 @@ fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 /// queued updates, holding the request up to `timeout` seconds for one.
 async fn get_updates(state: &State, params: &Value) -> Value {
     let offset = params["offset"].as_i64().unwrap_or(0);
-    let limit = params["limit"].as_u64().map_or(100, |limit| limit.clamp(1, 100)) as usize;
+    let limit = params["limit"]
+        .as_u64()
+        .map_or(100, |limit| limit.clamp(1, 100)) as usize;
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0));
     {
         let mut inner = state.lock();
@@ -376,11 +391,10 @@ fn sent_message(state: &State, params: &Value) -> Value {
     let mut inner = state.lock();
     inner.next_message_id += 1;
     let chat_id = params["chat_id"].as_i64().unwrap_or_default();
-    let chat = inner
-        .chats
-        .get(&chat_id)
-        .cloned()
-        .unwrap_or_else(|| json!({ "id": chat_id, "type": "private", "first_name": "someone" }));
+    let chat =
+        inner.chats.get(&chat_id).cloned().unwrap_or_else(
+            || json!({ "id": chat_id, "type": "private", "first_name": "someone" }),
+        );
     let mut message = json!({
         "message_id": inner.next_message_id,
         "date": 1_700_000_000 + i64::from(inner.next_message_id),

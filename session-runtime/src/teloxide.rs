@@ -73,8 +73,8 @@ use std::ops::ControlFlow;
 use std::panic::Location;
 
 use ::teloxide::dispatching::DpHandlerDescription;
-use ::teloxide::types::{Me, Message, MessageKind, Update, UpdateKind};
 use ::teloxide::dptree::{self, Handler, HandlerDescription, HandlerSignature, Type};
+use ::teloxide::types::{Me, Message, MessageKind, Update, UpdateKind};
 
 use crate::context::{HandlerOutcome, Sessions};
 use crate::error::Error;
@@ -107,7 +107,9 @@ pub fn update_ids(update: &Update, me: Option<&Me>) -> UpdateIds {
         | UpdateKind::EditedChannelPost(m)
         | UpdateKind::BusinessMessage(m)
         | UpdateKind::EditedBusinessMessage(m) => Some(m),
-        UpdateKind::CallbackQuery(query) => query.message.as_ref().and_then(|m| m.regular_message()),
+        UpdateKind::CallbackQuery(query) => {
+            query.message.as_ref().and_then(|m| m.regular_message())
+        }
         _ => None,
     };
     if let Some(thread) = message.and_then(topic_of) {
@@ -144,7 +146,9 @@ fn topic_of(message: &Message) -> Option<i32> {
 /// [`Me`] when present, for the bot id.
 #[must_use]
 #[track_caller]
-pub fn enter_sessions<T, E>(manager: SessionManager) -> Handler<'static, Result<T, E>, DpHandlerDescription>
+pub fn enter_sessions<T, E>(
+    manager: SessionManager,
+) -> Handler<'static, Result<T, E>, DpHandlerDescription>
 where
     T: Send + Sync + 'static,
     E: From<Error> + Send + Sync + 'static,
@@ -190,7 +194,9 @@ where
             let manager = manager.clone();
             async move {
                 let Some(update) = deps.try_get::<Update>() else {
-                    tracing::error!("tg-session: no `Update` in the dependencies; sessions skipped");
+                    tracing::error!(
+                        "tg-session: no `Update` in the dependencies; sessions skipped"
+                    );
                     return ControlFlow::Continue(deps);
                 };
                 let ids = update_ids(&update, deps.try_get::<Me>().as_deref());
@@ -282,7 +288,10 @@ mod tests {
                 "message_thread_id": 4, "is_topic_message": true, "text": "x"}}}}"#
         ));
         let ids = update_ids(&upd, None);
-        assert_eq!((ids.user_id(), ids.chat_id(), ids.thread_id()), (Some(42), Some(-100), Some(4)));
+        assert_eq!(
+            (ids.user_id(), ids.chat_id(), ids.thread_id()),
+            (Some(42), Some(-100), Some(4))
+        );
         assert_eq!(ids.bot_id(), None);
     }
 
@@ -321,7 +330,10 @@ mod tests {
         .unwrap();
         let ids = update_ids(&upd, Some(&me));
         assert_eq!(ids.business_connection_id(), Some("conn-1"));
-        assert_eq!((ids.bot_id(), ids.user_id(), ids.chat_id()), (Some(7), Some(42), Some(42)));
+        assert_eq!(
+            (ids.bot_id(), ids.user_id(), ids.chat_id()),
+            (Some(7), Some(42), Some(42))
+        );
     }
 
     #[test]
@@ -333,6 +345,9 @@ mod tests {
                 "message_thread_id": 9, "is_topic_message": true, "text": "x"}}}}}}"#
         ));
         let ids = update_ids(&upd, None);
-        assert_eq!((ids.user_id(), ids.chat_id(), ids.thread_id()), (Some(42), Some(-100), Some(9)));
+        assert_eq!(
+            (ids.user_id(), ids.chat_id(), ids.thread_id()),
+            (Some(42), Some(-100), Some(9))
+        );
     }
 }

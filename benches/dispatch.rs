@@ -8,8 +8,10 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
@@ -17,8 +19,11 @@ use teloxide::dispatching::UpdateHandler;
 use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
 use teloxide::dptree::di::DependencyMap;
 use teloxide::prelude::*;
+use tg_session::storage::{Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
-use tg_session::{Session, SessionManager, Sessions};
+use tg_session::{
+    MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,8 +57,62 @@ fn me() -> teloxide::types::Me {
     .unwrap()
 }
 
-fn tg_session_tree() -> UpdateHandler<BoxError> {
+/// A plain `Mutex<HashMap>` storage (what teloxide's `InMemStorage` is), to
+/// separate the layer's cost from the memory storage's (moka).
+#[derive(Default)]
+struct HashMapStorage {
+    records: Mutex<HashMap<String, Record>>,
+}
+
+#[tg_session::async_trait]
+impl Storage for HashMapStorage {
+    fn name(&self) -> &str {
+        "hashmap"
+    }
+
+    async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
+        let records = self.records.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|key| records.get(key.as_str()).cloned())
+            .collect())
+    }
+
+    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
+        let mut records = self.records.lock().unwrap();
+        let outcomes = writes.iter().map(|write| match write {
+            Write::Put {
+                key,
+                value,
+                expected_version,
+                ..
+            } => {
+                let stored = records.get(key.as_str()).map(|record| record.version);
+                if stored != *expected_version {
+                    return WriteOutcome::Conflict;
+                }
+                let version = Write::next_version(*expected_version);
+                records.insert(
+                    key.as_str().to_owned(),
+                    Record {
+                        value: value.clone(),
+                        version,
+                    },
+                );
+                WriteOutcome::Written { version }
+            }
+            Write::Delete { key } => {
+                records.remove(key.as_str());
+                WriteOutcome::Deleted
+            }
+        });
+        Ok(outcomes.collect())
+    }
+}
+
+fn tg_session_tree(storage: impl Storage) -> UpdateHandler<BoxError> {
     let manager = SessionManager::builder()
+        .storage(storage)
         .register::<Counter>()
         .build()
         .unwrap();
@@ -106,9 +165,14 @@ fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     group.throughput(Throughput::Elements(USERS));
 
-    let ours = tg_session_tree();
     let ours_updates = deps(&dptree::deps![]);
+    let ours = tg_session_tree(MemoryStorage::new());
     group.bench_function("tg-session enter_sessions + MemoryStorage", |b| {
+        b.to_async(&runtime)
+            .iter(|| run_all(black_box(&ours), &ours_updates));
+    });
+    let ours = tg_session_tree(HashMapStorage::default());
+    group.bench_function("tg-session enter_sessions + HashMap storage", |b| {
         b.to_async(&runtime)
             .iter(|| run_all(black_box(&ours), &ours_updates));
     });

@@ -37,7 +37,8 @@ async fn on_message(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxErro
         counter.apple += 1;
         counter.apple
     };
-    bot.send_message(msg.chat.id, format!("apples: {apples}")).await?;
+    bot.send_message(msg.chat.id, format!("apples: {apples}"))
+        .await?;
     Ok(())
 }
 
@@ -57,20 +58,35 @@ impl Drop for LocalRedis {
 /// Starts `redis-server` on a free port of 127.0.0.1 and waits until it
 /// says it accepts connections.
 fn start_redis() -> Result<(LocalRedis, String), BoxError> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = tempfile::tempdir()?;
     let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|error| format!("REDIS_URL is not set and `redis-server` could not be started: {error}"))?;
+        .map_err(|error| {
+            format!("REDIS_URL is not set and `redis-server` could not be started: {error}")
+        })?;
     let stdout = child.stdout.take().ok_or("no stdout from redis-server")?;
     let redis = LocalRedis { child, _dir: dir };
     for line in BufReader::new(stdout).lines() {
         if line?.contains("Ready to accept connections") {
-            println!("REDIS_URL is not set: started redis-server on 127.0.0.1:{port} (stopped at exit)");
+            println!(
+                "REDIS_URL is not set: started redis-server on 127.0.0.1:{port} (stopped at exit)"
+            );
             return Ok((redis, format!("redis://127.0.0.1:{port}/")));
         }
     }
@@ -106,9 +122,16 @@ async fn main() -> Result<(), BoxError> {
     demo::run(handler, dptree::deps![], script).await?;
 
     for user in [&alice, &bob] {
-        let ctx = manager.begin(tg_session::UpdateIds::new().user(user.id)).await;
+        let ctx = manager
+            .begin(tg_session::UpdateIds::new().user(user.id))
+            .await;
         let counter = ctx.counter()?;
-        println!("in Redis: {} (key `{}`) has {} apples", user.name, counter.key(), counter.apple);
+        println!(
+            "in Redis: {} (key `{}`) has {} apples",
+            user.name,
+            counter.key(),
+            counter.apple
+        );
     }
     Ok(())
 }

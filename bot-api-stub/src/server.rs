@@ -379,10 +379,9 @@ async fn get_updates(state: &State, params: &Value) -> Value {
         let updates: Vec<Value> = inner.queue.iter().take(limit).cloned().collect();
         (!updates.is_empty() || inner.closed).then_some(updates)
     };
-    let updates = match tokio::time::timeout(timeout, state.wait_until(pending)).await {
-        Ok(updates) => updates,
-        Err(_) => Vec::new(),
-    };
+    let updates = tokio::time::timeout(timeout, state.wait_until(pending))
+        .await
+        .unwrap_or_default();
     Value::Array(updates)
 }
 

@@ -1,9 +1,9 @@
 //! A typed view of the derive input that keeps the syn nodes for spans.
 
 use proc_macro2::Span;
-use syn::{Data, DeriveInput, Expr, Fields};
+use syn::{Data, DeriveInput, Fields};
 
-use crate::attr::{self, Container};
+use crate::attr::{self, Container, FieldDefault};
 use crate::errors::Errors;
 
 pub(crate) struct Input<'a> {
@@ -13,8 +13,13 @@ pub(crate) struct Input<'a> {
 }
 
 pub(crate) enum Body<'a> {
-    Struct { fields: &'a Fields, defaults: Vec<Option<Expr>> },
-    Enum { variants: Vec<Variant<'a>> },
+    Struct {
+        fields: &'a Fields,
+        defaults: Vec<Option<FieldDefault>>,
+    },
+    Enum {
+        variants: Vec<Variant<'a>>,
+    },
 }
 
 pub(crate) struct Variant<'a> {
@@ -40,9 +45,9 @@ impl<'a> Input<'a> {
                     .iter()
                     .map(|variant| {
                         for field in &variant.fields {
-                            if attr::field_default(&field.attrs, errors).is_some() {
+                            if let Some(default) = attr::field_default(&field.attrs, errors) {
                                 errors.spanned(
-                                    field_span(field),
+                                    default.span,
                                     "field defaults are for structs; give the enum a \
                                      `#[session(default)]` unit variant or `initial = path::to::fn`",
                                 );
@@ -69,12 +74,4 @@ impl<'a> Input<'a> {
             body,
         })
     }
-}
-
-fn field_span(field: &syn::Field) -> Span {
-    field
-        .attrs
-        .iter()
-        .find(|attr| attr.path().is_ident("session"))
-        .map_or_else(|| syn::spanned::Spanned::span(field), |attr| syn::spanned::Spanned::span(attr))
 }

@@ -1,11 +1,13 @@
 //! Parses `#[session(...)]` on the type, its fields and its variants.
 
 use proc_macro2::Span;
-use syn::meta::ParseNestedMeta;
+use proc_macro2::{TokenStream, TokenTree};
 use syn::ext::IdentExt as _;
-use syn::parse::Parse;
+use syn::meta::ParseNestedMeta;
+use syn::parse::discouraged::Speculative as _;
+use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Attribute, Expr, Ident, LitStr, Path};
+use syn::{Attribute, Expr, Ident, LitStr, Path, Token};
 
 use crate::errors::Errors;
 
@@ -31,7 +33,12 @@ fn session_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("session"))
 }
 
-fn set_once<T>(slot: &mut Option<T>, value: T, meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<()> {
+fn set_once<T>(
+    slot: &mut Option<T>,
+    value: T,
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+) -> syn::Result<()> {
     if slot.is_some() {
         return Err(meta.error(format_args!("duplicate session attribute `{name}`")));
     }
@@ -55,11 +62,17 @@ fn path(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<Path> {
     if value.peek(LitStr) {
         let lit: LitStr = value.parse()?;
         return lit.parse::<Path>().map_err(|_| {
-            syn::Error::new(lit.span(), format_args!("`{name}` must name a path, like `{name} = my_mod::item`"))
+            syn::Error::new(
+                lit.span(),
+                format_args!("`{name}` must name a path, like `{name} = my_mod::item`"),
+            )
         });
     }
     Path::parse(value).map_err(|error| {
-        syn::Error::new(error.span(), format_args!("`{name}` must name a path, like `{name} = my_mod::item`"))
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` must name a path, like `{name} = my_mod::item`"),
+        )
     })
 }
 
@@ -67,87 +80,13 @@ pub(crate) fn container(attrs: &[Attribute], errors: &mut Errors) -> Container {
     let mut out = Container::default();
     for attr in session_attrs(attrs) {
         let parsed = attr.parse_nested_meta(|meta| {
-            let Some(name) = meta.path.get_ident().map(Ident::to_string) else {
-                return Err(meta.error(format_args!("unknown session attribute; expected one of {CONTAINER_KEYS}")));
-            };
-            match name.as_str() {
-                "key" => {
-                    let lit = lit_str(&meta, "key", "\"counter\"")?;
-                    let ident = accessor_name(&lit)?;
-                    set_once(&mut out.key, ident, &meta, "key")
-                }
-                "lazy" => {
-                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                        return Err(meta.error("`lazy` takes no value: write `#[session(lazy)]`"));
-                    }
-                    set_once(&mut out.lazy, meta.path.span(), &meta, "lazy")
-                }
-                "scope" => {
-                    let lit = lit_str(&meta, "scope", "\"chat\"")?;
-                    let scope = lit.value();
-                    if !SCOPES.contains(&scope.as_str()) {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format_args!(
-                                "unknown scope `{scope}`; expected one of `user`, `chat`, \
-                                 `user_in_chat`, `chat_thread`, `global`"
-                            ),
-                        ));
-                    }
-                    set_once(&mut out.scope, scope, &meta, "scope")
-                }
-                "key_fn" => {
-                    let path = path(&meta, "key_fn")?;
-                    set_once(&mut out.key_fn, path, &meta, "key_fn")
-                }
-                "initial" => {
-                    let path = path(&meta, "initial")?;
-                    set_once(&mut out.initial, path, &meta, "initial")
-                }
-                "ttl" => {
-                    let lit = lit_str(&meta, "ttl", "\"30d\"")?;
-                    let secs = parse_ttl(&lit.value()).map_err(|why| {
-                        syn::Error::new(
-                            lit.span(),
-                            format_args!(
-                                "malformed ttl `{}`: {why}; expected numbers with units `s`, `m`, \
-                                 `h` or `d`, like \"30d\" or \"1h30m\"",
-                                lit.value()
-                            ),
-                        )
-                    })?;
-                    set_once(&mut out.ttl_secs, secs, &meta, "ttl")
-                }
-                "on_decode_error" => {
-                    let lit = lit_str(&meta, "on_decode_error", "\"reset\"")?;
-                    let reset = match lit.value().as_str() {
-                        "error" => false,
-                        "reset" => true,
-                        other => {
-                            return Err(syn::Error::new(
-                                lit.span(),
-                                format_args!("unknown on_decode_error `{other}`; expected `error` or `reset`"),
-                            ));
-                        }
-                    };
-                    set_once(&mut out.reset_on_decode_error, reset, &meta, "on_decode_error")
-                }
-                "codec" => {
-                    let path = path(&meta, "codec")?;
-                    set_once(&mut out.codec, path, &meta, "codec")
-                }
-                "crate" => {
-                    let path = path(&meta, "crate")?;
-                    set_once(&mut out.krate, path, &meta, "crate")
-                }
-                "default" => Err(meta.error(
-                    "`default` goes on a field (`#[session(default = expr)]`) or on an enum's unit \
-                     variant (`#[session(default)]`); for the whole type use `initial = path::to::fn`",
-                )),
-                other => Err(meta.error(format_args!(
-                    "unknown session attribute `{other}`; expected one of {CONTAINER_KEYS}"
-                ))),
+            // One bad attribute must not hide the others: the accessor's name
+            // and laziness still shape the stub emitted beside the error.
+            if let Err(error) = container_item(&mut out, &meta) {
+                errors.push(error);
+                skip_rest(meta.input);
             }
+            Ok(())
         });
         if let Err(error) = parsed {
             errors.push(error);
@@ -156,15 +95,130 @@ pub(crate) fn container(attrs: &[Attribute], errors: &mut Errors) -> Container {
     out
 }
 
+fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    let Some(name) = meta.path.get_ident().map(Ident::to_string) else {
+        return Err(meta.error(format_args!(
+            "unknown session attribute; expected one of {CONTAINER_KEYS}"
+        )));
+    };
+    match name.as_str() {
+        "key" => {
+            let lit = lit_str(meta, "key", "\"counter\"")?;
+            let ident = accessor_name(&lit)?;
+            set_once(&mut out.key, ident, meta, "key")
+        }
+        "lazy" => {
+            let duplicate = set_once(&mut out.lazy, meta.path.span(), meta, "lazy");
+            if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                // `out.lazy` stays set: the user meant a lazy session, so the
+                // stub's accessor is the async one their code awaits.
+                return Err(meta.error("`lazy` takes no value: write `#[session(lazy)]`"));
+            }
+            duplicate
+        }
+        "scope" => {
+            let lit = lit_str(meta, "scope", "\"chat\"")?;
+            let scope = lit.value();
+            if !SCOPES.contains(&scope.as_str()) {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    format_args!(
+                        "unknown scope `{scope}`; expected one of `user`, `chat`, \
+                         `user_in_chat`, `chat_thread`, `global`"
+                    ),
+                ));
+            }
+            set_once(&mut out.scope, scope, meta, "scope")
+        }
+        "key_fn" => {
+            let path = path(meta, "key_fn")?;
+            set_once(&mut out.key_fn, path, meta, "key_fn")
+        }
+        "initial" => {
+            let path = path(meta, "initial")?;
+            set_once(&mut out.initial, path, meta, "initial")
+        }
+        "ttl" => {
+            let lit = lit_str(meta, "ttl", "\"30d\"")?;
+            let secs = parse_ttl(&lit.value()).map_err(|why| {
+                syn::Error::new(
+                    lit.span(),
+                    format_args!(
+                        "malformed ttl `{}`: {why}; expected numbers with units `s`, `m`, \
+                         `h` or `d`, like \"30d\" or \"1h30m\"",
+                        lit.value()
+                    ),
+                )
+            })?;
+            set_once(&mut out.ttl_secs, secs, meta, "ttl")
+        }
+        "on_decode_error" => {
+            let lit = lit_str(meta, "on_decode_error", "\"reset\"")?;
+            let reset = match lit.value().as_str() {
+                "error" => false,
+                "reset" => true,
+                other => {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format_args!(
+                            "unknown on_decode_error `{other}`; expected `error` or `reset`"
+                        ),
+                    ));
+                }
+            };
+            set_once(
+                &mut out.reset_on_decode_error,
+                reset,
+                meta,
+                "on_decode_error",
+            )
+        }
+        "codec" => {
+            let path = path(meta, "codec")?;
+            set_once(&mut out.codec, path, meta, "codec")
+        }
+        "crate" => {
+            let path = path(meta, "crate")?;
+            set_once(&mut out.krate, path, meta, "crate")
+        }
+        "default" => Err(meta.error(
+            "`default` goes on a field (`#[session(default = expr)]`) or on an enum's unit \
+             variant (`#[session(default)]`); for the whole type use `initial = path::to::fn`",
+        )),
+        other => Err(meta.error(format_args!(
+            "unknown session attribute `{other}`; expected one of {CONTAINER_KEYS}"
+        ))),
+    }
+}
+
+/// Skips what is left of a malformed `name = value` up to the next top-level
+/// comma, so parsing resumes at the next attribute.
+fn skip_rest(input: ParseStream<'_>) {
+    // The closure cannot fail; a failed step would only end parsing early.
+    let _ = input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if matches!(&tree, TokenTree::Punct(punct) if punct.as_char() == ',') {
+                break;
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    });
+}
+
 /// The accessor name from `key = "..."`: any identifier, not a keyword.
 fn accessor_name(lit: &LitStr) -> syn::Result<Ident> {
     let text = lit.value();
     if !text.starts_with("r#") && syn::parse_str::<Ident>(&text).is_ok() {
         return Ok(Ident::new(&text, lit.span()));
     }
-    let is_keyword = syn::parse::Parser::parse_str(Ident::parse_any, &text).is_ok();
+    let is_keyword =
+        !text.starts_with("r#") && syn::parse::Parser::parse_str(Ident::parse_any, &text).is_ok();
     let message = match is_keyword {
-        true => format!("session key `{text}` is a Rust keyword and cannot name the accessor; choose another name"),
+        true => format!(
+            "session key `{text}` is a Rust keyword and cannot name the accessor; choose another name"
+        ),
         false => format!(
             "session key `{text}` is not a Rust identifier; it names the accessor \
              (`ctx.{text}()`): use letters, digits and `_`, like \"counter\" or \"sessionKey\""
@@ -183,7 +237,11 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
     for ch in text.chars() {
         if let Some(digit) = ch.to_digit(10) {
             let n = number.unwrap_or(0);
-            number = Some(n.checked_mul(10).and_then(|n| n.checked_add(u64::from(digit))).ok_or("it is too large")?);
+            number = Some(
+                n.checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or("it is too large")?,
+            );
             continue;
         }
         let unit = match ch {
@@ -194,7 +252,10 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
             _ => return Err("it has a character that is neither a digit nor a unit"),
         };
         let n = number.take().ok_or("a unit has no number before it")?;
-        total = n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or("it is too large")?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or("it is too large")?;
     }
     if number.is_some() {
         return Err("the last number has no unit");
@@ -206,15 +267,36 @@ pub(crate) fn parse_ttl(text: &str) -> Result<u64, &'static str> {
 }
 
 /// `#[session(default = expr)]` on a field.
-pub(crate) fn field_default(attrs: &[Attribute], errors: &mut Errors) -> Option<Expr> {
+pub(crate) struct FieldDefault {
+    /// The `default` keyword, where errors about the attribute point.
+    pub(crate) span: Span,
+    pub(crate) expr: Expr,
+}
+
+pub(crate) fn field_default(attrs: &[Attribute], errors: &mut Errors) -> Option<FieldDefault> {
     let mut out = None;
     for attr in session_attrs(attrs) {
         let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("default") {
-                let expr: Expr = meta.value()?.parse()?;
-                return set_once(&mut out, expr, &meta, "default");
+            let item =
+                if meta.path.is_ident("default") {
+                    match meta.input.peek(Token![=]) {
+                    true => meta.value().and_then(default_expr).and_then(|expr| {
+                        let default = FieldDefault { span: meta.path.span(), expr };
+                        set_once(&mut out, default, &meta, "default")
+                    }),
+                    false => Err(meta.error(
+                        "`default` on a field takes a value: write `#[session(default = expr)]`",
+                    )),
+                }
+                } else {
+                    Err(meta
+                        .error("unknown session attribute on a field; expected `default = expr`"))
+                };
+            if let Err(error) = item {
+                errors.push(error);
+                skip_rest(meta.input);
             }
-            Err(meta.error("unknown session attribute on a field; expected `default = expr`"))
+            Ok(())
         });
         if let Err(error) = parsed {
             errors.push(error);
@@ -223,18 +305,60 @@ pub(crate) fn field_default(attrs: &[Attribute], errors: &mut Errors) -> Option<
     out
 }
 
+/// The expression after `default =`, up to the next top-level comma.
+///
+/// syn without its `full` feature parses literals, paths, calls, macros,
+/// operators and casts, which covers most defaults; anything else (a block
+/// with statements, an array, `if`, a range) is kept as verbatim tokens for
+/// rustc to check. Parsing first keeps a turbofish's comma
+/// (`HashMap::<K, V>::new()`) inside the expression.
+fn default_expr(input: ParseStream<'_>) -> syn::Result<Expr> {
+    let fork = input.fork();
+    if let Ok(expr) = fork.parse::<Expr>()
+        && (fork.is_empty() || fork.peek(Token![,]))
+    {
+        input.advance_to(&fork);
+        return Ok(expr);
+    }
+    let tokens = input.step(|cursor| {
+        let mut tokens = TokenStream::new();
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if matches!(&tree, TokenTree::Punct(punct) if punct.as_char() == ',') {
+                break;
+            }
+            tokens.extend([tree]);
+            rest = next;
+        }
+        Ok((tokens, rest))
+    })?;
+    if tokens.is_empty() {
+        return Err(input.error("expected an expression: `#[session(default = expr)]`"));
+    }
+    Ok(Expr::Verbatim(tokens))
+}
+
 /// `#[session(default)]` on an enum variant.
 pub(crate) fn variant_default(attrs: &[Attribute], errors: &mut Errors) -> Option<Span> {
     let mut out = None;
     for attr in session_attrs(attrs) {
         let parsed = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("default") {
-                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    return Err(meta.error("`default` on a variant takes no value: write `#[session(default)]`"));
+            let item = if meta.path.is_ident("default") {
+                let duplicate = set_once(&mut out, meta.path.span(), &meta, "default");
+                match meta.input.is_empty() || meta.input.peek(Token![,]) {
+                    true => duplicate,
+                    false => Err(meta.error(
+                        "`default` on a variant takes no value: write `#[session(default)]`",
+                    )),
                 }
-                return set_once(&mut out, meta.path.span(), &meta, "default");
+            } else {
+                Err(meta.error("unknown session attribute on a variant; expected `default`"))
+            };
+            if let Err(error) = item {
+                errors.push(error);
+                skip_rest(meta.input);
             }
-            Err(meta.error("unknown session attribute on a variant; expected `default`"))
+            Ok(())
         });
         if let Err(error) = parsed {
             errors.push(error);
@@ -245,7 +369,17 @@ pub(crate) fn variant_default(attrs: &[Attribute], errors: &mut Errors) -> Optio
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use quote::ToTokens as _;
+    use syn::{Attribute, LitStr, parse_quote};
+
+    use super::{accessor_name, container, field_default, parse_ttl, variant_default};
+    use crate::errors::Errors;
+
+    fn messages(errors: Errors) -> Vec<String> {
+        errors.finish().err().map_or_else(Vec::new, |error| {
+            error.into_iter().map(|e| e.to_string()).collect()
+        })
+    }
 
     #[test]
     fn ttl_units_add_up() {
@@ -257,5 +391,165 @@ mod tests {
         assert!(parse_ttl("3w").is_err());
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn accessor_names_are_identifiers_but_not_keywords() {
+        let name = |text: &str| accessor_name(&LitStr::new(text, proc_macro2::Span::call_site()));
+        assert_eq!(
+            name("counter").map(|i| i.to_string()).ok().as_deref(),
+            Some("counter")
+        );
+        assert_eq!(
+            name("sessionKey").map(|i| i.to_string()).ok().as_deref(),
+            Some("sessionKey")
+        );
+        for keyword in ["type", "fn", "self", "async"] {
+            let error = name(keyword)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("is a Rust keyword"), "{keyword}: {error}");
+        }
+        for bad in ["", "my-key", "1st", "r#type", "two words"] {
+            let error = name(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                error.contains("is not a Rust identifier"),
+                "{bad:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_attribute_does_not_hide_the_others() {
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[session(lazzy = 1, lazy = true, scope = "group", key = "counter")]),
+            parse_quote!(#[session(ttl = "1 h", ttl = "1h", crate = "renamed")]),
+        ];
+        let mut errors = Errors::default();
+        let parsed = container(&attrs, &mut errors);
+        assert_eq!(
+            parsed.key.map(|key| key.to_string()).as_deref(),
+            Some("counter")
+        );
+        assert!(parsed.lazy.is_some(), "`lazy = true` still means lazy");
+        assert_eq!(parsed.ttl_secs, Some(3_600));
+        assert_eq!(
+            parsed
+                .krate
+                .map(|p| p.to_token_stream().to_string())
+                .as_deref(),
+            Some("renamed")
+        );
+        let messages = messages(errors);
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(
+            messages[0].starts_with("unknown session attribute `lazzy`; expected one of `key`")
+        );
+        assert!(messages[1].starts_with("`lazy` takes no value"));
+        assert!(messages[2].starts_with("unknown scope `group`"));
+        assert!(messages[3].starts_with("malformed ttl `1 h`"));
+    }
+
+    #[test]
+    fn duplicates_are_reported_once_each() {
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[session(key = "a", lazy)]),
+            parse_quote!(#[session(key = "b", lazy)]),
+        ];
+        let mut errors = Errors::default();
+        let parsed = container(&attrs, &mut errors);
+        assert_eq!(parsed.key.map(|key| key.to_string()).as_deref(), Some("a"));
+        assert_eq!(
+            messages(errors),
+            [
+                "duplicate session attribute `key`",
+                "duplicate session attribute `lazy`"
+            ]
+        );
+    }
+
+    /// Each of these must reach rustc as written, with syn's default features.
+    #[test]
+    fn field_defaults_take_common_expressions() {
+        let cases: Vec<(Attribute, &str)> = vec![
+            (parse_quote!(#[session(default = 1)]), "1"),
+            (parse_quote!(#[session(default = -1)]), "- 1"),
+            (
+                parse_quote!(#[session(default = vec![1, 2])]),
+                "vec ! [1 , 2]",
+            ),
+            (
+                parse_quote!(#[session(default = String::from("x"))]),
+                "String :: from (\"x\")",
+            ),
+            (parse_quote!(#[session(default = Some(3))]), "Some (3)"),
+            (
+                parse_quote!(#[session(default = "y".to_owned())]),
+                "\"y\" . to_owned ()",
+            ),
+            (
+                parse_quote!(#[session(default = { let n = 2; n * 2 })]),
+                "{ let n = 2 ; n * 2 }",
+            ),
+            (parse_quote!(#[session(default = [0u8; 4])]), "[0u8 ; 4]"),
+            (parse_quote!(#[session(default = 1..=3)]), "1 ..= 3"),
+            (
+                parse_quote!(#[session(default = if A { 1 } else { 2 })]),
+                "if A { 1 } else { 2 }",
+            ),
+            (
+                parse_quote!(#[session(default = HashMap::<u8, u8>::new())]),
+                "HashMap :: < u8 , u8 > :: new ()",
+            ),
+        ];
+        for (attr, expected) in cases {
+            let mut errors = Errors::default();
+            let default = field_default(std::slice::from_ref(&attr), &mut errors);
+            assert_eq!(messages(errors), Vec::<String>::new(), "{expected}");
+            let expr = default.map(|default| default.expr.to_token_stream().to_string());
+            assert_eq!(expr.as_deref(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn field_default_mistakes() {
+        let cases: Vec<(Attribute, &str)> = vec![
+            (
+                parse_quote!(#[session(default)]),
+                "`default` on a field takes a value",
+            ),
+            (
+                parse_quote!(#[session(default = )]),
+                "expected an expression",
+            ),
+            (
+                parse_quote!(#[session(initial = 1)]),
+                "unknown session attribute on a field",
+            ),
+            (
+                parse_quote!(#[session(default = 1, default = 2)]),
+                "duplicate session attribute `default`",
+            ),
+        ];
+        for (attr, expected) in cases {
+            let mut errors = Errors::default();
+            field_default(std::slice::from_ref(&attr), &mut errors);
+            let messages = messages(errors);
+            assert_eq!(messages.len(), 1, "{messages:?}");
+            assert!(messages[0].contains(expected), "{messages:?}");
+        }
+    }
+
+    #[test]
+    fn variant_default_takes_no_value() {
+        let mut errors = Errors::default();
+        let ok: Attribute = parse_quote!(#[session(default)]);
+        assert!(variant_default(&[ok], &mut errors).is_some());
+        let with_value: Attribute = parse_quote!(#[session(default = true)]);
+        assert!(variant_default(&[with_value], &mut errors).is_some());
+        let messages = messages(errors);
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].starts_with("`default` on a variant takes no value"));
     }
 }

@@ -1,7 +1,8 @@
 //! Code generation: the `Session` impl and the accessor extension trait.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens as _, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Fields, Ident};
 
 use crate::ast::{Body, Input};
@@ -104,13 +105,17 @@ fn initial(input: &Input<'_>) -> TokenStream {
     if let Some(initial) = &input.attrs.initial {
         return quote!(#initial());
     }
-    let default = quote!(::core::default::Default::default());
+    // Spanned on the field's type or the type's name, so a missing `Default`
+    // is reported there rather than on `#[derive(Session)]`.
     match &input.body {
         Body::Struct { fields, defaults } => {
-            let values = defaults.iter().map(|d| match d {
-                Some(expr) => quote!(#expr),
-                None => default.clone(),
-            });
+            let values = fields
+                .iter()
+                .zip(defaults)
+                .map(|(field, default)| match default {
+                    Some(default) => default.expr.to_token_stream(),
+                    None => quote_spanned!(field.ty.span()=> ::core::default::Default::default()),
+                });
             match fields {
                 Fields::Named(named) => {
                     let names = named.named.iter().map(|f| &f.ident);
@@ -125,7 +130,10 @@ fn initial(input: &Input<'_>) -> TokenStream {
                 let ident = &variant.original.ident;
                 quote!(Self::#ident)
             }
-            None => quote!(<Self as ::core::default::Default>::default()),
+            None => {
+                let ty = &input.original.ident;
+                quote_spanned!(ty.span()=> <Self as ::core::default::Default>::default())
+            }
         },
     }
 }
@@ -174,5 +182,64 @@ pub(crate) fn ext_trait(input: &Input<'_>, p: &TokenStream) -> TokenStream {
                 #body
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::{DeriveInput, parse_quote};
+
+    use super::derive;
+
+    fn expand(input: &DeriveInput) -> String {
+        derive(input).to_string()
+    }
+
+    #[test]
+    fn the_accessor_trait_is_documented() {
+        let output = expand(&parse_quote! {
+            #[session(key = "sessionKey", lazy)]
+            pub struct Profile { name: String }
+        });
+        assert!(output.contains("pub trait ProfileSessionExt"), "{output}");
+        assert!(
+            output.contains(r#"doc = "The accessor of the [`Profile`] session: `ctx.sessionKey()` on every session context.""#),
+            "{output}"
+        );
+        assert!(
+            output.contains(
+                r#"doc = "Loads the `sessionKey` session on first use in this update (lazy).""#
+            ),
+            "{output}"
+        );
+        // The camelCase accessor must not warn in the user's crate.
+        assert_eq!(
+            output.matches("allow (non_snake_case)").count(),
+            2,
+            "{output}"
+        );
+    }
+
+    #[test]
+    fn an_error_comes_with_a_stub_and_the_accessor() {
+        let output = expand(&parse_quote! {
+            #[session(lazzy, key = "counter")]
+            struct Counter { apple: u32 }
+        });
+        assert_eq!(output.matches("compile_error").count(), 1, "{output}");
+        assert!(
+            output.contains("impl :: tg_session :: __private :: Session for Counter"),
+            "{output}"
+        );
+        assert!(output.contains("fn counter"), "{output}");
+    }
+
+    #[test]
+    fn a_union_gets_the_error_alone() {
+        let output = expand(&parse_quote! {
+            union Bits { int: u32, float: f32 }
+        });
+        assert_eq!(output.matches("compile_error").count(), 1, "{output}");
+        assert!(!output.contains("impl"), "{output}");
     }
 }

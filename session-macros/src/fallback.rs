@@ -9,12 +9,17 @@ use crate::ast::Input;
 use crate::expand;
 
 pub(crate) fn expand(input: &DeriveInput, parsed: Option<&Input<'_>>) -> TokenStream {
-    if !matches!(input.data, syn::Data::Struct(_) | syn::Data::Enum(_)) || !input.generics.params.is_empty() {
+    if !matches!(input.data, syn::Data::Struct(_) | syn::Data::Enum(_))
+        || !input.generics.params.is_empty()
+    {
         return TokenStream::new();
     }
     let p = expand::private(parsed);
     let ty = &input.ident;
-    let name = parsed.map_or_else(|| "session".to_owned(), |parsed| expand::accessor(parsed).to_string());
+    let name = parsed.map_or_else(
+        || "session".to_owned(),
+        |parsed| expand::accessor(parsed).to_string(),
+    );
     let ext = parsed.map(|parsed| expand::ext_trait(parsed, &p));
     quote! {
         #[automatically_derived]

@@ -1,5 +1,6 @@
 //! Rules that span several attributes.
 
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 
 use crate::ast::{Body, Input};
@@ -23,21 +24,34 @@ pub(crate) fn validate(input: &Input<'_>, errors: &mut Errors) {
         );
     }
     match &input.body {
-        Body::Struct { defaults, .. } => {
-            if attrs.initial.is_some() {
-                for default in defaults.iter().flatten() {
-                    errors.spanned(
-                        default.span(),
-                        "field defaults cannot be combined with `initial` on the type: \
-                         `initial` builds the whole value; remove one of them",
-                    );
-                }
+        Body::Struct { fields, defaults } => {
+            let with_default: Vec<String> = fields
+                .iter()
+                .zip(defaults)
+                .enumerate()
+                .filter(|(_, (_, default))| default.is_some())
+                .map(|(index, (field, _))| match &field.ident {
+                    Some(ident) => format!("`{}`", ident.unraw()),
+                    None => format!("field {index}"),
+                })
+                .collect();
+            if let (Some(initial), false) = (&attrs.initial, with_default.is_empty()) {
+                errors.spanned(
+                    initial.span(),
+                    format_args!(
+                        "`initial` builds the whole value, so fields cannot have \
+                         `#[session(default = ...)]` too ({} has one); remove one of them",
+                        with_default.join(", ")
+                    ),
+                );
             }
         }
         Body::Enum { variants } => {
             let mut seen = None;
             for variant in variants {
-                let Some(span) = variant.default else { continue };
+                let Some(span) = variant.default else {
+                    continue;
+                };
                 if !matches!(variant.original.fields, syn::Fields::Unit) {
                     errors.spanned(
                         span,

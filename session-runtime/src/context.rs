@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::OnceCell;
+use tracing::Instrument as _;
 
 use crate::error::Error;
+use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
 use crate::manager::{ManagerInner, Registration, SavePolicy};
-use crate::guard::SessionRef;
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::{Write, WriteOutcome};
@@ -113,7 +114,10 @@ impl Sessions {
 
     fn slots(&self) -> MutexGuard<'_, Vec<SlotEntry>> {
         // Entries are pushed whole, so a poisoned list is still consistent.
-        self.inner.slots.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check_open<T: Session>(&self) -> Result<(), Error> {
@@ -131,7 +135,9 @@ impl Sessions {
         self.check_open::<T>()?;
         let slot = {
             let slots = self.slots();
-            let entry = slots.iter().find(|entry| entry.type_id == TypeId::of::<T>());
+            let entry = slots
+                .iter()
+                .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
                 Some(EntryState::Failed(error)) => return Err(error.clone()),
                 Some(state) => state.loaded().cloned(),
@@ -153,7 +159,9 @@ impl Sessions {
         self.check_open::<T>()?;
         let cell = {
             let mut slots = self.slots();
-            let entry = slots.iter().find(|entry| entry.type_id == TypeId::of::<T>());
+            let entry = slots
+                .iter()
+                .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
                 Some(EntryState::Loaded(slot)) => return borrow::<T>(slot),
                 Some(EntryState::Failed(error)) => return Err(error.clone()),
@@ -179,9 +187,12 @@ impl Sessions {
             .map_or(0, |registration| registration.storage_index);
         let key = manager.storage_key(T::NAME, &T::KEY, &self.inner.ids)?;
         let meta = lock_key(manager, T::NAME, key, storage_index).await?;
+        let span =
+            tracing::debug_span!("session.load", storage = %meta.storage_name, key = %meta.key);
         let record = meta
             .storage
             .load(std::slice::from_ref(&meta.key))
+            .instrument(span)
             .await
             .map_err(|source| meta.storage_error(source))?
             .pop()
@@ -207,8 +218,10 @@ impl Sessions {
             tracing::debug!("handler failed: session changes dropped");
             return Ok(());
         }
-        let slots: Vec<&Arc<dyn ErasedSlot>> =
-            entries.iter().filter_map(|entry| entry.state.loaded()).collect();
+        let slots: Vec<&Arc<dyn ErasedSlot>> = entries
+            .iter()
+            .filter_map(|entry| entry.state.loaded())
+            .collect();
         let mut first_error = None;
         let mut report = |error: Error| {
             tracing::warn!(%error, "session not saved");
@@ -219,7 +232,10 @@ impl Sessions {
             match slot.pending_write() {
                 Ok(Some(write)) => {
                     let meta = slot.meta();
-                    match batches.iter_mut().find(|batch| batch.0 == meta.storage_index) {
+                    match batches
+                        .iter_mut()
+                        .find(|batch| batch.0 == meta.storage_index)
+                    {
                         Some((_, writes, metas)) => {
                             writes.push(write);
                             metas.push(meta);
@@ -233,7 +249,8 @@ impl Sessions {
         }
         for (_, writes, metas) in &batches {
             let Some(first) = metas.first() else { continue };
-            match first.storage.write(writes).await {
+            let span = tracing::debug_span!("session.commit", storage = %first.storage_name, writes = writes.len());
+            match first.storage.write(writes).instrument(span).await {
                 Ok(outcomes) => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
                         match outcome {
@@ -266,16 +283,15 @@ impl std::fmt::Debug for Sessions {
 
 /// Borrows the typed value of a loaded slot for one accessor call.
 fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error> {
-    let meta = slot.meta();
-    let typed = slot
-        .as_any()
-        .downcast_ref::<TypedSlot<T>>()
+    let typed = Arc::clone(slot)
+        .into_any()
+        .downcast::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
-        .ok_or_else(|| meta.already_borrowed())?;
+        .map_err(|_| slot.meta().already_borrowed())?;
     let state = Arc::clone(&typed.state)
         .try_lock_owned()
-        .map_err(|_| meta.already_borrowed())?;
-    Ok(SessionRef::new(Arc::clone(&typed.meta), state))
+        .map_err(|_| typed.meta.already_borrowed())?;
+    Ok(SessionRef::new(typed, state))
 }
 
 /// Takes the in-process lock of `key`, within the manager's lock timeout.
@@ -289,11 +305,7 @@ async fn lock_key(
         .locks
         .lock(key.as_str(), manager.lock_timeout)
         .await
-        .ok_or_else(|| Error::LockTimeout {
-            session,
-            key: key.to_string(),
-            waited: manager.lock_timeout,
-        })?;
+        .ok_or_else(|| lock_timeout(manager, session, &key))?;
     let storage = &manager.storages[storage_index];
     Ok(SlotMeta {
         session,
@@ -309,67 +321,83 @@ async fn lock_key(
 /// two updates never wait on each other in a cycle), then one load per storage.
 async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
     let mut entries = Vec::with_capacity(manager.registrations.len());
-    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::new();
+    let failed = |registration: &Registration, error| SlotEntry {
+        type_id: registration.type_id,
+        state: EntryState::Failed(error),
+    };
+    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(entries.capacity());
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.storage_key(registration.name, &registration.key, ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state: EntryState::Failed(error),
-            }),
+            Err(error) => entries.push(failed(registration, error)),
         }
     }
-    wanted.sort_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    let mut locked: Vec<(&Registration, SlotMeta)> = Vec::with_capacity(wanted.len());
+    if wanted.is_empty() {
+        return entries;
+    }
+    wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    let mut locked = Vec::with_capacity(wanted.len());
     for (registration, key) in wanted {
-        match lock_key(manager, registration.name, key, registration.storage_index).await {
-            Ok(meta) => locked.push((registration, meta)),
-            Err(error) => entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state: EntryState::Failed(error),
-            }),
+        match manager.locks.lock(key.as_str(), manager.lock_timeout).await {
+            Some(lock) => locked.push((registration, key, lock)),
+            None => {
+                let error = lock_timeout(manager, registration.name, &key);
+                entries.push(failed(registration, error));
+            }
         }
     }
-    for storage_index in 0..manager.storages.len() {
-        let (batch, rest): (Vec<_>, Vec<_>) = locked
-            .into_iter()
-            .partition(|(_, meta)| meta.storage_index == storage_index);
-        locked = rest;
-        if batch.is_empty() {
-            continue;
-        }
-        let keys: Vec<StorageKey> = batch.iter().map(|(_, meta)| meta.key.clone()).collect();
-        let storage = &manager.storages[storage_index].storage;
-        match storage.load(&keys).await {
-            Ok(records) if records.len() == batch.len() => {
-                for ((registration, meta), record) in batch.into_iter().zip(records) {
-                    let state = match (registration.open)(meta, record) {
-                        Ok(slot) => EntryState::Loaded(slot),
-                        Err(error) => EntryState::Failed(error),
-                    };
-                    entries.push(SlotEntry {
-                        type_id: registration.type_id,
-                        state,
-                    });
-                }
-            }
-            result => {
-                let source = match result {
-                    Err(source) => source,
-                    Ok(records) => crate::StorageError::other(format!(
-                        "asked for {} keys, got {} records",
-                        keys.len(),
-                        records.len()
-                    )),
-                };
-                for (registration, meta) in batch {
-                    entries.push(SlotEntry {
-                        type_id: registration.type_id,
-                        state: EntryState::Failed(meta.storage_error(source.clone())),
-                    });
-                }
-            }
+    // Stable: keeps the key order inside each storage's batch.
+    locked.sort_by_key(|(registration, ..)| registration.storage_index);
+    while let Some((first, ..)) = locked.first() {
+        let storage_index = first.storage_index;
+        let batch = locked
+            .iter()
+            .take_while(|(registration, ..)| registration.storage_index == storage_index)
+            .count();
+        let (keys, held): (Vec<StorageKey>, Vec<_>) = locked
+            .drain(..batch)
+            .map(|(registration, key, lock)| (key, (registration, lock)))
+            .unzip();
+        let storage = &manager.storages[storage_index];
+        let span = tracing::debug_span!("session.load", storage = %storage.name, keys = keys.len());
+        let records = match storage.storage.load(&keys).instrument(span).await {
+            Ok(records) if records.len() == keys.len() => Ok(records),
+            Ok(records) => Err(crate::StorageError::other(format!(
+                "asked for {} keys, got {} records",
+                keys.len(),
+                records.len()
+            ))),
+            Err(source) => Err(source),
+        };
+        for (index, (key, (registration, lock))) in keys.into_iter().zip(held).enumerate() {
+            let meta = SlotMeta {
+                session: registration.name,
+                key,
+                storage: Arc::clone(&storage.storage),
+                storage_index,
+                storage_name: Arc::clone(&storage.name),
+                _lock: lock,
+            };
+            let state = match &records {
+                Ok(records) => match (registration.open)(meta, records[index].clone()) {
+                    Ok(slot) => EntryState::Loaded(slot),
+                    Err(error) => EntryState::Failed(error),
+                },
+                Err(source) => EntryState::Failed(meta.storage_error(source.clone())),
+            };
+            entries.push(SlotEntry {
+                type_id: registration.type_id,
+                state,
+            });
         }
     }
     entries
+}
+
+fn lock_timeout(manager: &ManagerInner, session: &'static str, key: &StorageKey) -> Error {
+    Error::LockTimeout {
+        session,
+        key: key.to_string(),
+        waited: manager.lock_timeout,
+    }
 }

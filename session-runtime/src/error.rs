@@ -122,7 +122,9 @@ pub enum Error {
     },
 
     /// The session value could not be encoded (e.g. a map with non-string keys in JSON).
-    #[error("session `{session}` (key `{key}`): the value does not encode with the {codec} codec: {source}")]
+    #[error(
+        "session `{session}` (key `{key}`): the value does not encode with the {codec} codec: {source}"
+    )]
     Encode {
         /// The session's key name.
         session: &'static str,

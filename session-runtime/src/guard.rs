@@ -8,7 +8,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::Error;
 use crate::session::Session;
-use crate::slot::{SlotMeta, SlotState};
+use crate::slot::{SlotMeta, SlotState, TypedSlot};
 use crate::storage::{Record, Write, WriteOutcome};
 
 /// A session of the current update, borrowed from its context.
@@ -18,18 +18,22 @@ use crate::storage::{Record, Write, WriteOutcome};
 /// was loaded. Drop it before the handler returns: only one `SessionRef` per
 /// session can be alive at a time.
 pub struct SessionRef<T: Session> {
-    meta: Arc<SlotMeta>,
+    slot: Arc<TypedSlot<T>>,
     state: OwnedMutexGuard<SlotState<T>>,
 }
 
 impl<T: Session> SessionRef<T> {
-    pub(crate) fn new(meta: Arc<SlotMeta>, state: OwnedMutexGuard<SlotState<T>>) -> Self {
-        Self { meta, state }
+    pub(crate) fn new(slot: Arc<TypedSlot<T>>, state: OwnedMutexGuard<SlotState<T>>) -> Self {
+        Self { slot, state }
+    }
+
+    fn meta(&self) -> &SlotMeta {
+        &self.slot.meta
     }
 
     /// The storage key of this session (`[prefix:][bot:]name:scope`).
     pub fn key(&self) -> &str {
-        self.meta.key.as_str()
+        self.meta().key.as_str()
     }
 
     /// The stored version this update works on; `None` if nothing is stored.
@@ -41,14 +45,14 @@ impl<T: Session> SessionRef<T> {
     /// initial value. A later change in this update is saved again.
     pub async fn clear(&mut self) -> Result<(), Error> {
         let delete = Write::Delete {
-            key: self.meta.key.clone(),
+            key: self.meta().key.clone(),
         };
-        self.meta
+        self.meta()
             .storage
             .write(std::slice::from_ref(&delete))
             .await
-            .map_err(|source| self.meta.storage_error(source))?;
-        tracing::debug!(session = self.meta.session, key = %self.meta.key, "session cleared");
+            .map_err(|source| self.meta().storage_error(source))?;
+        tracing::debug!(session = self.meta().session, key = %self.meta().key, "session cleared");
         let state = &mut *self.state;
         state.value = T::initial();
         state.stored = None;
@@ -60,16 +64,16 @@ impl<T: Session> SessionRef<T> {
     /// the handler (for long handlers). Fails with [`Error::Conflict`] if
     /// another process changed it meanwhile.
     pub async fn save(&mut self) -> Result<(), Error> {
-        let Some(write) = self.state.pending_write(&self.meta)? else {
+        let Some(write) = self.state.pending_write(self.meta())? else {
             self.state.touched = false;
             return Ok(());
         };
         let outcomes = self
-            .meta
+            .meta()
             .storage
             .write(std::slice::from_ref(&write))
             .await
-            .map_err(|source| self.meta.storage_error(source))?;
+            .map_err(|source| self.meta().storage_error(source))?;
         match (outcomes.first(), write) {
             (Some(WriteOutcome::Written { version }), Write::Put { value, .. }) => {
                 self.state.stored = Some(Record {
@@ -79,10 +83,12 @@ impl<T: Session> SessionRef<T> {
                 self.state.touched = false;
                 Ok(())
             }
-            (Some(WriteOutcome::Conflict), _) => Err(self.meta.conflict()),
-            (other, _) => Err(self.meta.storage_error(crate::StorageError::other(format!(
-                "the storage answered {other:?} to a put"
-            )))),
+            (Some(WriteOutcome::Conflict), _) => Err(self.meta().conflict()),
+            (other, _) => Err(self
+                .meta()
+                .storage_error(crate::StorageError::other(format!(
+                    "the storage answered {other:?} to a put"
+                )))),
         }
     }
 }
@@ -105,7 +111,7 @@ impl<T: Session> DerefMut for SessionRef<T> {
 impl<T: Session + fmt::Debug> fmt::Debug for SessionRef<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionRef")
-            .field("key", &self.meta.key.as_str())
+            .field("key", &self.meta().key.as_str())
             .field("value", &self.state.value)
             .finish()
     }

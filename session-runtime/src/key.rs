@@ -118,25 +118,38 @@ impl Scope {
 
     /// The part of the storage key this scope takes from `ids`, or what is missing.
     pub fn scope_key(self, ids: &UpdateIds) -> Result<String, &'static str> {
+        let mut out = String::new();
+        self.write_scope_key(ids, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the scope key to `out` (no allocation of its own on the hot path).
+    fn write_scope_key(self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
+        use fmt::Write as _;
         const SENDER: &str = "the sender's user id";
         const CHAT: &str = "a chat id";
-        match self {
-            Scope::User => ids.user_id.map(|user| user.to_string()).ok_or(SENDER),
-            Scope::Chat => ids.chat_id.map(|chat| chat.to_string()).ok_or(CHAT),
+        // Writing to a String cannot fail.
+        let _ = match self {
+            Scope::User => write!(out, "{}", ids.user_id.ok_or(SENDER)?),
+            Scope::Chat => write!(out, "{}", ids.chat_id.ok_or(CHAT)?),
             Scope::UserInChat => {
                 let chat = ids.chat_id.ok_or(CHAT)?;
                 let user = ids.user_id.ok_or(SENDER)?;
-                Ok(format!("{chat}:{user}"))
+                write!(out, "{chat}:{user}")
             }
             Scope::ChatThread => {
                 let chat = ids.chat_id.ok_or(CHAT)?;
-                Ok(match ids.thread_id {
-                    Some(thread) => format!("{chat}:{thread}"),
-                    None => format!("{chat}:main"),
-                })
+                match ids.thread_id {
+                    Some(thread) => write!(out, "{chat}:{thread}"),
+                    None => write!(out, "{chat}:main"),
+                }
             }
-            Scope::Global => Ok("global".to_owned()),
-        }
+            Scope::Global => {
+                out.push_str("global");
+                Ok(())
+            }
+        };
+        Ok(())
     }
 }
 
@@ -160,10 +173,13 @@ pub enum KeyStrategy {
 }
 
 impl KeyStrategy {
-    pub(crate) fn scope_key(&self, ids: &UpdateIds) -> Result<String, &'static str> {
+    fn write_scope_key(&self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
         match self {
-            KeyStrategy::Scope(scope) => scope.scope_key(ids),
-            KeyStrategy::Custom(key_fn) => key_fn(ids).ok_or("a key from its `key_fn`"),
+            KeyStrategy::Scope(scope) => scope.write_scope_key(ids, out),
+            KeyStrategy::Custom(key_fn) => {
+                out.push_str(&key_fn(ids).ok_or("a key from its `key_fn`")?);
+                Ok(())
+            }
         }
     }
 }
@@ -181,9 +197,34 @@ pub struct StorageKey {
 impl StorageKey {
     /// Builds the key of session `name` under an optional prefix and bot id.
     pub fn new(prefix: Option<&str>, bot_id: Option<u64>, name: &str, scope_key: &str) -> Self {
+        let mut key = Self::namespace_of(prefix, bot_id, name, scope_key.len());
+        key.full.push_str(scope_key);
+        key
+    }
+
+    /// Builds the key of session `name` for the update `ids`, or says which id is missing.
+    pub(crate) fn for_update(
+        prefix: Option<&str>,
+        bot_id: Option<u64>,
+        name: &str,
+        strategy: &KeyStrategy,
+        ids: &UpdateIds,
+    ) -> Result<Self, &'static str> {
+        let mut key = Self::namespace_of(prefix, bot_id, name, 24);
+        strategy.write_scope_key(ids, &mut key.full)?;
+        Ok(key)
+    }
+
+    /// `[prefix:][bot_id:]name:`, with room for a scope key of `scope_len` bytes.
+    fn namespace_of(
+        prefix: Option<&str>,
+        bot_id: Option<u64>,
+        name: &str,
+        scope_len: usize,
+    ) -> Self {
         use fmt::Write as _;
         let mut full = String::with_capacity(
-            prefix.map_or(0, |p| p.len() + 1) + 21 + name.len() + 1 + scope_key.len(),
+            prefix.map_or(0, |p| p.len() + 1) + 21 + name.len() + 1 + scope_len,
         );
         if let Some(prefix) = prefix {
             full.push_str(prefix);
@@ -196,7 +237,6 @@ impl StorageKey {
         full.push_str(name);
         full.push(':');
         let scope_start = full.len();
-        full.push_str(scope_key);
         Self { full, scope_start }
     }
 
@@ -229,6 +269,7 @@ impl AsRef<str> for StorageKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -244,8 +285,17 @@ mod tests {
     #[test]
     fn scopes_name_what_is_missing() {
         let channel_post = UpdateIds::new().chat(-100);
-        assert_eq!(Scope::User.scope_key(&channel_post), Err("the sender's user id"));
-        assert_eq!(Scope::ChatThread.scope_key(&channel_post).as_deref(), Ok("-100:main"));
-        assert_eq!(Scope::Global.scope_key(&UpdateIds::new()).as_deref(), Ok("global"));
+        assert_eq!(
+            Scope::User.scope_key(&channel_post),
+            Err("the sender's user id")
+        );
+        assert_eq!(
+            Scope::ChatThread.scope_key(&channel_post).as_deref(),
+            Ok("-100:main")
+        );
+        assert_eq!(
+            Scope::Global.scope_key(&UpdateIds::new()).as_deref(),
+            Ok("global")
+        );
     }
 }

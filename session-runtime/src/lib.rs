@@ -24,9 +24,13 @@ pub use context::{HandlerOutcome, SessionContext, Sessions};
 pub use error::{BoxError, CodecError, Error, StorageError, StorageErrorKind};
 pub use guard::SessionRef;
 pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
-pub use manager::{DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder, SharedStorage};
+pub use manager::{
+    DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder, SharedStorage,
+};
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
+#[cfg(feature = "redis")]
+pub use storage::redis::RedisStorage;
 pub use storage::{Record, Storage, Write, WriteOutcome};
 #[cfg(feature = "teloxide")]
 pub mod teloxide;

@@ -6,12 +6,16 @@
 //! or waits for that key, so it does not grow with every key ever seen.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
 struct Entry {
+    /// The table's own key, shared with the guards so they need no copy.
+    key: Arc<str>,
     mutex: Arc<tokio::sync::Mutex<()>>,
     /// Updates holding or waiting for the key; the entry goes at zero.
     users: usize,
@@ -19,43 +23,60 @@ struct Entry {
 
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    table: Mutex<HashMap<Box<str>, Entry>>,
+    table: Mutex<HashMap<Arc<str>, Entry, RandomState>>,
 }
 
 /// A claim on a key: holds it once `held` is set, and leaves the table clean
 /// when dropped, whether it got the lock, timed out or was cancelled.
 pub(crate) struct KeyLockGuard {
     locks: Arc<KeyLocks>,
-    key: Box<str>,
+    key: Arc<str>,
     held: Option<OwnedMutexGuard<()>>,
 }
 
 impl KeyLocks {
-    fn table(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry, RandomState>> {
         // Every statement leaves the table consistent, so a poisoned lock has
         // nothing to repair.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits at most `timeout` for `key`; `None` when it stayed taken.
-    pub(crate) async fn lock(self: &Arc<Self>, key: &str, timeout: Duration) -> Option<KeyLockGuard> {
-        let mutex = {
+    pub(crate) async fn lock(
+        self: &Arc<Self>,
+        key: &str,
+        timeout: Duration,
+    ) -> Option<KeyLockGuard> {
+        let (key, mutex) = {
             let mut table = self.table();
-            let entry = table.entry(key.into()).or_insert_with(|| Entry {
-                mutex: Arc::default(),
-                users: 0,
-            });
-            entry.users += 1;
-            Arc::clone(&entry.mutex)
+            match table.get_mut(key) {
+                Some(entry) => {
+                    entry.users += 1;
+                    (Arc::clone(&entry.key), Arc::clone(&entry.mutex))
+                }
+                None => {
+                    let key: Arc<str> = Arc::from(key);
+                    let mutex = Arc::default();
+                    let entry = Entry {
+                        key: Arc::clone(&key),
+                        mutex: Arc::clone(&mutex),
+                        users: 1,
+                    };
+                    table.insert(Arc::clone(&key), entry);
+                    (key, mutex)
+                }
+            }
         };
         let mut claim = KeyLockGuard {
             locks: Arc::clone(self),
-            key: key.into(),
+            key,
             held: None,
         };
         let held = match Arc::clone(&mutex).try_lock_owned() {
             Ok(held) => held,
-            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned()).await.ok()?,
+            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned())
+                .await
+                .ok()?,
         };
         claim.held = Some(held);
         Some(claim)
@@ -83,6 +104,7 @@ impl Drop for KeyLockGuard {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

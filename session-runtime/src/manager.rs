@@ -71,6 +71,9 @@ pub(crate) struct StorageEntry {
     pub(crate) name: Arc<str>,
 }
 
+/// Decodes a loaded record into a slot of the registered type.
+pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>;
+
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
     pub(crate) type_id: TypeId,
@@ -79,7 +82,7 @@ pub(crate) struct Registration {
     pub(crate) lazy: bool,
     pub(crate) key: KeyStrategy,
     pub(crate) storage_index: usize,
-    pub(crate) open: fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>,
+    pub(crate) open: OpenSlot,
 }
 
 impl Registration {
@@ -109,11 +112,13 @@ impl ManagerInner {
             needs,
         };
         let bot_id = match self.bot_id_in_keys {
-            true => Some(ids.bot_id().ok_or_else(|| missing("the bot's id (keys include it)"))?),
+            true => Some(
+                ids.bot_id()
+                    .ok_or_else(|| missing("the bot's id (keys include it)"))?,
+            ),
             false => None,
         };
-        let scope_key = strategy.scope_key(ids).map_err(missing)?;
-        Ok(StorageKey::new(self.prefix.as_deref(), bot_id, name, &scope_key))
+        StorageKey::for_update(self.prefix.as_deref(), bot_id, name, strategy, ids).map_err(missing)
     }
 
     pub(crate) fn registration(&self, type_id: TypeId) -> Option<&Registration> {
@@ -174,11 +179,21 @@ impl std::fmt::Debug for SessionManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = &self.inner;
         f.debug_struct("SessionManager")
-            .field("storages", &inner.storages.iter().map(|s| &*s.name).collect::<Vec<_>>())
+            .field(
+                "storages",
+                &inner.storages.iter().map(|s| &*s.name).collect::<Vec<_>>(),
+            )
             .field("prefix", &inner.prefix)
             .field("bot_id_in_keys", &inner.bot_id_in_keys)
             .field("save_policy", &inner.save_policy)
-            .field("sessions", &inner.registrations.iter().map(|r| r.name).collect::<Vec<_>>())
+            .field(
+                "sessions",
+                &inner
+                    .registrations
+                    .iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -253,7 +268,8 @@ impl SessionManagerBuilder {
     /// Registers a session type kept in its own storage. Session types given
     /// the same `Arc` share its load and commit round trips.
     pub fn register_in<T: Session>(mut self, storage: SharedStorage) -> Self {
-        self.registrations.push((Registration::of::<T>(0), Some(storage)));
+        self.registrations
+            .push((Registration::of::<T>(0), Some(storage)));
         self
     }
 

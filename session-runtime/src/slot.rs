@@ -94,14 +94,14 @@ impl<T: Session> SlotState<T> {
 
 /// A session slot with its type erased, as the context keeps it.
 pub(crate) trait ErasedSlot: Send + Sync {
-    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn meta(&self) -> &SlotMeta;
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Option<Write>, Error>;
 }
 
 pub(crate) struct TypedSlot<T> {
-    pub(crate) meta: Arc<SlotMeta>,
+    pub(crate) meta: SlotMeta,
     pub(crate) state: Arc<Mutex<SlotState<T>>>,
 }
 
@@ -138,7 +138,7 @@ impl<T: Session> TypedSlot<T> {
             },
         };
         Ok(Self {
-            meta: Arc::new(meta),
+            meta,
             state: Arc::new(Mutex::new(SlotState {
                 value,
                 stored: record,
@@ -147,13 +147,16 @@ impl<T: Session> TypedSlot<T> {
         })
     }
 
-    pub(crate) fn erased(meta: SlotMeta, record: Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error> {
+    pub(crate) fn erased(
+        meta: SlotMeta,
+        record: Option<Record>,
+    ) -> Result<Arc<dyn ErasedSlot>, Error> {
         Ok(Arc::new(Self::open(meta, record)?))
     }
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {
-    fn as_any(&self) -> &dyn Any {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
     }
 
@@ -162,7 +165,10 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     }
 
     fn pending_write(&self) -> Result<Option<Write>, Error> {
-        let state = self.state.try_lock().map_err(|_| self.meta.already_borrowed())?;
+        let state = self
+            .state
+            .try_lock()
+            .map_err(|_| self.meta.already_borrowed())?;
         state.pending_write(&self.meta)
     }
 }

@@ -15,7 +15,8 @@ use crate::error::StorageError;
 use crate::key::StorageKey;
 
 pub mod memory;
-
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A stored session: its encoded bytes and the version they were written at.
 #[derive(Clone, Debug, PartialEq, Eq)]

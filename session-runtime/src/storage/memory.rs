@@ -1,8 +1,11 @@
-//! The embedded default storage: encoded bytes in a concurrent cache.
+//! The embedded default storage: encoded bytes in a concurrent map.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
@@ -14,20 +17,57 @@ use crate::storage::{Record, Storage, Write, WriteOutcome};
 ///
 /// It keeps the *encoded* bytes, exactly as Redis or SQL would, so a session
 /// type that does not survive its codec fails in tests rather than first in
-/// production. Built on [`moka`]: lock-free reads, per-record TTL, and an
-/// optional bound on the number of records (least recently used go first).
+/// production.
+///
+/// - [`MemoryStorage::new`]: unbounded, on [`dashmap`] (sharded locks, the
+///   fastest for a bot's mix of reads and writes). Expired records are
+///   invisible at once and swept from memory at most once a second, by the
+///   writes that follow.
+/// - [`MemoryStorage::with_capacity`]: at most that many records, on
+///   [`moka`]; the least recently and frequently used go first.
 ///
 /// Cloning is cheap and shares the records.
 #[derive(Clone)]
 pub struct MemoryStorage {
-    records: Cache<String, Stored>,
+    records: Records,
+}
+
+#[derive(Clone)]
+enum Records {
+    Unbounded(std::sync::Arc<Unbounded>),
+    Bounded(Cache<String, Stored>),
+}
+
+struct Unbounded {
+    map: DashMap<String, Stored, foldhash::fast::RandomState>,
+    created: Instant,
+    /// Milliseconds after `created` when expired records may next be swept.
+    next_sweep_ms: AtomicU64,
+    sweep_every: Duration,
 }
 
 #[derive(Clone)]
 struct Stored {
     record: Record,
     ttl: Option<Duration>,
+    expires_at: Option<Instant>,
 }
+
+impl Stored {
+    fn new(record: Record, ttl: Option<Duration>, now: Instant) -> Self {
+        Self {
+            record,
+            ttl,
+            expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
+        }
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct PerRecordTtl;
 
@@ -47,11 +87,43 @@ impl moka::Expiry<String, Stored> for PerRecordTtl {
     }
 }
 
+/// The conditional put shared by both backends: what to store, if anything.
+fn put(
+    current: Option<&Stored>,
+    value: &bytes::Bytes,
+    expected_version: Option<u64>,
+    ttl: Option<Duration>,
+    now: Instant,
+) -> Option<Stored> {
+    let stored = current.filter(|s| s.live(now)).map(|s| s.record.version);
+    if stored != expected_version {
+        return None;
+    }
+    let version = Write::next_version(expected_version);
+    Some(Stored::new(
+        Record {
+            value: value.clone(),
+            version,
+        },
+        ttl,
+        now,
+    ))
+}
+
 impl MemoryStorage {
     /// An unbounded memory storage.
     pub fn new() -> Self {
+        Self::unbounded(SWEEP_EVERY)
+    }
+
+    fn unbounded(sweep_every: Duration) -> Self {
         Self {
-            records: Cache::builder().expire_after(PerRecordTtl).build(),
+            records: Records::Unbounded(std::sync::Arc::new(Unbounded {
+                map: DashMap::default(),
+                created: Instant::now(),
+                next_sweep_ms: AtomicU64::new(0),
+                sweep_every,
+            })),
         }
     }
 
@@ -59,56 +131,132 @@ impl MemoryStorage {
     /// the least recently used beyond that.
     pub fn with_capacity(max_records: u64) -> Self {
         Self {
-            records: Cache::builder()
-                .max_capacity(max_records)
-                .expire_after(PerRecordTtl)
-                .build(),
+            records: Records::Bounded(
+                Cache::builder()
+                    .max_capacity(max_records)
+                    .expire_after(PerRecordTtl)
+                    .build(),
+            ),
         }
     }
 
-    /// How many records are stored (approximate while writes are in flight).
+    /// How many live records are stored.
     pub fn len(&self) -> u64 {
-        self.records.run_pending_tasks();
-        self.records.entry_count()
+        match &self.records {
+            Records::Unbounded(unbounded) => {
+                let now = Instant::now();
+                let live = unbounded.map.iter().filter(|entry| entry.live(now)).count();
+                u64::try_from(live).unwrap_or(u64::MAX)
+            }
+            Records::Bounded(cache) => {
+                cache.run_pending_tasks();
+                cache.entry_count()
+            }
+        }
     }
 
-    /// Whether no record is stored.
+    /// Whether no live record is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn apply(&self, write: &Write) -> WriteOutcome {
-        match write {
-            Write::Put {
-                key,
-                value,
-                expected_version,
-                ttl,
-            } => {
+    fn get(&self, key: &str, now: Instant) -> Option<Record> {
+        match &self.records {
+            Records::Unbounded(unbounded) => unbounded
+                .map
+                .get(key)
+                .filter(|stored| stored.live(now))
+                .map(|stored| stored.record.clone()),
+            Records::Bounded(cache) => cache.get(key).map(|stored| stored.record),
+        }
+    }
+
+    fn apply(&self, write: &Write, now: Instant) -> WriteOutcome {
+        match (write, &self.records) {
+            (
+                Write::Put {
+                    key,
+                    value,
+                    expected_version,
+                    ttl,
+                },
+                Records::Unbounded(unbounded),
+            ) => {
+                let next = match unbounded.map.entry(key.as_str().to_owned()) {
+                    Entry::Occupied(mut entry) => {
+                        put(Some(entry.get()), value, *expected_version, *ttl, now)
+                            .map(|stored| entry.insert(stored))
+                            .map(|_| ())
+                    }
+                    Entry::Vacant(entry) => put(None, value, *expected_version, *ttl, now)
+                        .map(|stored| entry.insert(stored))
+                        .map(|_| ()),
+                };
+                match next {
+                    Some(()) => WriteOutcome::Written {
+                        version: Write::next_version(*expected_version),
+                    },
+                    None => WriteOutcome::Conflict,
+                }
+            }
+            (
+                Write::Put {
+                    key,
+                    value,
+                    expected_version,
+                    ttl,
+                },
+                Records::Bounded(cache),
+            ) => {
                 let mut outcome = WriteOutcome::Conflict;
-                self.records
+                cache
                     .entry_by_ref(key.as_str())
                     .and_compute_with(|current| {
-                        let stored = current.map(|entry| entry.value().record.version);
-                        if stored != *expected_version {
-                            return Op::Nop;
+                        let current = current.map(|entry| entry.into_value());
+                        match put(current.as_ref(), value, *expected_version, *ttl, now) {
+                            Some(stored) => {
+                                outcome = WriteOutcome::Written {
+                                    version: stored.record.version,
+                                };
+                                Op::Put(stored)
+                            }
+                            None => Op::Nop,
                         }
-                        let version = Write::next_version(*expected_version);
-                        outcome = WriteOutcome::Written { version };
-                        Op::Put(Stored {
-                            record: Record {
-                                value: value.clone(),
-                                version,
-                            },
-                            ttl: *ttl,
-                        })
                     });
                 outcome
             }
-            Write::Delete { key } => {
-                self.records.invalidate(key.as_str());
+            (Write::Delete { key }, Records::Unbounded(unbounded)) => {
+                unbounded.map.remove(key.as_str());
                 WriteOutcome::Deleted
             }
+            (Write::Delete { key }, Records::Bounded(cache)) => {
+                cache.invalidate(key.as_str());
+                WriteOutcome::Deleted
+            }
+        }
+    }
+
+    /// Drops expired records from the unbounded map, at most once per
+    /// [`SWEEP_EVERY`], so records nobody reads again do not pile up.
+    fn sweep_if_due(&self, now: Instant) {
+        let Records::Unbounded(unbounded) = &self.records else {
+            return;
+        };
+        let elapsed = u64::try_from(now.saturating_duration_since(unbounded.created).as_millis())
+            .unwrap_or(u64::MAX);
+        let due = unbounded.next_sweep_ms.load(Ordering::Relaxed);
+        if elapsed < due {
+            return;
+        }
+        let every = u64::try_from(unbounded.sweep_every.as_millis()).unwrap_or(u64::MAX);
+        let next = elapsed.saturating_add(every);
+        // One writer sweeps; the others carry on.
+        if unbounded
+            .next_sweep_ms
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            unbounded.map.retain(|_, stored| stored.live(now));
         }
     }
 }
@@ -121,9 +269,13 @@ impl Default for MemoryStorage {
 
 impl std::fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.records {
+            Records::Unbounded(_) => "unbounded",
+            Records::Bounded(_) => "bounded",
+        };
         f.debug_struct("MemoryStorage")
-            .field("records", &self.records.entry_count())
-            .finish()
+            .field("kind", &kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,13 +286,77 @@ impl Storage for MemoryStorage {
     }
 
     async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
-        Ok(keys
-            .iter()
-            .map(|key| self.records.get(key.as_str()).map(|stored| stored.record))
-            .collect())
+        let now = Instant::now();
+        Ok(keys.iter().map(|key| self.get(key.as_str(), now)).collect())
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        Ok(writes.iter().map(|write| self.apply(write)).collect())
+        let now = Instant::now();
+        let outcomes = writes.iter().map(|write| self.apply(write, now)).collect();
+        self.sweep_if_due(now);
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn key(scope: &str) -> StorageKey {
+        StorageKey::new(None, None, "test", scope)
+    }
+
+    fn put(scope: &str, expected_version: Option<u64>, ttl: Option<Duration>) -> Write {
+        Write::Put {
+            key: key(scope),
+            value: bytes::Bytes::from_static(b"{}"),
+            expected_version,
+            ttl,
+        }
+    }
+
+    #[tokio::test]
+    async fn both_backends_version_and_expire_records() {
+        for storage in [MemoryStorage::new(), MemoryStorage::with_capacity(100)] {
+            let written = storage.write(&[put("a", None, None)]).await.unwrap();
+            assert_eq!(written, [WriteOutcome::Written { version: 1 }]);
+            let stale = storage.write(&[put("a", None, None)]).await.unwrap();
+            assert_eq!(stale, [WriteOutcome::Conflict], "{storage:?}");
+            let next = storage.write(&[put("a", Some(1), None)]).await.unwrap();
+            assert_eq!(next, [WriteOutcome::Written { version: 2 }]);
+
+            let ttl = Some(Duration::from_millis(1));
+            storage.write(&[put("b", None, ttl)]).await.unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            assert_eq!(
+                storage.load(&[key("b")]).await.unwrap(),
+                [None],
+                "{storage:?}"
+            );
+            let again = storage.write(&[put("b", None, None)]).await.unwrap();
+            assert_eq!(
+                again,
+                [WriteOutcome::Written { version: 1 }],
+                "expired counts as absent"
+            );
+            assert_eq!(storage.len(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn sweep_drops_expired_records_nobody_reads() {
+        let storage = MemoryStorage::unbounded(Duration::ZERO);
+        storage
+            .write(&[put("gone", None, Some(Duration::from_millis(1)))])
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        storage.write(&[put("kept", None, None)]).await.unwrap();
+        let Records::Unbounded(unbounded) = &storage.records else {
+            panic!("new() is unbounded");
+        };
+        assert!(unbounded.map.get("test:gone").is_none());
+        assert!(unbounded.map.get("test:kept").is_some());
     }
 }

@@ -1,0 +1,11 @@
+use serde::{Deserialize, Serialize};
+use tg_session::Session;
+
+#[derive(Session, Serialize, Deserialize)]
+#[session(key = "counter")]
+struct Counter {
+    #[session(default)]
+    apple: u32,
+}
+
+fn main() {}

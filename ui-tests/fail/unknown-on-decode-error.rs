@@ -1,0 +1,10 @@
+use serde::{Deserialize, Serialize};
+use tg_session::Session;
+
+#[derive(Session, Serialize, Deserialize)]
+#[session(key = "counter", on_decode_error = "ignore")]
+struct Counter {
+    apple: u32,
+}
+
+fn main() {}

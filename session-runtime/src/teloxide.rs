@@ -201,13 +201,18 @@ where
                 };
                 let ids = update_ids(&update, deps.try_get::<Me>().as_deref());
                 let sessions = manager.begin(ids).await;
-                let mut below = deps.clone();
+                // The map is moved down, not cloned: handlers that pass an
+                // update on return the map they were given.
+                let mut below = deps;
                 below.insert(sessions.clone());
                 let result = match cont(below).await {
                     ControlFlow::Break(result) => result,
                     // No handler took the update: nothing to save; dropping
                     // the context releases its keys.
-                    ControlFlow::Continue(_) => return ControlFlow::Continue(deps),
+                    ControlFlow::Continue(mut deps) => {
+                        deps.remove::<Sessions>();
+                        return ControlFlow::Continue(deps);
+                    }
                 };
                 let outcome = match result {
                     Ok(_) => HandlerOutcome::Succeeded,

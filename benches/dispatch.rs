@@ -183,6 +183,15 @@ fn dispatch(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| run_all(black_box(&theirs), &theirs_updates));
     });
+
+    // The same tree with no session at all: the floor both share.
+    let floor: UpdateHandler<BoxError> =
+        Update::filter_message().endpoint(|| async { Ok::<(), BoxError>(()) });
+    let floor_updates = deps(&dptree::deps![]);
+    group.bench_function("floor: filter_message + endpoint, no session", |b| {
+        b.to_async(&runtime)
+            .iter(|| run_all(black_box(&floor), &floor_updates));
+    });
     group.finish();
 }
 

@@ -36,3 +36,5 @@ pub use storage::redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
 pub use storage::{Record, Storage, Write, WriteOutcome};
+#[cfg(feature = "teloxide")]
+pub mod teloxide;

@@ -1,0 +1,245 @@
+//! Running an example bot: against Telegram with a token, or offline
+//! against the stub with a scripted conversation.
+
+use std::fmt;
+use std::time::Duration;
+
+use teloxide::Bot;
+use teloxide::dispatching::{Dispatcher, UpdateHandler};
+use teloxide::dptree::di::DependencyMap;
+use teloxide::error_handlers::LoggingErrorHandler;
+use teloxide::update_listeners::{Polling, UpdateListener};
+
+use crate::people::{Chat, User};
+use crate::server::{BotApiStub, Reply};
+
+/// The error type of the runners.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long one scripted step may wait for the bot's reply before the run
+/// fails (a guard against a silent bot, not a pacing delay).
+pub const REPLY_LIMIT: Duration = Duration::from_secs(30);
+
+/// One scripted update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `from` sends a text message in `chat`.
+    Say {
+        /// The sender.
+        from: User,
+        /// Where.
+        chat: Chat,
+        /// What.
+        text: String,
+    },
+    /// A post in a channel: a message without a sender.
+    Post {
+        /// The channel.
+        channel: Chat,
+        /// What.
+        text: String,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Say { from, chat, text } => write!(f, "{} ({chat}): {text}", from.name),
+            Step::Post { channel, text } => write!(f, "channel post ({channel}): {text}"),
+        }
+    }
+}
+
+/// A conversation to play against the bot, one update at a time: each step
+/// waits for the bot's reply before the next is sent, so the exchange is the
+/// same on every run. Every step must make the bot send a message.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    steps: Vec<Step>,
+}
+
+impl Script {
+    /// An empty script.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `from` writes `text` in `chat`.
+    #[must_use]
+    pub fn say(mut self, from: &User, chat: &Chat, text: &str) -> Self {
+        self.steps.push(Step::Say {
+            from: from.clone(),
+            chat: chat.clone(),
+            text: text.to_owned(),
+        });
+        self
+    }
+
+    /// A post in `channel`.
+    #[must_use]
+    pub fn post(mut self, channel: &Chat, text: &str) -> Self {
+        self.steps.push(Step::Post {
+            channel: channel.clone(),
+            text: text.to_owned(),
+        });
+        self
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
+/// A step and what the bot answered to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// What was sent to the bot.
+    pub step: Step,
+    /// What the bot sent back.
+    pub replies: Vec<Reply>,
+}
+
+/// The whole conversation of an offline run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transcript {
+    /// One entry per step, in order.
+    pub exchanges: Vec<Exchange>,
+}
+
+impl Transcript {
+    /// The texts the bot answered to the messages `user` wrote in `chat`, in order.
+    pub fn answers_to(&self, user: &User, chat: &Chat) -> Vec<String> {
+        self.exchanges
+            .iter()
+            .filter(|exchange| {
+                matches!(&exchange.step, Step::Say { from, chat: c, .. } if from == user && c == chat)
+            })
+            .flat_map(|exchange| exchange.replies.iter().map(|reply| reply.text.clone()))
+            .collect()
+    }
+}
+
+/// Runs an example bot.
+///
+/// With `BOT_TOKEN` set, runs it against Telegram (or the Bot API server in
+/// `TELOXIDE_API_URL`, teloxide's convention) until Ctrl-C. Without, starts a
+/// [`BotApiStub`] on loopback, runs the real dispatcher against it through
+/// long polling, plays `script`, prints the exchange and returns.
+///
+/// Logs go through `tracing`, filtered by `RUST_LOG` (errors by default).
+pub async fn run<E>(
+    handler: UpdateHandler<E>,
+    deps: DependencyMap,
+    script: Script,
+) -> Result<(), BoxError>
+where
+    E: fmt::Debug + Send + Sync + 'static,
+{
+    init_logging();
+    match std::env::var("BOT_TOKEN") {
+        Ok(token) if !token.is_empty() => {
+            let mut bot = Bot::new(token);
+            if let Ok(url) = std::env::var("TELOXIDE_API_URL") {
+                bot = bot.set_api_url(url::Url::parse(&url)?);
+            }
+            println!("running against {} (Ctrl-C to stop)", bot.api_url());
+            Dispatcher::builder(bot, handler)
+                .dependencies(deps)
+                .enable_ctrlc_handler()
+                .build()
+                .dispatch()
+                .await;
+            Ok(())
+        }
+        _ => {
+            let stub = BotApiStub::start().await?;
+            println!(
+                "BOT_TOKEN is not set: playing a scripted chat against a local Bot API stand-in at {}\n",
+                stub.url()
+            );
+            run_offline(&stub, handler, deps, &script, true).await?;
+            println!("\nscript done; dispatcher stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the real teloxide [`Dispatcher`] (long polling) against `stub`, plays
+/// `script` one step at a time, then shuts the dispatcher down and returns
+/// the exchange. With `print`, each line is printed as it happens.
+///
+/// When this returns, every update was handled to the end (the dispatcher's
+/// workers have finished), so storages hold the final state.
+pub async fn run_offline<E>(
+    stub: &BotApiStub,
+    handler: UpdateHandler<E>,
+    deps: DependencyMap,
+    script: &Script,
+    print: bool,
+) -> Result<Transcript, BoxError>
+where
+    E: fmt::Debug + Send + Sync + 'static,
+{
+    let bot = stub.bot();
+    let mut dispatcher = Dispatcher::builder(bot.clone(), handler)
+        .dependencies(deps)
+        .build();
+    // What `dispatch()` uses, built here to keep its stop token: stopping
+    // the listener ends dispatching through its update stream. (teloxide's
+    // `ShutdownToken` is woken with `Notify::notify_waiters`, which is lost
+    // when the dispatcher is between two waits, e.g. while it reaps idle
+    // workers; the run would then hang.)
+    let mut polling = Polling::builder(bot)
+        .timeout(Duration::from_secs(10))
+        .delete_webhook()
+        .await
+        .build();
+    let stop = polling.stop_token();
+    let drive = async {
+        stub.first_call("getUpdates").await;
+        let played = play(stub, script, print).await;
+        stop.stop();
+        stub.close();
+        played
+    };
+    let ((), played) = tokio::join!(
+        dispatcher.dispatch_with_listener(polling, LoggingErrorHandler::new()),
+        drive
+    );
+    played
+}
+
+async fn play(stub: &BotApiStub, script: &Script, print: bool) -> Result<Transcript, BoxError> {
+    let mut transcript = Transcript::default();
+    for step in script.steps() {
+        let before = stub.replies().len();
+        if print {
+            println!("{step}");
+        }
+        match step {
+            Step::Say { from, chat, text } => stub.send_text(from, chat, text),
+            Step::Post { channel, text } => stub.post_in_channel(channel, text),
+        };
+        let replies = tokio::time::timeout(REPLY_LIMIT, stub.replies_after(before))
+            .await
+            .map_err(|_| format!("the bot did not answer `{step}` within {REPLY_LIMIT:?}"))?;
+        if print {
+            for reply in &replies {
+                println!("    bot: {}", reply.text);
+            }
+        }
+        transcript.exchanges.push(Exchange {
+            step: step.clone(),
+            replies,
+        });
+    }
+    Ok(transcript)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+    // Fails only if the program installed its own subscriber first: keep that one.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

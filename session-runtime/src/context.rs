@@ -218,39 +218,32 @@ impl Sessions {
             tracing::debug!("handler failed: session changes dropped");
             return Ok(());
         }
-        let slots: Vec<&Arc<dyn ErasedSlot>> = entries
-            .iter()
-            .filter_map(|entry| entry.state.loaded())
-            .collect();
         let mut first_error = None;
         let mut report = |error: Error| {
             tracing::warn!(%error, "session not saved");
             first_error.get_or_insert(error);
         };
-        let mut batches: Vec<(usize, Vec<Write>, Vec<&SlotMeta>)> = Vec::new();
-        for slot in slots {
+        // A read-only update stops here without allocating.
+        let mut pending: Vec<(Write, &SlotMeta)> = Vec::new();
+        for slot in entries.iter().filter_map(|entry| entry.state.loaded()) {
             match slot.pending_write() {
-                Ok(Some(write)) => {
-                    let meta = slot.meta();
-                    match batches
-                        .iter_mut()
-                        .find(|batch| batch.0 == meta.storage_index)
-                    {
-                        Some((_, writes, metas)) => {
-                            writes.push(write);
-                            metas.push(meta);
-                        }
-                        None => batches.push((meta.storage_index, vec![write], vec![meta])),
-                    }
-                }
+                Ok(Some(write)) => pending.push((write, slot.meta())),
                 Ok(None) => {}
                 Err(error) => report(error),
             }
         }
-        for (_, writes, metas) in &batches {
-            let Some(first) = metas.first() else { continue };
+        // Stable: one batch per storage, in the order the sessions were taken.
+        pending.sort_by_key(|(_, meta)| meta.storage_index);
+        while let Some((_, first)) = pending.first() {
+            let storage_index = first.storage_index;
+            let batch = pending
+                .iter()
+                .take_while(|(_, meta)| meta.storage_index == storage_index)
+                .count();
+            let (writes, metas): (Vec<Write>, Vec<&SlotMeta>) = pending.drain(..batch).unzip();
+            let Some(first) = metas.first() else { break };
             let span = tracing::debug_span!("session.commit", storage = %first.storage_name, writes = writes.len());
-            match first.storage.write(writes).instrument(span).await {
+            match first.storage.write(&writes).instrument(span).await {
                 Ok(outcomes) => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
                         match outcome {

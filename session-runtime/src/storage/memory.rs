@@ -182,15 +182,21 @@ impl MemoryStorage {
                 },
                 Records::Unbounded(unbounded),
             ) => {
-                let next = match unbounded.map.entry(key.as_str().to_owned()) {
-                    Entry::Occupied(mut entry) => {
-                        put(Some(entry.get()), value, *expected_version, *ttl, now)
+                // Most writes update a record that exists: change it in place
+                // and spare the key's copy; a new record takes the entry path.
+                let next = match unbounded.map.get_mut(key.as_str()) {
+                    Some(mut current) => put(Some(&current), value, *expected_version, *ttl, now)
+                        .map(|stored| *current = stored),
+                    None => match unbounded.map.entry(key.as_str().to_owned()) {
+                        Entry::Occupied(mut entry) => {
+                            put(Some(entry.get()), value, *expected_version, *ttl, now)
+                                .map(|stored| entry.insert(stored))
+                                .map(|_| ())
+                        }
+                        Entry::Vacant(entry) => put(None, value, *expected_version, *ttl, now)
                             .map(|stored| entry.insert(stored))
-                            .map(|_| ())
-                    }
-                    Entry::Vacant(entry) => put(None, value, *expected_version, *ttl, now)
-                        .map(|stored| entry.insert(stored))
-                        .map(|_| ()),
+                            .map(|_| ()),
+                    },
                 };
                 match next {
                     Some(()) => WriteOutcome::Written {

@@ -16,7 +16,7 @@ use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, TableName, storage_error, ttl_millis, version_from_sql,
     version_to_sql,
 };
-use crate::storage::{Record, Storage, Write, WriteOutcome};
+use crate::storage::{Record, Storage, Write, WriteOutcome, sql};
 
 /// Sessions in a PostgreSQL table.
 ///
@@ -226,20 +226,9 @@ impl PostgresStorage {
     /// task running; [`JoinHandle::abort`] stops it.
     pub fn spawn_cleanup(&self, period: Duration) -> JoinHandle<()> {
         let storage = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period.max(Duration::from_secs(1)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                match storage.cleanup_expired().await {
-                    Ok(removed) => {
-                        tracing::debug!(storage = %storage.inner.name, removed, "expired sessions removed");
-                    }
-                    Err(error) => {
-                        tracing::warn!(storage = %storage.inner.name, %error, "session cleanup failed");
-                    }
-                }
-            }
+        sql::spawn_cleanup(self.inner.name.clone(), period, move || {
+            let storage = storage.clone();
+            async move { storage.cleanup_expired().await }
         })
     }
 }

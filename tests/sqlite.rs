@@ -262,3 +262,34 @@ async fn an_unopenable_file_is_a_storage_error() {
         .unwrap_err();
     assert!(error.to_string().contains("unable to open"), "{error}");
 }
+
+#[tokio::test]
+async fn spawned_cleanup_removes_expired_rows() {
+    let dir = Dir::new();
+    let storage = dir.open("spawned.db").await;
+    let gone = sql_cases::key("spawned", "gone");
+    let kept = sql_cases::key("spawned", "kept");
+    let writes = [
+        sql_cases::put(&gone, "g", None, Some(std::time::Duration::ZERO)),
+        sql_cases::put(&kept, "k", None, None),
+    ];
+    storage.write(&writes).await.unwrap();
+    let count = async || -> i64 {
+        let mut conn = dir.raw("spawned.db").await;
+        sqlx::query_scalar("SELECT count(*) FROM tg_sessions WHERE key LIKE 'spawned:%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 2, "an expired row stays until cleaned up");
+    // The task's first run is immediate; wait for it, within a deadline.
+    let task = storage.spawn_cleanup(std::time::Duration::from_secs(3600));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count().await != 1 {
+        assert!(std::time::Instant::now() < deadline, "cleanup never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let remaining = storage.load(&[gone, kept]).await.unwrap();
+    assert!(remaining[0].is_none() && remaining[1].is_some());
+}

@@ -129,6 +129,34 @@ pub(crate) fn storage_error(error: sqlx::Error) -> StorageError {
     StorageError::new(kind, error)
 }
 
+/// Runs `cleanup` every `period` (at least a second) in a Tokio task,
+/// logging what it removed or why it failed, until the task is aborted.
+pub(crate) fn spawn_cleanup<F, Fut>(
+    storage: String,
+    period: Duration,
+    cleanup: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, StorageError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period.max(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match cleanup().await {
+                Ok(removed) => {
+                    tracing::debug!(storage = %storage, removed, "expired sessions removed");
+                }
+                Err(error) => {
+                    tracing::warn!(storage = %storage, %error, "session cleanup failed");
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,32 +208,4 @@ mod tests {
         assert_eq!(ttl_millis(Duration::ZERO), 0);
         assert_eq!(ttl_millis(Duration::MAX), i64::MAX);
     }
-}
-
-/// Runs `cleanup` every `period` (at least a second) in a Tokio task,
-/// logging what it removed or why it failed, until the task is aborted.
-pub(crate) fn spawn_cleanup<F, Fut>(
-    storage: String,
-    period: Duration,
-    cleanup: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<u64, StorageError>> + Send,
-{
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(period.max(Duration::from_secs(1)));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match cleanup().await {
-                Ok(removed) => {
-                    tracing::debug!(storage = %storage, removed, "expired sessions removed");
-                }
-                Err(error) => {
-                    tracing::warn!(storage = %storage, %error, "session cleanup failed");
-                }
-            }
-        }
-    })
 }

@@ -4,11 +4,14 @@
 #![cfg(feature = "teloxide")]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+
+mod suite;
 
 use bot_api_stub::demo::{BoxError, Script, run_offline};
 use bot_api_stub::{BotApiStub, Chat, User};
 use serde::{Deserialize, Serialize};
+use suite::counting::CountingStorage;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
 use tg_session::storage::{Record, Write, WriteOutcome};
@@ -29,31 +32,6 @@ struct Counter {
 #[session(key = "visits", lazy)]
 struct Visits {
     count: u32,
-}
-
-/// The memory storage, counting the calls it gets.
-#[derive(Clone, Default)]
-struct CountingStorage {
-    inner: MemoryStorage,
-    loads: Arc<AtomicUsize>,
-    writes: Arc<AtomicUsize>,
-}
-
-#[tg_session::async_trait]
-impl Storage for CountingStorage {
-    fn name(&self) -> &str {
-        "counting memory"
-    }
-
-    async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(keys).await
-    }
-
-    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write(writes).await
-    }
 }
 
 async fn count_apples(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxError> {
@@ -200,7 +178,7 @@ async fn visit(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxError> {
 
 #[tokio::test]
 async fn lazy_sessions_cost_nothing_when_untouched() {
-    let storage = CountingStorage::default();
+    let storage = CountingStorage::new(Arc::new(MemoryStorage::new()));
     let manager = SessionManager::builder()
         .storage(storage.clone())
         .register::<Visits>()
@@ -418,7 +396,7 @@ async fn a_failed_commit_becomes_the_trees_error() {
 
 #[tokio::test]
 async fn nothing_is_written_when_the_tree_does_not_handle_the_update_or_fails() {
-    let storage = CountingStorage::default();
+    let storage = CountingStorage::new(Arc::new(MemoryStorage::new()));
     let manager = SessionManager::builder()
         .storage(storage.clone())
         .register::<Counter>()

@@ -10,51 +10,15 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
 use teloxide::types::ChatId;
-use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
+use tg_session::SessionManager;
 
-const USERS: u64 = 1_000;
-
-macro_rules! session_types {
-    ($($ty:ident $key:literal),*) => {$(
-        #[derive(Session, Serialize, Deserialize, Clone, Default)]
-        #[session(key = $key)]
-        struct $ty {
-            apple: u32,
-            name: Option<String>,
-        }
-    )*};
-}
-
-session_types!(One "one", Two "two", Three "three", Four "four");
-
-fn next_user(counter: &AtomicU64) -> u64 {
-    counter.fetch_add(1, Ordering::Relaxed) % USERS + 1
-}
-
-async fn ours_one(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
-
-async fn ours_four(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.two().unwrap().apple += 1;
-    ctx.three().unwrap().apple += 1;
-    ctx.four().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
+mod workload;
+use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
 
 async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
     storage: &Arc<InMemStorage<D>>,

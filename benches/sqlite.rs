@@ -23,7 +23,7 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
@@ -31,47 +31,10 @@ use sqlx::Connection as _;
 use teloxide::dispatching::dialogue::serializer::Json;
 use teloxide::dispatching::dialogue::{Dialogue, SqliteStorage as TeloxideSqlite};
 use teloxide::types::ChatId;
-use tg_session::{
-    HandlerOutcome, Session, SessionManager, SqliteStorage, SqliteSynchronous, UpdateIds,
-};
+use tg_session::{SessionManager, SqliteStorage, SqliteSynchronous};
 
-const USERS: u64 = 1_000;
-
-macro_rules! session_types {
-    ($($ty:ident $accessor:literal),*) => {$(
-        #[derive(Session, Serialize, Deserialize, Clone, Default)]
-        #[session(key = $accessor)]
-        struct $ty {
-            apple: u32,
-            name: Option<String>,
-        }
-    )*};
-}
-
-session_types!(One "one", Two "two", Three "three", Four "four");
-
-fn next_user(counter: &AtomicU64) -> u64 {
-    counter.fetch_add(1, Ordering::Relaxed) % USERS + 1
-}
-
-async fn ours_one(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
-
-async fn ours_four(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.two().unwrap().apple += 1;
-    ctx.three().unwrap().apple += 1;
-    ctx.four().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
+mod workload;
+use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
 
 type Teloxide = Arc<TeloxideSqlite<Json>>;
 

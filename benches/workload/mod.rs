@@ -1,0 +1,52 @@
+//! The update every storage benchmark measures: one user's read-modify-write
+//! of 1 or 4 eager session types, cycling over 1,000 users.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
+
+/// Users the updates cycle over.
+pub const USERS: u64 = 1_000;
+
+macro_rules! session_types {
+    ($($ty:ident $key:literal),*) => {$(
+        /// A small session, as a counter bot keeps.
+        #[derive(Session, Serialize, Deserialize, Clone, Default)]
+        #[session(key = $key)]
+        pub struct $ty {
+            pub apple: u32,
+            pub name: Option<String>,
+        }
+    )*};
+}
+
+session_types!(One "one", Two "two", Three "three", Four "four");
+
+/// The next user id, 1 to [`USERS`].
+pub fn next_user(counter: &AtomicU64) -> u64 {
+    counter.fetch_add(1, Ordering::Relaxed) % USERS + 1
+}
+
+/// One update changing [`One`].
+pub async fn ours_one(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.one().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+/// One update changing all four types.
+pub async fn ours_four(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.one().unwrap().apple += 1;
+    ctx.two().unwrap().apple += 1;
+    ctx.three().unwrap().apple += 1;
+    ctx.four().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}

@@ -13,6 +13,7 @@ use std::hint::black_box;
 use std::ops::ControlFlow;
 use std::sync::Mutex;
 
+use bot_api_stub::BotApiStub;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use teloxide::dispatching::UpdateHandler;
@@ -44,16 +45,6 @@ fn update(user: u64) -> Update {
             "chat": {{"id": {user}, "type": "private", "first_name": "U"}},
             "from": {{"id": {user}, "is_bot": false, "first_name": "U"}}, "text": "hi"}}}}"#
     ))
-    .unwrap()
-}
-
-fn me() -> teloxide::types::Me {
-    serde_json::from_str(
-        r#"{"id": 1000000, "is_bot": true, "first_name": "Bot", "username": "bot",
-            "can_join_groups": true, "can_read_all_group_messages": false,
-            "supports_inline_queries": false, "can_connect_to_business": false,
-            "has_main_web_app": false}"#,
-    )
     .unwrap()
 }
 
@@ -142,7 +133,7 @@ fn teloxide_tree() -> UpdateHandler<BoxError> {
 fn deps(extra: &DependencyMap) -> Vec<DependencyMap> {
     (1..=USERS)
         .map(|user| {
-            let mut deps = dptree::deps![update(user), me()];
+            let mut deps = dptree::deps![update(user), BotApiStub::me()];
             deps.insert_container(extra.clone());
             deps
         })

@@ -335,16 +335,6 @@ fn message_update(text: &str) -> Update {
     .unwrap()
 }
 
-fn me() -> teloxide::types::Me {
-    serde_json::from_str(
-        r#"{"id": 1000000, "is_bot": true, "first_name": "Bot", "username": "bot",
-            "can_join_groups": true, "can_read_all_group_messages": false,
-            "supports_inline_queries": false, "can_connect_to_business": false,
-            "has_main_web_app": false}"#,
-    )
-    .unwrap()
-}
-
 async fn increment(ctx: Sessions) -> Result<(), BoxError> {
     ctx.counter()?.apple += 1;
     Ok(())
@@ -361,7 +351,7 @@ async fn a_failed_commit_becomes_the_trees_error() {
         .enter_sessions(manager.clone())
         .endpoint(increment);
     let result = handler
-        .dispatch(dptree::deps![message_update("hi"), me()])
+        .dispatch(dptree::deps![message_update("hi"), BotApiStub::me()])
         .await;
     let std::ops::ControlFlow::Break(Err(error)) = result else {
         panic!("expected an error, got {result:?}")
@@ -386,7 +376,7 @@ async fn a_failed_commit_becomes_the_trees_error() {
             Ok(())
         });
     let result = handler
-        .dispatch(dptree::deps![message_update("hi"), me()])
+        .dispatch(dptree::deps![message_update("hi"), BotApiStub::me()])
         .await;
     assert!(
         matches!(result, std::ops::ControlFlow::Break(Ok(()))),
@@ -419,11 +409,11 @@ async fn nothing_is_written_when_the_tree_does_not_handle_the_update_or_fails() 
                 }),
         );
     let result = handler
-        .dispatch(dptree::deps![message_update("stop"), me()])
+        .dispatch(dptree::deps![message_update("stop"), BotApiStub::me()])
         .await;
     assert!(matches!(result, std::ops::ControlFlow::Continue(_)));
     let result = handler
-        .dispatch(dptree::deps![message_update("go"), me()])
+        .dispatch(dptree::deps![message_update("go"), BotApiStub::me()])
         .await;
     assert!(matches!(result, std::ops::ControlFlow::Break(Err(_))));
     assert_eq!(storage.writes.load(Ordering::SeqCst), 0);

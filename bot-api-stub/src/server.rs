@@ -114,11 +114,9 @@ impl BotApiStub {
     /// The bot's username in `getMe`.
     pub const BOT_USERNAME: &'static str = "tg_session_demo_bot";
 
-    /// Starts the stub on a free port of 127.0.0.1.
-    pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let me = json!({
+    /// The complete `Me` the stub answers `getMe` with, as JSON.
+    pub fn me_json() -> Value {
+        json!({
             "id": Self::BOT_ID,
             "is_bot": true,
             "first_name": "Session demo",
@@ -128,7 +126,22 @@ impl BotApiStub {
             "supports_inline_queries": false,
             "can_connect_to_business": false,
             "has_main_web_app": false,
-        });
+        })
+    }
+
+    /// The stub's `Me`, for dispatching updates without HTTP
+    /// (`handler.dispatch(deps![update, BotApiStub::me()])`).
+    pub fn me() -> teloxide::types::Me {
+        // Parsed from text, as teloxide parses `getMe`'s answer.
+        serde_json::from_str(&Self::me_json().to_string())
+            .unwrap_or_else(|error| unreachable!("the stub's getMe answer is a valid Me: {error}"))
+    }
+
+    /// Starts the stub on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let me = Self::me_json();
         let state = Arc::new(State {
             inner: Mutex::new(Inner {
                 next_update_id: 1,

@@ -20,7 +20,7 @@ use teloxide::dispatching::UpdateHandler;
 use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
 use teloxide::dptree::di::DependencyMap;
 use teloxide::prelude::*;
-use tg_session::storage::{Record, Write, WriteOutcome};
+use tg_session::storage::{Conflict, Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
 use tg_session::{
     MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey,
@@ -80,7 +80,7 @@ impl Storage for HashMapStorage {
             } => {
                 let stored = records.get(key.as_str()).map(|record| record.version);
                 if stored != *expected_version {
-                    return WriteOutcome::Conflict;
+                    return WriteOutcome::Conflict(Conflict::NewerVersion);
                 }
                 let version = Write::next_version(*expected_version);
                 records.insert(

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tg_session::storage::{Record, Storage, Write, WriteOutcome};
+use tg_session::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 use tg_session::{Session, SessionManager, StorageError, StorageKey, UpdateIds, async_trait};
 
 /// Each record with the instant it expires, if it has a TTL.
@@ -75,7 +75,7 @@ impl Storage for MapStorage {
                     ttl,
                 } => {
                     if live_version(&records, key.as_str(), now) != *expected_version {
-                        return WriteOutcome::Conflict;
+                        return WriteOutcome::Conflict(Conflict::NewerVersion);
                     }
                     let version = Write::next_version(*expected_version);
                     let record = Record {

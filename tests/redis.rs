@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use support::redis_server::{CommandCounter, RedisCluster, RedisServer};
-use tg_session::storage::{Record, Storage, Write, WriteOutcome};
+use tg_session::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 use tg_session::{
     Error, HandlerOutcome, RedisStorage, Session, SessionManager, SharedStorage, StorageError,
     StorageErrorKind, StorageKey, UpdateIds, async_trait,
@@ -441,7 +441,10 @@ async fn batch_semantics() {
     // Each write stands alone: the conflict does not undo the other.
     assert_eq!(
         outcomes,
-        [WriteOutcome::Written { version: 1 }, WriteOutcome::Conflict]
+        [
+            WriteOutcome::Written { version: 1 },
+            WriteOutcome::Conflict(Conflict::NewerVersion)
+        ]
     );
     let outcomes = storage
         .write(&[
@@ -497,7 +500,13 @@ async fn foreign_values_are_reported_and_never_overwritten() {
         ])
         .await
         .unwrap();
-    assert_eq!(outcomes, [WriteOutcome::Conflict, WriteOutcome::Conflict]);
+    assert_eq!(
+        outcomes,
+        [
+            WriteOutcome::Conflict(Conflict::NewerVersion),
+            WriteOutcome::Conflict(Conflict::NewerVersion)
+        ]
+    );
     assert_eq!(server.command(&["GET", "c:{short}"]), "abc");
     assert_eq!(server.command(&["HGET", "c:{hash}", "f"]), "v");
 }
@@ -598,7 +607,7 @@ async fn cluster_batches_per_slot_and_refuses_stale_writes() {
         outcomes,
         [
             WriteOutcome::Written { version: 1 },
-            WriteOutcome::Conflict,
+            WriteOutcome::Conflict(Conflict::NewerVersion),
             WriteOutcome::Written { version: 1 }
         ]
     );

@@ -247,7 +247,8 @@ impl Sessions {
                 Ok(outcomes) => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
                         match outcome {
-                            WriteOutcome::Conflict => report(meta.conflict()),
+                            WriteOutcome::Conflict(cause) => report(meta.conflict(cause)),
+                            WriteOutcome::Failed(source) => report(meta.storage_error(source)),
                             WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
                                 tracing::debug!(session = meta.session, key = %meta.key, "session saved");
                             }
@@ -392,5 +393,6 @@ fn lock_timeout(manager: &ManagerInner, session: &'static str, key: &StorageKey)
         session,
         key: key.to_string(),
         waited: manager.lock_timeout,
+        holder: crate::error::LockHolder::ThisProcess,
     }
 }

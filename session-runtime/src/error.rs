@@ -72,7 +72,7 @@ pub enum Error {
 
     /// Another update kept the key locked for longer than the manager's lock timeout.
     #[error(
-        "session `{session}` (key `{key}`): another update held this key for more than \
+        "session `{session}` (key `{key}`): {holder} held this key for more than \
          {waited:?}; raise `SessionManagerBuilder::lock_timeout` if handlers are this slow"
     )]
     LockTimeout {
@@ -82,6 +82,8 @@ pub enum Error {
         key: String,
         /// How long this update waited.
         waited: Duration,
+        /// Who held it: another update of this process, or a lease in a storage.
+        holder: LockHolder,
     },
 
     /// The storage failed (unreachable, timed out, refused the command).
@@ -137,12 +139,11 @@ pub enum Error {
         source: CodecError,
     },
 
-    /// Another writer (another process) changed the record since this update read
-    /// it. Nothing was written; the other writer's data is intact.
+    /// The write was refused and nothing was written; `cause` says why.
+    /// The data that stands in the storage is intact.
     #[error(
-        "session `{session}` (key `{key}`): storage `{storage}` holds a newer version written \
-         by another process since this update loaded it; this update's change was not saved \
-         (handle the update again to apply it on top)"
+        "session `{session}` (key `{key}`): storage `{storage}` refused this update's change: {}",
+        conflict_cause(*cause)
     )]
     Conflict {
         /// The session's key name.
@@ -151,6 +152,42 @@ pub enum Error {
         key: String,
         /// The storage's name.
         storage: Arc<str>,
+        /// Why the write was refused.
+        cause: crate::storage::Conflict,
+    },
+
+    /// One update needs one storage key for two session types (two types
+    /// with the same `key` name, one of them not registered). Their records
+    /// would overwrite each other, and the update would wait on itself.
+    #[error(
+        "session types `{first}` and `{second}` both use the storage key `{key}` in this \
+         update: give one of them another `#[session(key = \"...\")]` (and register both, \
+         so the manager refuses such a pair at build time)"
+    )]
+    SameKeyTwice {
+        /// The storage key both need.
+        key: String,
+        /// The type that took the key first.
+        first: &'static str,
+        /// The type that asked for it again.
+        second: &'static str,
+    },
+
+    /// Waiting for the key would close a cycle: the update holding it waits
+    /// (directly or through others) for a key this update holds, so neither
+    /// could ever go on. This update's session fails at once instead.
+    #[error(
+        "session `{session}` (key `{key}`): the update holding this key waits for `{held}`, \
+         which this update holds: waiting would stall both; load lazy sessions in the same \
+         order in every handler, or make them eager"
+    )]
+    LockCycle {
+        /// The session's key name.
+        session: &'static str,
+        /// The key this update asked for.
+        key: String,
+        /// The key this update holds that the other one waits for.
+        held: String,
     },
 
     /// The update's sessions were already committed; the context can no longer be used.
@@ -162,6 +199,52 @@ pub enum Error {
         /// The session's key name.
         session: &'static str,
     },
+}
+
+/// Who held a key an update waited for in vain ([`Error::LockTimeout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockHolder {
+    /// Another update of this process.
+    ThisProcess,
+    /// An update of another process, through its lease in this storage.
+    Lease {
+        /// The storage's name.
+        storage: Arc<str>,
+    },
+}
+
+impl fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockHolder::ThisProcess => f.write_str("another update of this process"),
+            LockHolder::Lease { storage } => write!(
+                f,
+                "an update of another process (its lease in `{storage}`; a process that died \
+                 holding it blocks the key until the lease expires)"
+            ),
+        }
+    }
+}
+
+fn conflict_cause(cause: crate::storage::Conflict) -> &'static str {
+    use crate::storage::Conflict;
+    match cause {
+        Conflict::NewerVersion => {
+            "another writer stored a newer version since this update loaded it (a process \
+             that does not share this storage's leases, or one configured without them); \
+             handle the update again to apply it on top"
+        }
+        Conflict::Expired => {
+            "the record expired (its `ttl` ran out) between this update's load and its write; \
+             handle the update again to start from the initial value"
+        }
+        Conflict::LeaseLost => {
+            "this update's lease on the key ran out and another update took it (the handler \
+             ran longer than the lease lived, or its renewal failed); raise the lease TTL if \
+             handlers are this slow"
+        }
+    }
 }
 
 /// What a [`Storage`](crate::Storage) reports when it fails.
@@ -215,6 +298,16 @@ impl StorageError {
         self.kind
     }
 }
+
+/// Two storage errors are equal when their kind and message are (their
+/// sources are not comparable).
+impl PartialEq for StorageError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.source.to_string() == other.source.to_string()
+    }
+}
+
+impl Eq for StorageError {}
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -83,7 +83,10 @@ impl<T: Session> SessionRef<T> {
                 self.state.touched = false;
                 Ok(())
             }
-            (Some(WriteOutcome::Conflict), _) => Err(self.meta().conflict()),
+            (Some(WriteOutcome::Conflict(cause)), _) => Err(self.meta().conflict(*cause)),
+            (Some(WriteOutcome::Failed(source)), _) => {
+                Err(self.meta().storage_error(source.clone()))
+            }
             (other, _) => Err(self
                 .meta()
                 .storage_error(crate::StorageError::other(format!(

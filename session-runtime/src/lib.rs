@@ -21,7 +21,7 @@ pub use codec::Json;
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use context::{HandlerOutcome, SessionContext, Sessions};
-pub use error::{BoxError, CodecError, Error, StorageError, StorageErrorKind};
+pub use error::{BoxError, CodecError, Error, LockHolder, StorageError, StorageErrorKind};
 pub use guard::SessionRef;
 pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
 pub use manager::{
@@ -35,6 +35,9 @@ pub use storage::postgres::{PostgresStorage, PostgresStorageBuilder};
 pub use storage::redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
-pub use storage::{Record, Storage, Write, WriteOutcome};
+pub use storage::{
+    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
+    WriteOutcome,
+};
 #[cfg(feature = "teloxide")]
 pub mod teloxide;

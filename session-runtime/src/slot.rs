@@ -34,11 +34,12 @@ impl SlotMeta {
         }
     }
 
-    pub(crate) fn conflict(&self) -> Error {
+    pub(crate) fn conflict(&self, cause: crate::storage::Conflict) -> Error {
         Error::Conflict {
             session: self.session,
             key: self.key.to_string(),
             storage: Arc::clone(&self.storage_name),
+            cause,
         }
     }
 

@@ -1,9 +1,16 @@
 //! Where sessions live: the [`Storage`] trait every backend implements.
 //!
 //! A storage keeps opaque bytes under string keys, each record with a
-//! version. It is called at most twice per update: once with every eager key
-//! ([`Storage::load`]) and once with every changed session
-//! ([`Storage::write`]), so a network storage can do each in one round trip.
+//! version. Calls take whole batches: an update loads its eager sessions of
+//! one storage in one [`Storage::load`] and writes everything it changed there
+//! in one [`Storage::write`], so a network storage can answer each in one
+//! round trip. A lazy session, [`save`](crate::SessionRef::save) and
+//! [`clear`](crate::SessionRef::clear) are calls of their own.
+//!
+//! A storage that several processes share also offers [`Leases`] (see
+//! [`Storage::leases`]): the load takes a lease on each key and the commit
+//! releases it, in the same round trips, so the updates of one key are
+//! serialized across processes as they are inside one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +31,20 @@ mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+mod lease;
+mod version;
+
+pub use lease::{Lease, LeaseOwner, LeasedLoad, Leases, ReleaseWatch};
+pub use version::version_for_new_record;
+
 /// A stored session: its encoded bytes and the version they were written at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// The bytes the session's codec produced.
     pub value: Bytes,
-    /// Starts at 1 and grows by one with every write.
+    /// Grows by one with every write; a new record (a first write, or one
+    /// after a delete or expiry) starts above every version the key had
+    /// before, so a version never repeats over the key's lifetime.
     pub version: u64,
 }
 
@@ -38,7 +53,8 @@ pub struct Record {
 pub enum Write {
     /// Store `value` if the stored version still is `expected_version`
     /// (`None`: only if nothing is stored). The new version is
-    /// `expected_version + 1` (1 for a new record).
+    /// `expected_version + 1`, and for a new record one the key never had
+    /// ([`version_for_new_record`], or the storage's own clock).
     Put {
         /// Where.
         key: StorageKey,
@@ -64,14 +80,15 @@ impl Write {
         }
     }
 
-    /// The version a successful put stores.
+    /// The version a successful put stores: one above the expected version,
+    /// or [`version_for_new_record`] for a new record.
     pub fn next_version(expected_version: Option<u64>) -> u64 {
-        expected_version.map_or(1, |version| version.saturating_add(1))
+        expected_version.map_or_else(version_for_new_record, |version| version.saturating_add(1))
     }
 }
 
 /// What became of one [`Write`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The put was stored with this version.
     Written {
@@ -80,8 +97,26 @@ pub enum WriteOutcome {
     },
     /// The record is gone (or was not there).
     Deleted,
-    /// The stored version was not the expected one; nothing was changed.
-    Conflict,
+    /// The write was refused and nothing was changed; the cause says why.
+    Conflict(Conflict),
+    /// This write failed while others of the batch were applied (a Redis
+    /// Cluster node down while the others answer); nothing of it was changed.
+    /// A storage that fails as a whole answers `Err` for the whole batch.
+    Failed(StorageError),
+}
+
+/// Why a [`Write`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// Another writer stored a newer version (or created the record) since
+    /// this update read it.
+    NewerVersion,
+    /// The record this update read expired before the write.
+    Expired,
+    /// Another update holds the key's lease: this update's own lease ran out
+    /// (its handler outlived the lease without renewing it) and was taken.
+    LeaseLost,
 }
 
 /// A place to keep sessions: memory, Redis, SQLite, PostgreSQL, or your own.
@@ -91,7 +126,14 @@ pub enum WriteOutcome {
 /// come back in the order of the input. A failure of the storage itself is an
 /// `Err`; a version mismatch is not a failure but a
 /// [`WriteOutcome::Conflict`] for that write, and the other writes of the
-/// batch still apply.
+/// batch still apply. When part of a batch was applied and the rest failed,
+/// the applied writes must still be reported (fail only the others), so the
+/// caller never mistakes a write that happened for one that did not.
+///
+/// A storage that several processes share should also implement [`Leases`]
+/// and return it from [`Storage::leases`]; without it, the updates of one key
+/// are serialized inside each process only, and a concurrent update of
+/// another process ends in a [`Conflict`].
 ///
 /// # Writing your own
 ///
@@ -99,7 +141,7 @@ pub enum WriteOutcome {
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use tg_session_runtime::async_trait;
-/// use tg_session_runtime::storage::{Record, Storage, Write, WriteOutcome};
+/// use tg_session_runtime::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 /// use tg_session_runtime::{StorageError, StorageKey};
 ///
 /// /// Sessions in a plain map (no TTL): the smallest complete storage.
@@ -125,7 +167,7 @@ pub enum WriteOutcome {
 ///                 Write::Put { key, value, expected_version, .. } => {
 ///                     let stored = map.get(key.as_str()).map(|record| record.version);
 ///                     if stored != *expected_version {
-///                         return WriteOutcome::Conflict;
+///                         return WriteOutcome::Conflict(Conflict::NewerVersion);
 ///                     }
 ///                     let version = Write::next_version(*expected_version);
 ///                     map.insert(key.to_string(), Record { value: value.clone(), version });
@@ -152,6 +194,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Applies `writes`, each conditional on its version as documented on [`Write`].
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError>;
+
+    /// The cross-process leases of this storage, if it serializes the updates
+    /// of one key across processes; `None` (the default) when it is used by
+    /// one process only (memory) or was configured so.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
 }
 
 #[async_trait]
@@ -166,5 +215,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
         (**self).write(writes).await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        (**self).leases()
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tg_session::{
-    Error, HandlerOutcome, Record, Session, SessionManager, SharedStorage, StorageKey, UpdateIds,
-    Write, WriteOutcome,
+    Conflict, Error, HandlerOutcome, Record, Session, SessionManager, SharedStorage, StorageKey,
+    UpdateIds, Write, WriteOutcome,
 };
 
 /// A per-user counter.
@@ -120,8 +120,8 @@ pub async fn versions_are_checked(storage: SharedStorage) {
     assert_eq!(
         outcomes,
         [
-            WriteOutcome::Conflict,
-            WriteOutcome::Conflict,
+            WriteOutcome::Conflict(Conflict::NewerVersion),
+            WriteOutcome::Conflict(Conflict::NewerVersion),
             WriteOutcome::Written { version: 1 }
         ]
     );
@@ -199,7 +199,7 @@ pub async fn ttl_expires_and_cleanup_removes(
             .write(&[put(&short, "stale", Some(1), hour)])
             .await
             .unwrap(),
-        [WriteOutcome::Conflict]
+        [WriteOutcome::Conflict(Conflict::NewerVersion)]
     );
     assert_eq!(
         storage

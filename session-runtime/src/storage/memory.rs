@@ -11,7 +11,7 @@ use moka::sync::Cache;
 
 use crate::error::StorageError;
 use crate::key::StorageKey;
-use crate::storage::{Record, Storage, Write, WriteOutcome};
+use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 
 /// Sessions in this process's memory, lost on restart.
 ///
@@ -87,20 +87,26 @@ impl moka::Expiry<String, Stored> for PerRecordTtl {
     }
 }
 
-/// The conditional put shared by both backends: what to store, if anything.
+/// The conditional put shared by both backends: what to store, or why not.
 fn put(
     current: Option<&Stored>,
     value: &bytes::Bytes,
     expected_version: Option<u64>,
     ttl: Option<Duration>,
     now: Instant,
-) -> Option<Stored> {
+) -> Result<Stored, Conflict> {
     let stored = current.filter(|s| s.live(now)).map(|s| s.record.version);
     if stored != expected_version {
-        return None;
+        // The record this update read is still there, only expired.
+        let expired =
+            stored.is_none() && current.is_some_and(|s| Some(s.record.version) == expected_version);
+        return Err(match expired {
+            true => Conflict::Expired,
+            false => Conflict::NewerVersion,
+        });
     }
     let version = Write::next_version(expected_version);
-    Some(Stored::new(
+    Ok(Stored::new(
         Record {
             value: value.clone(),
             version,
@@ -184,25 +190,31 @@ impl MemoryStorage {
             ) => {
                 // Most writes update a record that exists: change it in place
                 // and spare the key's copy; a new record takes the entry path.
+                let store = |slot: &mut Stored, stored: Stored| {
+                    let version = stored.record.version;
+                    *slot = stored;
+                    version
+                };
                 let next = match unbounded.map.get_mut(key.as_str()) {
                     Some(mut current) => put(Some(&current), value, *expected_version, *ttl, now)
-                        .map(|stored| *current = stored),
+                        .map(|stored| store(&mut current, stored)),
                     None => match unbounded.map.entry(key.as_str().to_owned()) {
                         Entry::Occupied(mut entry) => {
                             put(Some(entry.get()), value, *expected_version, *ttl, now)
-                                .map(|stored| entry.insert(stored))
-                                .map(|_| ())
+                                .map(|stored| store(entry.get_mut(), stored))
                         }
-                        Entry::Vacant(entry) => put(None, value, *expected_version, *ttl, now)
-                            .map(|stored| entry.insert(stored))
-                            .map(|_| ()),
+                        Entry::Vacant(entry) => {
+                            put(None, value, *expected_version, *ttl, now).map(|stored| {
+                                let version = stored.record.version;
+                                entry.insert(stored);
+                                version
+                            })
+                        }
                     },
                 };
                 match next {
-                    Some(()) => WriteOutcome::Written {
-                        version: Write::next_version(*expected_version),
-                    },
-                    None => WriteOutcome::Conflict,
+                    Ok(version) => WriteOutcome::Written { version },
+                    Err(cause) => WriteOutcome::Conflict(cause),
                 }
             }
             (
@@ -214,19 +226,22 @@ impl MemoryStorage {
                 },
                 Records::Bounded(cache),
             ) => {
-                let mut outcome = WriteOutcome::Conflict;
+                let mut outcome = WriteOutcome::Conflict(Conflict::NewerVersion);
                 cache
                     .entry_by_ref(key.as_str())
                     .and_compute_with(|current| {
                         let current = current.map(|entry| entry.into_value());
                         match put(current.as_ref(), value, *expected_version, *ttl, now) {
-                            Some(stored) => {
+                            Ok(stored) => {
                                 outcome = WriteOutcome::Written {
                                     version: stored.record.version,
                                 };
                                 Op::Put(stored)
                             }
-                            None => Op::Nop,
+                            Err(cause) => {
+                                outcome = WriteOutcome::Conflict(cause);
+                                Op::Nop
+                            }
                         }
                     });
                 outcome
@@ -326,11 +341,14 @@ mod tests {
     async fn both_backends_version_and_expire_records() {
         for storage in [MemoryStorage::new(), MemoryStorage::with_capacity(100)] {
             let written = storage.write(&[put("a", None, None)]).await.unwrap();
-            assert_eq!(written, [WriteOutcome::Written { version: 1 }]);
+            let [WriteOutcome::Written { version: first }] = written[..] else {
+                panic!("{written:?}");
+            };
             let stale = storage.write(&[put("a", None, None)]).await.unwrap();
-            assert_eq!(stale, [WriteOutcome::Conflict], "{storage:?}");
-            let next = storage.write(&[put("a", Some(1), None)]).await.unwrap();
-            assert_eq!(next, [WriteOutcome::Written { version: 2 }]);
+            let newer = WriteOutcome::Conflict(Conflict::NewerVersion);
+            assert_eq!(stale, [newer], "{storage:?}");
+            let next = storage.write(&[put("a", Some(first), None)]).await.unwrap();
+            assert_eq!(next, [WriteOutcome::Written { version: first + 1 }]);
 
             let ttl = Some(Duration::from_millis(1));
             storage.write(&[put("b", None, ttl)]).await.unwrap();
@@ -341,10 +359,9 @@ mod tests {
                 "{storage:?}"
             );
             let again = storage.write(&[put("b", None, None)]).await.unwrap();
-            assert_eq!(
-                again,
-                [WriteOutcome::Written { version: 1 }],
-                "expired counts as absent"
+            assert!(
+                matches!(again[..], [WriteOutcome::Written { version }] if version > first),
+                "expired counts as absent, and versions never repeat: {again:?}"
             );
             assert_eq!(storage.len(), 2);
         }

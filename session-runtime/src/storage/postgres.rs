@@ -16,7 +16,7 @@ use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, TableName, storage_error, ttl_millis, version_from_sql,
     version_to_sql,
 };
-use crate::storage::{Record, Storage, Write, WriteOutcome, sql};
+use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome, sql};
 
 /// Sessions in a PostgreSQL table.
 ///
@@ -308,7 +308,7 @@ async fn apply(
             };
             let changed = query.execute(&mut *conn).await.map_err(storage_error)?;
             Ok(match changed.rows_affected() {
-                0 => WriteOutcome::Conflict,
+                0 => WriteOutcome::Conflict(Conflict::NewerVersion),
                 _ => WriteOutcome::Written { version },
             })
         }

@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 
 use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
-use crate::storage::{Record, Storage, Write, WriteOutcome};
+use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 
 /// How long a command may take, connection included, unless told otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -329,7 +329,7 @@ impl RedisStorage {
                 ) => Ok(WriteOutcome::Written {
                     version: Write::next_version(*expected_version),
                 }),
-                (Write::Put { .. }, 0) => Ok(WriteOutcome::Conflict),
+                (Write::Put { .. }, 0) => Ok(WriteOutcome::Conflict(Conflict::NewerVersion)),
                 (Write::Delete { .. }, 2) => Ok(WriteOutcome::Deleted),
                 (write, code) => Err(StorageError::other(format!(
                     "write script answered {code} for key `{}`",
@@ -416,7 +416,8 @@ impl Storage for RedisStorage {
                         batches.iter().map(|batch| self.write_batch(batch)),
                     )
                     .await;
-                    let mut outcomes = vec![WriteOutcome::Conflict; writes.len()];
+                    let mut outcomes =
+                        vec![WriteOutcome::Conflict(Conflict::NewerVersion); writes.len()];
                     for ((_, indices), result) in slots.iter().zip(results) {
                         for (&index, outcome) in indices.iter().zip(result?) {
                             outcomes[index] = outcome;

@@ -21,7 +21,7 @@ use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, TableName, storage_error, ttl_millis, version_from_sql,
     version_to_sql,
 };
-use crate::storage::{Record, Storage, Write, WriteOutcome, sql};
+use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome, sql};
 
 /// Keys per `SELECT … IN (…)`, well under SQLite's limit on bound parameters.
 const LOAD_CHUNK: usize = 500;
@@ -366,7 +366,7 @@ async fn apply(
             };
             let changed = query.execute(&mut *conn).await.map_err(storage_error)?;
             Ok(match changed.rows_affected() {
-                0 => WriteOutcome::Conflict,
+                0 => WriteOutcome::Conflict(Conflict::NewerVersion),
                 _ => WriteOutcome::Written { version },
             })
         }

@@ -75,7 +75,13 @@ impl Storage for MapStorage {
                     ttl,
                 } => {
                     if live_version(&records, key.as_str(), now) != *expected_version {
-                        return WriteOutcome::Conflict(Conflict::NewerVersion);
+                        // Say why: the record this update read only expired,
+                        // or another writer changed it.
+                        let stale = records.get(key.as_str()).map(|(r, _)| r.version);
+                        return WriteOutcome::Conflict(match stale == *expected_version {
+                            true => Conflict::Expired,
+                            false => Conflict::NewerVersion,
+                        });
                     }
                     let version = Write::next_version(*expected_version);
                     let record = Record {

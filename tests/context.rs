@@ -203,3 +203,71 @@ async fn lazy_accessor_future_is_send() {
     let profile = assert_send(ctx.profile()).await.unwrap();
     assert_eq!(profile.name, None);
 }
+
+#[tokio::test]
+async fn one_key_for_two_types_fails_at_once_naming_both() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .lock_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let started = std::time::Instant::now();
+    let error = ctx
+        .load::<lenient::LenientCounter>()
+        .await
+        .map(|c| c.apple)
+        .expect_err("`counter:1` is taken by `Counter` in this update");
+    assert!(started.elapsed() < Duration::from_secs(1), "no self-wait");
+    assert!(matches!(error, Error::SameKeyTwice { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("suite::types::Counter") && message.contains("LenientCounter"),
+        "{message}"
+    );
+    // The eager session is untouched by the refused one.
+    assert_eq!(ctx.counter().unwrap().apple, 1);
+}
+
+#[tokio::test]
+async fn lazy_loads_in_opposite_orders_fail_at_once_instead_of_stalling() {
+    let manager = SessionManager::builder()
+        .lock_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let in_group = |user: u64| UpdateIds::new().user(user).chat(-10);
+    let first = manager.begin(in_group(1)).await;
+    let second = manager.begin(in_group(2)).await;
+    first
+        .load::<ThreadNote>()
+        .await
+        .unwrap()
+        .notes
+        .push("a".into());
+    second.load::<Stats>().await.unwrap().updates += 1;
+
+    // The first update waits for `stats` (held by the second) ...
+    let waiter = tokio::spawn({
+        let first = first.clone();
+        async move { first.load::<Stats>().await.map(|stats| stats.updates) }
+    });
+    tokio::task::yield_now().await;
+    // ... so the second asking for the note the first holds would close a cycle.
+    let started = std::time::Instant::now();
+    let error = second
+        .load::<ThreadNote>()
+        .await
+        .map(|note| note.notes.len())
+        .expect_err("cycle");
+    assert!(started.elapsed() < Duration::from_secs(1), "no stall");
+    assert!(matches!(error, Error::LockCycle { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("thread_note:-10:main") && message.contains("stats:global"),
+        "{message}"
+    );
+    // The second update ends; the first goes on with its committed value.
+    second.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 1);
+    first.commit(HandlerOutcome::Succeeded).await.unwrap();
+}

@@ -1,19 +1,22 @@
 //! [`Sessions`]: the sessions of one update, from load to commit.
 
 use std::any::TypeId;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
-use crate::error::Error;
+use crate::error::{Error, LockHolder, StorageError};
 use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
-use crate::manager::{ManagerInner, Registration, SavePolicy};
+use crate::lock::{KeyLockGuard, LockError, Taker};
+use crate::manager::{ManagerInner, Registration, SavePolicy, StorageEntry};
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
-use crate::storage::{Write, WriteOutcome};
+use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
+use crate::update_leases::{AcquireError, UpdateLeases};
 
 /// How the handler of an update ended, for [`Sessions::commit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,9 +69,83 @@ pub struct Sessions {
 struct UpdateState {
     manager: Arc<ManagerInner>,
     ids: UpdateIds,
+    /// Tells this update's key locks from other updates' in this process.
+    id: u64,
     slots: Mutex<Vec<SlotEntry>>,
+    /// The cross-process leases this update holds, once it takes one.
+    leases: OnceLock<UpdateLeases>,
     finished: AtomicBool,
 }
+
+impl UpdateState {
+    fn leases(&self) -> &UpdateLeases {
+        self.leases
+            .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
+    }
+
+    fn taker(&self, type_name: &'static str) -> Taker {
+        Taker {
+            update: self.id,
+            type_name,
+        }
+    }
+
+    /// Loads `keys` from the storage at `storage_index`: through its leases
+    /// when it has them (waiting for other processes until `deadline`),
+    /// else with a plain load.
+    async fn load(
+        &self,
+        storage_index: usize,
+        keys: &[StorageKey],
+        deadline: Instant,
+    ) -> Result<(Vec<Option<Record>>, Option<LeaseOwner>), LoadError> {
+        let storage = &self.manager.storages[storage_index];
+        let span = tracing::debug_span!("session.load", storage = %storage.name, keys = keys.len());
+        let loaded = match storage.storage.leases() {
+            Some(leases) => {
+                let update_leases = self.leases();
+                update_leases
+                    .acquire(storage_index, &storage.storage, leases, keys, deadline)
+                    .instrument(span)
+                    .await
+                    .map(|records| (records, Some(update_leases.owner().clone())))
+                    .map_err(|error| match error {
+                        AcquireError::Storage(error) => LoadError::Storage(error),
+                        AcquireError::Busy { index } => LoadError::Leased { index },
+                    })?
+            }
+            None => (
+                storage
+                    .storage
+                    .load(keys)
+                    .instrument(span)
+                    .await
+                    .map_err(LoadError::Storage)?,
+                None,
+            ),
+        };
+        match loaded.0.len() == keys.len() {
+            true => Ok(loaded),
+            false => Err(LoadError::Storage(StorageError::other(format!(
+                "asked for {} keys, got {} records",
+                keys.len(),
+                loaded.0.len()
+            )))),
+        }
+    }
+}
+
+/// Why a batch of sessions was not loaded.
+enum LoadError {
+    Storage(StorageError),
+    /// The key at this index stayed leased by another process until the deadline.
+    Leased {
+        index: usize,
+    },
+}
+
+/// Numbers the updates of this process for their key locks.
+static NEXT_UPDATE: AtomicU64 = AtomicU64::new(1);
 
 struct SlotEntry {
     type_id: TypeId,
@@ -96,14 +173,18 @@ impl EntryState {
 
 impl Sessions {
     pub(crate) async fn begin(manager: Arc<ManagerInner>, ids: UpdateIds) -> Self {
-        let slots = load_eager(&manager, &ids).await;
+        let state = UpdateState {
+            manager,
+            ids,
+            id: NEXT_UPDATE.fetch_add(1, Ordering::Relaxed),
+            slots: Mutex::new(Vec::new()),
+            leases: OnceLock::new(),
+            finished: AtomicBool::new(false),
+        };
+        let slots = load_eager(&state).await;
+        *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
         Self {
-            inner: Arc::new(UpdateState {
-                manager,
-                ids,
-                slots: Mutex::new(slots),
-                finished: AtomicBool::new(false),
-            }),
+            inner: Arc::new(state),
         }
     }
 
@@ -181,88 +262,127 @@ impl Sessions {
     }
 
     async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {
-        let manager = &self.inner.manager;
+        let state = &*self.inner;
+        let manager = &state.manager;
         let storage_index = manager
             .registration(TypeId::of::<T>())
             .map_or(0, |registration| registration.storage_index);
-        let key = manager.storage_key(T::NAME, &T::KEY, &self.inner.ids)?;
-        let meta = lock_key(manager, T::NAME, key, storage_index).await?;
-        let span =
-            tracing::debug_span!("session.load", storage = %meta.storage_name, key = %meta.key);
-        let record = meta
-            .storage
-            .load(std::slice::from_ref(&meta.key))
-            .instrument(span)
+        let key = manager.storage_key(T::NAME, &T::KEY, &state.ids)?;
+        let deadline = Instant::now() + manager.lock_timeout;
+        let taker = state.taker(std::any::type_name::<T>());
+        let lock = lock_key(manager, T::NAME, &key, taker).await?;
+        let storage = &manager.storages[storage_index];
+        let (mut records, lease_owner) = state
+            .load(storage_index, std::slice::from_ref(&key), deadline)
             .await
-            .map_err(|source| meta.storage_error(source))?
-            .pop()
-            .flatten();
-        tracing::debug!(session = T::NAME, key = %meta.key, found = record.is_some(), "lazy session loaded");
+            .map_err(|error| load_error(manager, storage, T::NAME, &key, error))?;
+        let record = records.pop().flatten();
+        tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
+        let meta = slot_meta(storage, storage_index, T::NAME, key, lock, lease_owner);
         TypedSlot::<T>::erased(meta, record)
     }
 
     /// Writes the sessions this update changed, in one batch per storage, and
-    /// releases their keys. After a failed handler nothing is written unless
-    /// the manager's [`SavePolicy`] is `Always`.
+    /// releases their keys (and, in a storage shared across processes, their
+    /// leases, in the same round trip). After a failed handler nothing is
+    /// written unless the manager's [`SavePolicy`] is `Always`.
     ///
-    /// Every session is attempted; the first error is returned and all are
-    /// logged. Later calls do nothing.
+    /// Every session is attempted; the first error is returned and the others
+    /// are logged. Later calls do nothing.
     pub async fn commit(&self, outcome: HandlerOutcome) -> Result<(), Error> {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let state = &*self.inner;
         let entries = std::mem::take(&mut *self.slots());
-        let save = outcome == HandlerOutcome::Succeeded
-            || self.inner.manager.save_policy == SavePolicy::Always;
-        if !save {
-            tracing::debug!("handler failed: session changes dropped");
-            return Ok(());
-        }
-        let mut first_error = None;
-        let mut report = |error: Error| {
-            tracing::warn!(%error, "session not saved");
-            first_error.get_or_insert(error);
-        };
-        // A read-only update stops here without allocating.
+        let save =
+            outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
+        let mut errors = Vec::new();
+        // A read-only update allocates nothing here.
         let mut pending: Vec<(Write, &SlotMeta)> = Vec::new();
-        for slot in entries.iter().filter_map(|entry| entry.state.loaded()) {
-            match slot.pending_write() {
-                Ok(Some(write)) => pending.push((write, slot.meta())),
-                Ok(None) => {}
-                Err(error) => report(error),
+        match save {
+            true => {
+                for slot in entries.iter().filter_map(|entry| entry.state.loaded()) {
+                    match slot.pending_write() {
+                        Ok(Some(write)) => pending.push((write, slot.meta())),
+                        Ok(None) => {}
+                        Err(error) => errors.push(error),
+                    }
+                }
             }
+            false => tracing::debug!("handler failed: session changes dropped"),
         }
+        let mut release = match state.leases.get() {
+            Some(leases) => leases.take_for_release(),
+            None => Vec::new(),
+        };
         // Stable: one batch per storage, in the order the sessions were taken.
         pending.sort_by_key(|(_, meta)| meta.storage_index);
-        while let Some((_, first)) = pending.first() {
-            let storage_index = first.storage_index;
+        while let Some(storage_index) = pending
+            .first()
+            .map(|(_, meta)| meta.storage_index)
+            .or_else(|| release.first().map(|(index, _)| *index))
+        {
             let batch = pending
                 .iter()
                 .take_while(|(_, meta)| meta.storage_index == storage_index)
                 .count();
             let (writes, metas): (Vec<Write>, Vec<&SlotMeta>) = pending.drain(..batch).unzip();
-            let Some(first) = metas.first() else { break };
-            let span = tracing::debug_span!("session.commit", storage = %first.storage_name, writes = writes.len());
-            match first.storage.write(&writes).instrument(span).await {
-                Ok(outcomes) => {
+            let keys = match release
+                .iter()
+                .position(|(index, _)| *index == storage_index)
+            {
+                Some(position) => release.swap_remove(position).1,
+                None => Vec::new(),
+            };
+            let storage = &state.manager.storages[storage_index];
+            let span = tracing::debug_span!("session.commit", storage = %storage.name, writes = writes.len(), released = keys.len());
+            let written = match (storage.storage.leases(), state.leases.get()) {
+                (Some(leases), Some(update_leases)) if !keys.is_empty() => {
+                    leases
+                        .write_and_release(&writes, &keys, update_leases.owner())
+                        .instrument(span)
+                        .await
+                }
+                _ if writes.is_empty() => continue,
+                _ => storage.storage.write(&writes).instrument(span).await,
+            };
+            match written {
+                Ok(outcomes) if outcomes.len() == writes.len() => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
                         match outcome {
-                            WriteOutcome::Conflict(cause) => report(meta.conflict(cause)),
-                            WriteOutcome::Failed(source) => report(meta.storage_error(source)),
                             WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
                                 tracing::debug!(session = meta.session, key = %meta.key, "session saved");
                             }
+                            WriteOutcome::Conflict(cause) => errors.push(meta.conflict(cause)),
+                            WriteOutcome::Failed(source) => errors.push(meta.storage_error(source)),
                         }
                     }
                 }
+                Ok(outcomes) => {
+                    let source = StorageError::other(format!(
+                        "answered {} outcomes for {} writes",
+                        outcomes.len(),
+                        writes.len()
+                    ));
+                    errors.extend(metas.iter().map(|meta| meta.storage_error(source.clone())));
+                }
                 Err(source) => {
-                    for meta in metas {
-                        report(meta.storage_error(source.clone()));
+                    if metas.is_empty() {
+                        tracing::warn!(storage = %storage.name, error = %source, "session leases not released; they expire by themselves");
                     }
+                    errors.extend(metas.iter().map(|meta| meta.storage_error(source.clone())));
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        // The first error is the caller's to report; the others are logged
+        // here, each once.
+        let mut errors = errors.into_iter();
+        let first = errors.next();
+        for error in errors {
+            tracing::warn!(%error, "session not saved");
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 
@@ -288,32 +408,45 @@ fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error
     Ok(SessionRef::new(typed, state))
 }
 
-/// Takes the in-process lock of `key`, within the manager's lock timeout.
+/// Takes the in-process lock of `key` for `taker`, within the manager's lock
+/// timeout.
 async fn lock_key(
     manager: &ManagerInner,
     session: &'static str,
-    key: StorageKey,
-    storage_index: usize,
-) -> Result<SlotMeta, Error> {
-    let lock = manager
+    key: &StorageKey,
+    taker: Taker,
+) -> Result<KeyLockGuard, Error> {
+    manager
         .locks
-        .lock(key.as_str(), manager.lock_timeout)
+        .lock(key.as_str(), taker, manager.lock_timeout)
         .await
-        .ok_or_else(|| lock_timeout(manager, session, &key))?;
-    let storage = &manager.storages[storage_index];
-    Ok(SlotMeta {
+        .map_err(|error| lock_error(manager, session, key, taker, error))
+}
+
+fn slot_meta(
+    storage: &StorageEntry,
+    storage_index: usize,
+    session: &'static str,
+    key: StorageKey,
+    lock: KeyLockGuard,
+    lease_owner: Option<LeaseOwner>,
+) -> SlotMeta {
+    SlotMeta {
         session,
         key,
         storage: Arc::clone(&storage.storage),
         storage_index,
         storage_name: Arc::clone(&storage.name),
+        lease_owner,
         _lock: lock,
-    })
+    }
 }
 
 /// Locks and loads the eager sessions of an update: keys in a fixed order (so
-/// two updates never wait on each other in a cycle), then one load per storage.
-async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
+/// two updates never wait on each other in a cycle), then one load per storage
+/// (taking the keys' leases where the storage has them).
+async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
+    let manager = &*state.manager;
     let mut entries = Vec::with_capacity(manager.registrations.len());
     let failed = |registration: &Registration, error| SlotEntry {
         type_id: registration.type_id,
@@ -321,7 +454,7 @@ async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
     };
     let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(entries.capacity());
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        match manager.storage_key(registration.name, &registration.key, ids) {
+        match manager.storage_key(registration.name, &registration.key, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
             Err(error) => entries.push(failed(registration, error)),
         }
@@ -329,15 +462,14 @@ async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
     if wanted.is_empty() {
         return entries;
     }
+    let deadline = Instant::now() + manager.lock_timeout;
     wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
     let mut locked = Vec::with_capacity(wanted.len());
     for (registration, key) in wanted {
-        match manager.locks.lock(key.as_str(), manager.lock_timeout).await {
-            Some(lock) => locked.push((registration, key, lock)),
-            None => {
-                let error = lock_timeout(manager, registration.name, &key);
-                entries.push(failed(registration, error));
-            }
+        let taker = state.taker(registration.type_name);
+        match lock_key(manager, registration.name, &key, taker).await {
+            Ok(lock) => locked.push((registration, key, lock)),
+            Err(error) => entries.push(failed(registration, error)),
         }
     }
     // Stable: keeps the key order inside each storage's batch.
@@ -353,31 +485,46 @@ async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
             .map(|(registration, key, lock)| (key, (registration, lock)))
             .unzip();
         let storage = &manager.storages[storage_index];
-        let span = tracing::debug_span!("session.load", storage = %storage.name, keys = keys.len());
-        let records = match storage.storage.load(&keys).instrument(span).await {
-            Ok(records) if records.len() == keys.len() => Ok(records),
-            Ok(records) => Err(crate::StorageError::other(format!(
-                "asked for {} keys, got {} records",
-                keys.len(),
-                records.len()
-            ))),
-            Err(source) => Err(source),
-        };
-        for (index, (key, (registration, lock))) in keys.into_iter().zip(held).enumerate() {
-            let meta = SlotMeta {
-                session: registration.name,
-                key,
-                storage: Arc::clone(&storage.storage),
-                storage_index,
-                storage_name: Arc::clone(&storage.name),
-                _lock: lock,
-            };
-            let state = match &records {
-                Ok(records) => match (registration.open)(meta, records[index].clone()) {
-                    Ok(slot) => EntryState::Loaded(slot),
-                    Err(error) => EntryState::Failed(error),
-                },
-                Err(source) => EntryState::Failed(meta.storage_error(source.clone())),
+        let loaded = state.load(storage_index, &keys, deadline).await;
+        for (index, (key, (registration, lock))) in keys.iter().zip(held).enumerate() {
+            let state = match &loaded {
+                Ok((records, lease_owner)) => {
+                    let meta = slot_meta(
+                        storage,
+                        storage_index,
+                        registration.name,
+                        key.clone(),
+                        lock,
+                        lease_owner.clone(),
+                    );
+                    match (registration.open)(meta, records[index].clone()) {
+                        Ok(slot) => EntryState::Loaded(slot),
+                        Err(error) => EntryState::Failed(error),
+                    }
+                }
+                Err(LoadError::Leased { index: busy }) if keys.get(*busy) == Some(key) => {
+                    EntryState::Failed(lease_timeout(manager, storage, registration.name, key))
+                }
+                Err(LoadError::Leased { index: busy }) => EntryState::Failed(Error::Storage {
+                    session: registration.name,
+                    key: key.to_string(),
+                    storage: Arc::clone(&storage.name),
+                    source: StorageError::new(
+                        crate::StorageErrorKind::Timeout,
+                        format!(
+                            "loaded in one batch with `{}`, which an update of another \
+                             process kept leased for more than {:?}",
+                            keys.get(*busy).map_or("?", StorageKey::as_str),
+                            manager.lock_timeout
+                        ),
+                    ),
+                }),
+                Err(LoadError::Storage(source)) => EntryState::Failed(Error::Storage {
+                    session: registration.name,
+                    key: key.to_string(),
+                    storage: Arc::clone(&storage.name),
+                    source: source.clone(),
+                }),
             };
             entries.push(SlotEntry {
                 type_id: registration.type_id,
@@ -388,11 +535,63 @@ async fn load_eager(manager: &ManagerInner, ids: &UpdateIds) -> Vec<SlotEntry> {
     entries
 }
 
-fn lock_timeout(manager: &ManagerInner, session: &'static str, key: &StorageKey) -> Error {
+fn load_error(
+    manager: &ManagerInner,
+    storage: &StorageEntry,
+    session: &'static str,
+    key: &StorageKey,
+    error: LoadError,
+) -> Error {
+    match error {
+        LoadError::Leased { .. } => lease_timeout(manager, storage, session, key),
+        LoadError::Storage(source) => Error::Storage {
+            session,
+            key: key.to_string(),
+            storage: Arc::clone(&storage.name),
+            source,
+        },
+    }
+}
+
+fn lease_timeout(
+    manager: &ManagerInner,
+    storage: &StorageEntry,
+    session: &'static str,
+    key: &StorageKey,
+) -> Error {
     Error::LockTimeout {
         session,
         key: key.to_string(),
         waited: manager.lock_timeout,
-        holder: crate::error::LockHolder::ThisProcess,
+        holder: LockHolder::Lease {
+            storage: Arc::clone(&storage.name),
+        },
+    }
+}
+
+fn lock_error(
+    manager: &ManagerInner,
+    session: &'static str,
+    key: &StorageKey,
+    taker: Taker,
+    error: LockError,
+) -> Error {
+    match error {
+        LockError::Timeout => Error::LockTimeout {
+            session,
+            key: key.to_string(),
+            waited: manager.lock_timeout,
+            holder: LockHolder::ThisProcess,
+        },
+        LockError::HeldByThisUpdate { first } => Error::SameKeyTwice {
+            key: key.to_string(),
+            first,
+            second: taker.type_name,
+        },
+        LockError::Cycle { held } => Error::LockCycle {
+            session,
+            key: key.to_string(),
+            held: held.to_string(),
+        },
     }
 }

@@ -47,11 +47,11 @@ impl<T: Session> SessionRef<T> {
         let delete = Write::Delete {
             key: self.meta().key.clone(),
         };
-        self.meta()
-            .storage
-            .write(std::slice::from_ref(&delete))
-            .await
-            .map_err(|source| self.meta().storage_error(source))?;
+        match self.meta().write_now(delete).await? {
+            WriteOutcome::Deleted => {}
+            WriteOutcome::Conflict(cause) => return Err(self.meta().conflict(cause)),
+            other => return Err(self.unexpected("a delete", &other)),
+        }
         tracing::debug!(session = self.meta().session, key = %self.meta().key, "session cleared");
         let state = &mut *self.state;
         state.value = T::initial();
@@ -62,37 +62,38 @@ impl<T: Session> SessionRef<T> {
 
     /// Writes the session now if it changed, instead of waiting for the end of
     /// the handler (for long handlers). Fails with [`Error::Conflict`] if
-    /// another process changed it meanwhile.
+    /// the write was refused (see its cause); the change is then dropped, so
+    /// the commit does not send the same refused write again.
     pub async fn save(&mut self) -> Result<(), Error> {
         let Some(write) = self.state.pending_write(self.meta())? else {
             self.state.touched = false;
             return Ok(());
         };
-        let outcomes = self
-            .meta()
-            .storage
-            .write(std::slice::from_ref(&write))
-            .await
-            .map_err(|source| self.meta().storage_error(source))?;
-        match (outcomes.first(), write) {
-            (Some(WriteOutcome::Written { version }), Write::Put { value, .. }) => {
-                self.state.stored = Some(Record {
-                    value,
-                    version: *version,
-                });
+        let Write::Put { value, .. } = &write else {
+            return Err(self.unexpected("a put", &WriteOutcome::Deleted));
+        };
+        let value = value.clone();
+        let outcome = self.meta().write_now(write).await?;
+        match outcome {
+            WriteOutcome::Written { version } => {
+                self.state.stored = Some(Record { value, version });
                 self.state.touched = false;
                 Ok(())
             }
-            (Some(WriteOutcome::Conflict(cause)), _) => Err(self.meta().conflict(*cause)),
-            (Some(WriteOutcome::Failed(source)), _) => {
-                Err(self.meta().storage_error(source.clone()))
+            WriteOutcome::Conflict(cause) => {
+                self.state.touched = false;
+                Err(self.meta().conflict(cause))
             }
-            (other, _) => Err(self
-                .meta()
-                .storage_error(crate::StorageError::other(format!(
-                    "the storage answered {other:?} to a put"
-                )))),
+            WriteOutcome::Failed(source) => Err(self.meta().storage_error(source)),
+            other => Err(self.unexpected("a put", &other)),
         }
+    }
+
+    fn unexpected(&self, what: &str, outcome: &WriteOutcome) -> Error {
+        self.meta()
+            .storage_error(crate::StorageError::other(format!(
+                "the storage answered {outcome:?} to {what}"
+            )))
     }
 }
 

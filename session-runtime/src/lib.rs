@@ -11,6 +11,7 @@ mod lock;
 mod manager;
 mod session;
 mod slot;
+mod update_leases;
 
 pub mod codec;
 pub mod storage;
@@ -25,7 +26,8 @@ pub use error::{BoxError, CodecError, Error, LockHolder, StorageError, StorageEr
 pub use guard::SessionRef;
 pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
 pub use manager::{
-    DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder, SharedStorage,
+    DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
+    SharedStorage,
 };
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;

@@ -4,6 +4,11 @@
 //! round trip (the reply) in between; two updates of one key interleaving
 //! there lose one write. The table holds an entry only while some update holds
 //! or waits for that key, so it does not grow with every key ever seen.
+//!
+//! The table also knows who holds each key and what each waiting update waits
+//! for, so an update never waits on itself (it fails at once, naming both
+//! session types) and never closes a cycle of waits (it fails at once, naming
+//! both keys), where a plain mutex would stall both until the timeout.
 
 use std::collections::HashMap;
 
@@ -13,17 +18,65 @@ use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
+/// Who takes a key: the update (unique per process) and the session type
+/// it takes the key for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Taker {
+    pub(crate) update: u64,
+    pub(crate) type_name: &'static str,
+}
+
+/// Why a key was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LockError {
+    /// Another update held it for the whole timeout.
+    Timeout,
+    /// This update already holds the key, for the session type `first`.
+    HeldByThisUpdate { first: &'static str },
+    /// The holder waits, directly or through others, for `held`, a key this
+    /// update holds: waiting would never end.
+    Cycle { held: Arc<str> },
+}
+
 struct Entry {
     /// The table's own key, shared with the guards so they need no copy.
     key: Arc<str>,
     mutex: Arc<tokio::sync::Mutex<()>>,
     /// Updates holding or waiting for the key; the entry goes at zero.
     users: usize,
+    /// The update holding the key, once it has recorded itself.
+    holder: Option<Taker>,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<Arc<str>, Entry, RandomState>,
+    /// What each waiting update waits for (an update waits for one key at a time).
+    waiting: HashMap<u64, Arc<str>, RandomState>,
+}
+
+impl Table {
+    /// Follows holder → awaited key → holder from `key`; the key `update`
+    /// holds at the end of the chain, if the chain comes back to it.
+    fn cycle_through(&self, key: &str, update: u64) -> Option<Arc<str>> {
+        let mut current = self.entries.get(key)?;
+        // Each step visits another waiting update; a longer chain is a cycle
+        // that does not pass through `update` and is not ours to report.
+        for _ in 0..=self.waiting.len() {
+            let holder = current.holder?;
+            if holder.update == update {
+                return Some(Arc::clone(&current.key));
+            }
+            let awaited = self.waiting.get(&holder.update)?;
+            current = self.entries.get(awaited)?;
+        }
+        None
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    table: Mutex<HashMap<Arc<str>, Entry, RandomState>>,
+    table: Mutex<Table>,
 }
 
 /// A claim on a key: holds it once `held` is set, and leaves the table clean
@@ -31,75 +84,125 @@ pub(crate) struct KeyLocks {
 pub(crate) struct KeyLockGuard {
     locks: Arc<KeyLocks>,
     key: Arc<str>,
+    taker: Taker,
     held: Option<OwnedMutexGuard<()>>,
 }
 
 impl KeyLocks {
-    fn table(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry, RandomState>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         // Every statement leaves the table consistent, so a poisoned lock has
         // nothing to repair.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits at most `timeout` for `key`; `None` when it stayed taken.
+    /// Takes `key` for `taker`, waiting at most `timeout` for another update
+    /// that holds it.
     pub(crate) async fn lock(
         self: &Arc<Self>,
         key: &str,
+        taker: Taker,
         timeout: Duration,
-    ) -> Option<KeyLockGuard> {
+    ) -> Result<KeyLockGuard, LockError> {
         let (key, mutex) = {
             let mut table = self.table();
-            match table.get_mut(key) {
-                Some(entry) => {
-                    entry.users += 1;
-                    (Arc::clone(&entry.key), Arc::clone(&entry.mutex))
-                }
+            let entry = match table.entries.get_mut(key) {
+                Some(entry) => entry,
                 None => {
                     let key: Arc<str> = Arc::from(key);
-                    let mutex = Arc::default();
                     let entry = Entry {
                         key: Arc::clone(&key),
-                        mutex: Arc::clone(&mutex),
-                        users: 1,
+                        mutex: Arc::default(),
+                        users: 0,
+                        holder: None,
                     };
-                    table.insert(Arc::clone(&key), entry);
-                    (key, mutex)
+                    table.entries.entry(key).or_insert(entry)
                 }
+            };
+            if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
+                return Err(LockError::HeldByThisUpdate {
+                    first: holder.type_name,
+                });
             }
+            if let Ok(held) = Arc::clone(&entry.mutex).try_lock_owned() {
+                entry.users += 1;
+                entry.holder = Some(taker);
+                return Ok(KeyLockGuard {
+                    locks: Arc::clone(self),
+                    key: Arc::clone(&entry.key),
+                    taker,
+                    held: Some(held),
+                });
+            }
+            let (key, mutex) = (Arc::clone(&entry.key), Arc::clone(&entry.mutex));
+            if let Some(held) = table.cycle_through(&key, taker.update) {
+                drop_unused(&mut table, &key);
+                return Err(LockError::Cycle { held });
+            }
+            if let Some(entry) = table.entries.get_mut(&key) {
+                entry.users += 1;
+            }
+            table.waiting.insert(taker.update, Arc::clone(&key));
+            (key, mutex)
         };
         let mut claim = KeyLockGuard {
             locks: Arc::clone(self),
             key,
+            taker,
             held: None,
         };
-        let held = match Arc::clone(&mutex).try_lock_owned() {
-            Ok(held) => held,
-            Err(_) => tokio::time::timeout(timeout, mutex.lock_owned())
-                .await
-                .ok()?,
-        };
+        let held = tokio::time::timeout(timeout, mutex.lock_owned())
+            .await
+            .map_err(|_| LockError::Timeout)?;
+        let mut table = self.table();
+        table.waiting.remove(&taker.update);
+        if let Some(entry) = table.entries.get_mut(&claim.key) {
+            entry.holder = Some(taker);
+        }
         claim.held = Some(held);
-        Some(claim)
+        Ok(claim)
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.table().len()
+        self.table().entries.len()
+    }
+}
+
+/// Removes the entry of `key` if no update holds or waits for it (one was
+/// created for a request that did not wait).
+fn drop_unused(table: &mut Table, key: &str) {
+    if table.entries.get(key).is_some_and(|entry| entry.users == 0) {
+        table.entries.remove(key);
     }
 }
 
 impl Drop for KeyLockGuard {
     fn drop(&mut self) {
-        // Unlock before giving up the claim, so a new entry for this key can
-        // never coexist with a guard of the old one.
-        drop(self.held.take());
         let mut table = self.locks.table();
-        if let Some(entry) = table.get_mut(&*self.key) {
-            entry.users -= 1;
-            if entry.users == 0 {
-                table.remove(&*self.key);
+        match self.held.take() {
+            Some(held) => {
+                if let Some(entry) = table.entries.get_mut(&*self.key) {
+                    entry.holder = None;
+                }
+                // Unlock inside the table's lock, so a new entry for this key
+                // can never coexist with a guard of the old one.
+                drop(held);
+            }
+            None => {
+                // Timed out or cancelled while waiting.
+                if table
+                    .waiting
+                    .get(&self.taker.update)
+                    .is_some_and(|key| **key == *self.key)
+                {
+                    table.waiting.remove(&self.taker.update);
+                }
             }
         }
+        if let Some(entry) = table.entries.get_mut(&*self.key) {
+            entry.users -= 1;
+        }
+        drop_unused(&mut table, &self.key);
     }
 }
 
@@ -110,29 +213,109 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
+    fn update(update: u64) -> Taker {
+        Taker {
+            update,
+            type_name: "T",
+        }
+    }
+
     #[tokio::test]
     async fn table_forgets_released_and_timed_out_keys() {
         let locks = Arc::new(KeyLocks::default());
-        let first = locks.lock("a", WAIT).await;
-        assert!(first.is_some());
-        assert!(locks.lock("a", Duration::from_millis(10)).await.is_none());
+        let first = locks.lock("a", update(1), WAIT).await;
+        assert!(first.is_ok());
+        let second = locks.lock("a", update(2), Duration::from_millis(10)).await;
+        assert_eq!(second.err(), Some(LockError::Timeout));
         assert_eq!(locks.len(), 1);
         drop(first);
         assert_eq!(locks.len(), 0);
+        assert!(locks.table().waiting.is_empty());
     }
 
     #[tokio::test]
     async fn cancelled_waiter_leaves_no_entry() {
         let locks = Arc::new(KeyLocks::default());
-        let held = locks.lock("a", WAIT).await;
+        let held = locks.lock("a", update(1), WAIT).await;
         let waiter = tokio::spawn({
             let locks = Arc::clone(&locks);
-            async move { locks.lock("a", WAIT).await.is_some() }
+            async move { locks.lock("a", update(2), WAIT).await.is_ok() }
         });
         tokio::task::yield_now().await;
         waiter.abort();
         assert!(waiter.await.is_err());
         drop(held);
+        assert_eq!(locks.len(), 0);
+        assert!(locks.table().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_update_never_waits_on_itself() {
+        let locks = Arc::new(KeyLocks::default());
+        let taker = Taker {
+            update: 1,
+            type_name: "Counter",
+        };
+        let _held = locks.lock("a", taker, WAIT).await.unwrap();
+        let again = locks.lock("a", update(1), WAIT).await;
+        assert_eq!(
+            again.err(),
+            Some(LockError::HeldByThisUpdate { first: "Counter" })
+        );
+        assert_eq!(locks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cycle_of_waits_fails_at_once_and_names_the_held_key() {
+        let locks = Arc::new(KeyLocks::default());
+        let a = locks.lock("a", update(1), WAIT).await.unwrap();
+        let b = locks.lock("b", update(2), WAIT).await.unwrap();
+        // Update 1 waits for b (held by 2) ...
+        let first = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { locks.lock("b", update(1), WAIT).await.map(drop) }
+        });
+        while !locks.table().waiting.contains_key(&1) {
+            tokio::task::yield_now().await;
+        }
+        // ... so update 2 waiting for a (held by 1) would close the cycle.
+        let started = std::time::Instant::now();
+        let second = locks.lock("a", update(2), WAIT).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            second.err(),
+            Some(LockError::Cycle {
+                held: Arc::from("b")
+            })
+        );
+        // Update 2 gives up b: update 1 goes on.
+        drop(b);
+        assert!(first.await.unwrap().is_ok());
+        drop(a);
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_behind_a_holder_that_waits_elsewhere_is_no_cycle() {
+        let locks = Arc::new(KeyLocks::default());
+        let c = locks.lock("c", update(3), WAIT).await.unwrap();
+        let a = locks.lock("a", update(1), WAIT).await.unwrap();
+        let first = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { locks.lock("c", update(1), WAIT).await.map(drop) }
+        });
+        while !locks.table().waiting.contains_key(&1) {
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { locks.lock("a", update(2), WAIT).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        drop(c);
+        assert!(first.await.unwrap().is_ok());
+        drop(a);
+        assert!(second.await.unwrap().is_ok());
         assert_eq!(locks.len(), 0);
     }
 }

@@ -31,6 +31,11 @@ pub enum SavePolicy {
 /// The default time an update waits for a key another update holds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default time to live of a cross-process lease: how long a key stays
+/// blocked after the process holding it died. Running handlers renew their
+/// leases every third of it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
 /// Configuration shared by every update: storages, key layout, save policy and
 /// the session types loaded before the handler.
 ///
@@ -62,6 +67,7 @@ pub(crate) struct ManagerInner {
     bot_id_in_keys: bool,
     pub(crate) save_policy: SavePolicy,
     pub(crate) lock_timeout: Duration,
+    pub(crate) lease_ttl: Duration,
     pub(crate) registrations: Vec<Registration>,
     pub(crate) locks: Arc<KeyLocks>,
 }
@@ -163,7 +169,11 @@ impl SessionManager {
         match (result, committed) {
             (Ok(value), Ok(())) => Ok(value),
             (Ok(_), Err(error)) => Err(error.into()),
-            (Err(error), _) => Err(error),
+            (Err(error), Ok(())) => Err(error),
+            (Err(error), Err(not_saved)) => {
+                tracing::warn!(error = %not_saved, "session not saved after a failed handler");
+                Err(error)
+            }
         }
     }
 }
@@ -186,6 +196,8 @@ impl std::fmt::Debug for SessionManager {
             .field("prefix", &inner.prefix)
             .field("bot_id_in_keys", &inner.bot_id_in_keys)
             .field("save_policy", &inner.save_policy)
+            .field("lock_timeout", &inner.lock_timeout)
+            .field("lease_ttl", &inner.lease_ttl)
             .field(
                 "sessions",
                 &inner
@@ -206,6 +218,7 @@ pub struct SessionManagerBuilder {
     bot_id_in_keys: bool,
     save_policy: SavePolicy,
     lock_timeout: Duration,
+    lease_ttl: Duration,
     registrations: Vec<(Registration, Option<SharedStorage>)>,
 }
 
@@ -217,6 +230,7 @@ impl Default for SessionManagerBuilder {
             bot_id_in_keys: false,
             save_policy: SavePolicy::default(),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            lease_ttl: DEFAULT_LEASE_TTL,
             registrations: Vec::new(),
         }
     }
@@ -249,11 +263,23 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// How long an update waits for a session key that another update of
-    /// this process holds, before its accessor fails with
-    /// [`Error::LockTimeout`] (default 30 s).
+    /// How long an update waits for a session key that another update holds
+    /// (in this process, or in another through the storage's lease), before
+    /// its accessor fails with [`Error::LockTimeout`] (default 30 s).
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// The time to live of the leases taken in storages shared across
+    /// processes (default [`DEFAULT_LEASE_TTL`], 15 s; at least 30 ms).
+    ///
+    /// If a process dies while it holds a key, the other processes' updates
+    /// of that key wait at most this long. A handler that runs longer keeps
+    /// its leases: they are renewed every third of this time. Keep it well
+    /// above the storage's command timeout, so a renewal has time to land.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(30));
         self
     }
 
@@ -321,6 +347,7 @@ impl SessionManagerBuilder {
                 bot_id_in_keys: self.bot_id_in_keys,
                 save_policy: self.save_policy,
                 lock_timeout: self.lock_timeout,
+                lease_ttl: self.lease_ttl,
                 registrations,
                 locks: Arc::default(),
             }),

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
 use crate::session::{OnDecodeError, Session};
-use crate::storage::{Record, Storage, Write};
+use crate::storage::{LeaseOwner, Record, Storage, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
 /// locked for this update.
@@ -21,6 +21,8 @@ pub(crate) struct SlotMeta {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) storage_index: usize,
     pub(crate) storage_name: Arc<str>,
+    /// The update's lease on the key, when its storage has leases.
+    pub(crate) lease_owner: Option<LeaseOwner>,
     pub(crate) _lock: KeyLockGuard,
 }
 
@@ -40,6 +42,24 @@ impl SlotMeta {
             key: self.key.to_string(),
             storage: Arc::clone(&self.storage_name),
             cause,
+        }
+    }
+
+    /// Applies one write now (`save`, `clear`), fenced by the update's lease
+    /// where the key has one; the lease stays held until the commit.
+    pub(crate) async fn write_now(&self, write: Write) -> Result<WriteOutcome, Error> {
+        let writes = std::slice::from_ref(&write);
+        let outcomes = match (&self.lease_owner, self.storage.leases()) {
+            (Some(owner), Some(leases)) => leases.write_and_release(writes, &[], owner).await,
+            _ => self.storage.write(writes).await,
+        }
+        .map_err(|source| self.storage_error(source))?;
+        match <[WriteOutcome; 1]>::try_from(outcomes) {
+            Ok([outcome]) => Ok(outcome),
+            Err(outcomes) => Err(self.storage_error(crate::StorageError::other(format!(
+                "answered {} outcomes for one write",
+                outcomes.len()
+            )))),
         }
     }
 

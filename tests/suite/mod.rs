@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tg_session::storage::{Write, WriteOutcome};
+use tg_session::storage::{Conflict, Write, WriteOutcome};
 use tg_session::{
     Error, HandlerOutcome, SavePolicy, Session, SessionManager, SharedStorage, StorageKey,
     UpdateIds,
@@ -46,6 +46,8 @@ macro_rules! behaviour_suite {
             save_writes_now_and_commit_does_not_repeat_it,
             prefix_and_bot_id_keep_sessions_apart,
             eager_sessions_load_and_commit_in_one_batch,
+            versions_never_repeat_after_a_delete,
+            a_record_expired_under_an_update_is_reported_as_expired,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -560,6 +562,10 @@ pub async fn concurrent_updates_of_one_user_lose_nothing(storage: SharedStorage)
 }
 
 pub async fn another_writer_in_between_is_a_conflict(storage: SharedStorage) {
+    if storage.leases().is_some() {
+        // A storage with leases makes the other writer wait instead.
+        return another_process_waits_for_the_lease(storage).await;
+    }
     // Two managers are two bot processes: they do not share in-process locks.
     let prefix = unique_prefix();
     let first = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
@@ -586,12 +592,41 @@ pub async fn another_writer_in_between_is_a_conflict(storage: SharedStorage) {
         ),
         "{error:?}"
     );
-    assert!(error.to_string().contains("another process"), "{error}");
+    assert!(error.to_string().contains("newer version"), "{error}");
     assert_eq!(
         counter_of(&first, private(1)).await,
         3,
         "the other writer's data is intact"
     );
+}
+
+/// Over a storage with leases, an update of another process (another
+/// manager: no shared in-process lock) waits for the lease of the slow one
+/// and then works on its committed value: nothing is refused, nothing lost.
+async fn another_process_waits_for_the_lease(storage: SharedStorage) {
+    let prefix = unique_prefix();
+    let first = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
+    let second = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
+    increment(&first, private(1)).await.expect("update");
+
+    let slow = first.begin(private(1)).await;
+    slow.counter().expect("counter").apple += 10;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let fast = tokio::spawn(async move {
+        let _ = started_tx.send(());
+        increment(&second, private(1)).await
+    });
+    started_rx.await.expect("the other update started");
+    assert!(!fast.is_finished(), "the other update waits for the lease");
+    slow.commit(HandlerOutcome::Succeeded)
+        .await
+        .expect("the lease holder commits");
+    assert_eq!(
+        fast.await.expect("task").expect("the waiting update"),
+        13,
+        "the waiter loaded the holder's committed value"
+    );
+    assert_eq!(counter_of(&first, private(1)).await, 13);
 }
 
 pub async fn save_writes_now_and_commit_does_not_repeat_it(storage: SharedStorage) {
@@ -602,7 +637,7 @@ pub async fn save_writes_now_and_commit_does_not_repeat_it(storage: SharedStorag
     let mut counter = ctx.counter().expect("counter");
     counter.apple = 20;
     counter.save().await.expect("save");
-    assert_eq!(counter.version(), Some(1));
+    let first = counter.version().expect("saved");
     let expected = serde_json::to_vec(&Counter { apple: 20 }).expect("json");
     assert_eq!(
         stored(&storage, &prefix, "counter", "1").await.as_deref(),
@@ -610,7 +645,7 @@ pub async fn save_writes_now_and_commit_does_not_repeat_it(storage: SharedStorag
     );
     counter.apple = 21;
     counter.save().await.expect("save again");
-    assert_eq!(counter.version(), Some(2));
+    assert_eq!(counter.version(), Some(first + 1));
     drop(counter);
     ok(&ctx).await;
     assert_eq!(
@@ -665,4 +700,81 @@ pub async fn eager_sessions_load_and_commit_in_one_batch(storage: SharedStorage)
     assert_eq!(counting.calls(), (1, 1));
     assert_eq!(counting.loaded_keys.load(Ordering::SeqCst), 3);
     assert_eq!(counting.written_records.load(Ordering::SeqCst), 3);
+}
+
+/// A write prepared at version v, before another process deleted and
+/// re-created the record, must not land on the new record (ABA).
+pub async fn versions_never_repeat_after_a_delete(storage: SharedStorage) {
+    let key = StorageKey::new(Some(&unique_prefix()), None, "counter", "1");
+    let put = |expected_version| Write::Put {
+        key: key.clone(),
+        value: Bytes::from_static(b"{\"apple\":2}"),
+        expected_version,
+        ttl: None,
+    };
+    let written = |outcomes: Vec<WriteOutcome>| match outcomes[..] {
+        [WriteOutcome::Written { version }] => version,
+        _ => panic!("not written: {outcomes:?}"),
+    };
+    let read_at = written(storage.write(&[put(None)]).await.expect("create"));
+    storage
+        .write(&[Write::Delete { key: key.clone() }])
+        .await
+        .expect("delete");
+    let recreated = written(storage.write(&[put(None)]).await.expect("re-create"));
+    assert!(recreated > read_at, "{recreated} after {read_at}");
+    assert_eq!(
+        storage
+            .write(&[put(Some(read_at))])
+            .await
+            .expect("stale write"),
+        [WriteOutcome::Conflict(Conflict::NewerVersion)],
+        "the write prepared before the delete is refused"
+    );
+    let stored = storage
+        .load(std::slice::from_ref(&key))
+        .await
+        .expect("load");
+    assert_eq!(stored[0].as_ref().map(|r| r.version), Some(recreated));
+}
+
+/// A record whose time to live ends between an update's load and its
+/// commit: the write is refused, and the error says it expired (not that
+/// another process wrote).
+pub async fn a_record_expired_under_an_update_is_reported_as_expired(storage: SharedStorage) {
+    let prefix = unique_prefix();
+    let manager = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
+    let ctx = manager.begin(private(1)).await;
+    ctx.load::<ShortLived>().await.expect("short_lived").token = 1;
+    ok(&ctx).await;
+
+    let ctx = manager.begin(private(1)).await;
+    let mut short = ctx.load::<ShortLived>().await.expect("short_lived");
+    assert_eq!(short.token, 1);
+    // Wait (bounded) for the record's one-second TTL to run out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored(&storage, &prefix, "short_lived", "1")
+        .await
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the record never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    short.token = 2;
+    drop(short);
+    let error = ctx
+        .commit(HandlerOutcome::Succeeded)
+        .await
+        .expect_err("expired under the update");
+    assert!(
+        matches!(
+            error,
+            Error::Conflict {
+                cause: Conflict::Expired,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("expired"), "{error}");
 }

@@ -69,11 +69,16 @@ impl Stored {
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the bounded store keeps a record past its expiry (invisible),
+/// so that a write prepared before the expiry is refused as
+/// [`Conflict::Expired`] rather than blamed on another writer.
+const EXPIRED_KEPT: Duration = Duration::from_secs(60);
+
 struct PerRecordTtl;
 
 impl moka::Expiry<String, Stored> for PerRecordTtl {
     fn expire_after_create(&self, _: &String, value: &Stored, _: Instant) -> Option<Duration> {
-        value.ttl
+        value.ttl.map(|ttl| ttl.saturating_add(EXPIRED_KEPT))
     }
 
     fn expire_after_update(
@@ -83,7 +88,7 @@ impl moka::Expiry<String, Stored> for PerRecordTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        value.ttl
+        value.ttl.map(|ttl| ttl.saturating_add(EXPIRED_KEPT))
     }
 }
 
@@ -155,8 +160,9 @@ impl MemoryStorage {
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
             Records::Bounded(cache) => {
-                cache.run_pending_tasks();
-                cache.entry_count()
+                let now = Instant::now();
+                let live = cache.iter().filter(|(_, stored)| stored.live(now)).count();
+                u64::try_from(live).unwrap_or(u64::MAX)
             }
         }
     }
@@ -173,7 +179,10 @@ impl MemoryStorage {
                 .get(key)
                 .filter(|stored| stored.live(now))
                 .map(|stored| stored.record.clone()),
-            Records::Bounded(cache) => cache.get(key).map(|stored| stored.record),
+            Records::Bounded(cache) => cache
+                .get(key)
+                .filter(|stored| stored.live(now))
+                .map(|stored| stored.record),
         }
     }
 

@@ -1,0 +1,277 @@
+//! The leases one update holds in storages shared across processes: taking
+//! them (waiting for other processes' updates), renewing them while a long
+//! handler runs, and giving them back if the update is dropped uncommitted.
+//!
+//! The storage side of the contract is [`Leases`](crate::storage::Leases).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::error::StorageError;
+use crate::key::StorageKey;
+use crate::manager::SharedStorage;
+use crate::storage::{Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch};
+
+/// The longest a waiter sleeps between two attempts when the storage wakes
+/// it on release: only a lost notification waits this long.
+const NOTIFIED_POLL: Duration = Duration::from_millis(250);
+/// The backoff of a waiter on a storage that cannot wake it.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Why leases were not taken.
+#[derive(Debug)]
+pub(crate) enum AcquireError {
+    /// The storage failed.
+    Storage(StorageError),
+    /// The key at this index of the batch stayed leased until the deadline.
+    Busy { index: usize },
+}
+
+/// The leases of one update, in every storage that has them.
+pub(crate) struct UpdateLeases {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    owner: LeaseOwner,
+    ttl: Duration,
+    held: Mutex<Vec<Held>>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Held {
+    storage_index: usize,
+    storage: SharedStorage,
+    key: StorageKey,
+}
+
+impl Inner {
+    fn held(&self) -> MutexGuard<'_, Vec<Held>> {
+        // Entries are pushed and drained whole: a poisoned list is consistent.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stop_renewing(&self) {
+        let renewer = self
+            .renewer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(renewer) = renewer {
+            renewer.abort();
+        }
+    }
+}
+
+impl UpdateLeases {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                owner: LeaseOwner::new(),
+                ttl,
+                held: Mutex::new(Vec::new()),
+                renewer: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn owner(&self) -> &LeaseOwner {
+        &self.inner.owner
+    }
+
+    /// Takes the leases of `keys` in `leases` (the storage at
+    /// `storage_index`) and loads their records, waiting for other processes'
+    /// updates until `deadline`.
+    pub(crate) async fn acquire(
+        &self,
+        storage_index: usize,
+        storage: &SharedStorage,
+        leases: &dyn Leases,
+        keys: &[StorageKey],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Record>>, AcquireError> {
+        let lease = Lease {
+            owner: &self.inner.owner,
+            ttl: self.inner.ttl,
+        };
+        let mut watch: Option<ReleaseWatch> = None;
+        let mut poll = POLL_FIRST;
+        loop {
+            let (index, retry_in) = match leases.acquire(keys, lease).await {
+                Ok(LeasedLoad::Acquired(records)) if records.len() == keys.len() => {
+                    self.hold(storage_index, storage, keys);
+                    return Ok(records);
+                }
+                Ok(LeasedLoad::Acquired(records)) => {
+                    // Whatever was taken is given back by the caller's
+                    // release of these keys; none are recorded, so release now.
+                    let _ = leases.write_and_release(&[], keys, lease.owner).await;
+                    return Err(AcquireError::Storage(StorageError::other(format!(
+                        "asked for {} keys, got {} records",
+                        keys.len(),
+                        records.len()
+                    ))));
+                }
+                Ok(LeasedLoad::Busy { index, retry_in }) => (index, retry_in),
+                Err(error) => return Err(AcquireError::Storage(error)),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(key) = keys.get(index).filter(|_| !left.is_zero()) else {
+                return Err(AcquireError::Busy { index });
+            };
+            tracing::debug!(key = %key, ?retry_in, "session key leased by another process; waiting");
+            if let Some(watch) = watch.take() {
+                let cap = match watch.is_notified() {
+                    true => NOTIFIED_POLL,
+                    false => {
+                        let cap = poll;
+                        poll = (poll * 2).min(POLL_MAX);
+                        cap
+                    }
+                };
+                // A lease that ended without a release (its process died)
+                // is free once its time to live is over.
+                let wait = cap.min(left).min(retry_in.max(Duration::from_millis(1)));
+                watch.wait(wait).await;
+            }
+            // Watch before the next attempt, so a release right after it
+            // still wakes this waiter.
+            watch = Some(leases.watch(key));
+        }
+    }
+
+    fn hold(&self, storage_index: usize, storage: &SharedStorage, keys: &[StorageKey]) {
+        let first = {
+            let mut held = self.inner.held();
+            let first = held.is_empty();
+            held.extend(keys.iter().map(|key| Held {
+                storage_index,
+                storage: Arc::clone(storage),
+                key: key.clone(),
+            }));
+            first
+        };
+        if first {
+            self.start_renewing();
+        }
+    }
+
+    /// Renews every held lease a third of the way through its time to live,
+    /// for handlers that run longer than the lease lives.
+    fn start_renewing(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let every = self.inner.ttl / 3;
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        let task = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = inner.upgrade() else { return };
+                renew(&inner).await;
+            }
+        });
+        let previous = self
+            .inner
+            .renewer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// Stops renewing and hands over the held keys of each storage, for the
+    /// commit to release them with its writes.
+    pub(crate) fn take_for_release(&self) -> Vec<(usize, Vec<StorageKey>)> {
+        self.inner.stop_renewing();
+        let held = std::mem::take(&mut *self.inner.held());
+        group_by_storage(held)
+            .into_iter()
+            .map(|(index, _, keys)| (index, keys))
+            .collect()
+    }
+}
+
+async fn renew(inner: &Inner) {
+    let groups = {
+        let held = inner.held();
+        held.iter()
+            .map(|held| Held {
+                storage_index: held.storage_index,
+                storage: Arc::clone(&held.storage),
+                key: held.key.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let lease = Lease {
+        owner: &inner.owner,
+        ttl: inner.ttl,
+    };
+    for (_, storage, keys) in group_by_storage(groups) {
+        let Some(leases) = storage.leases() else {
+            continue;
+        };
+        match leases.renew(&keys, lease).await {
+            Ok(true) => tracing::debug!(
+                storage = storage.name(),
+                keys = keys.len(),
+                "leases renewed"
+            ),
+            Ok(false) => tracing::warn!(
+                storage = storage.name(),
+                "a session lease of a running handler was lost; its changes will be refused"
+            ),
+            Err(error) => {
+                tracing::warn!(storage = storage.name(), %error, "session leases not renewed")
+            }
+        }
+    }
+}
+
+fn group_by_storage(mut held: Vec<Held>) -> Vec<(usize, SharedStorage, Vec<StorageKey>)> {
+    held.sort_by_key(|held| held.storage_index);
+    let mut groups: Vec<(usize, SharedStorage, Vec<StorageKey>)> = Vec::new();
+    for Held {
+        storage_index,
+        storage,
+        key,
+    } in held
+    {
+        match groups.last_mut() {
+            Some((index, _, keys)) if *index == storage_index => keys.push(key),
+            _ => groups.push((storage_index, storage, vec![key])),
+        }
+    }
+    groups
+}
+
+impl Drop for Inner {
+    /// An update dropped without a commit (a panic, a cancelled handler)
+    /// gives its leases back at once rather than blocking other processes
+    /// until the leases expire.
+    fn drop(&mut self) {
+        self.stop_renewing();
+        let held = std::mem::take(&mut *self.held());
+        if held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let owner = self.owner.clone();
+        runtime.spawn(async move {
+            for (_, storage, keys) in group_by_storage(held) {
+                if let Some(leases) = storage.leases()
+                    && let Err(error) = leases.write_and_release(&[], &keys, &owner).await
+                {
+                    tracing::warn!(storage = storage.name(), %error, "session leases not released; they expire by themselves");
+                }
+            }
+        });
+    }
+}

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use crate::error::StorageError;
@@ -24,7 +25,8 @@ use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 ///   invisible at once and swept from memory at most once a second, by the
 ///   writes that follow.
 /// - [`MemoryStorage::with_capacity`]: at most that many records, on
-///   [`moka`]; the least recently and frequently used go first.
+///   [`moka`]; beyond that the least recently used go first (plain LRU: a
+///   new user's session is always kept, an idle regular's goes).
 ///
 /// Cloning is cheap and shares the records.
 #[derive(Clone)]
@@ -145,6 +147,10 @@ impl MemoryStorage {
             records: Records::Bounded(
                 Cache::builder()
                     .max_capacity(max_records)
+                    // moka's default (TinyLFU) refuses a newcomer used less
+                    // often than the regulars: a new user's first session
+                    // would be dropped at once. Plain LRU keeps recent users.
+                    .eviction_policy(EvictionPolicy::lru())
                     .expire_after(PerRecordTtl)
                     .build(),
             ),
@@ -390,5 +396,43 @@ mod tests {
         };
         assert!(unbounded.map.get("test:gone").is_none());
         assert!(unbounded.map.get("test:kept").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_bounded_store_keeps_the_most_recent_writers() {
+        let storage = MemoryStorage::with_capacity(100);
+        // Regulars, read often: a frequency-based policy would favour them.
+        for user in 0..100 {
+            storage
+                .write(&[put(&format!("regular{user}"), None, None)])
+                .await
+                .unwrap();
+        }
+        for _ in 0..5 {
+            for user in 0..100 {
+                storage
+                    .load(&[key(&format!("regular{user}"))])
+                    .await
+                    .unwrap();
+            }
+        }
+        for user in 0..20 {
+            storage
+                .write(&[put(&format!("newcomer{user}"), None, None)])
+                .await
+                .unwrap();
+        }
+        let Records::Bounded(cache) = &storage.records else {
+            panic!("with_capacity is bounded");
+        };
+        cache.run_pending_tasks();
+        for user in 0..20 {
+            let found = storage
+                .load(&[key(&format!("newcomer{user}"))])
+                .await
+                .unwrap();
+            assert!(found[0].is_some(), "newcomer {user} lost its session");
+        }
+        assert!(storage.len() <= 100, "{} records", storage.len());
     }
 }

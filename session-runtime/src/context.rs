@@ -275,7 +275,12 @@ impl Sessions {
         let (mut records, lease_owner) = state
             .load(storage_index, std::slice::from_ref(&key), deadline)
             .await
-            .map_err(|error| load_error(manager, storage, T::NAME, &key, error))?;
+            .map_err(|error| {
+                if let LoadError::Storage(error) = &error {
+                    lock.storage_failed(error, &storage.name);
+                }
+                load_error(manager, storage, T::NAME, &key, error)
+            })?;
         let record = records.pop().flatten();
         tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
         let meta = slot_meta(storage, storage_index, T::NAME, key, lock, lease_owner);
@@ -355,7 +360,10 @@ impl Sessions {
                                 tracing::debug!(session = meta.session, key = %meta.key, "session saved");
                             }
                             WriteOutcome::Conflict(cause) => errors.push(meta.conflict(cause)),
-                            WriteOutcome::Failed(source) => errors.push(meta.storage_error(source)),
+                            WriteOutcome::Failed(source) => {
+                                meta.lock.storage_failed(&source, &meta.storage_name);
+                                errors.push(meta.storage_error(source));
+                            }
                         }
                     }
                 }
@@ -371,7 +379,10 @@ impl Sessions {
                     if metas.is_empty() {
                         tracing::warn!(storage = %storage.name, error = %source, "session leases not released; they expire by themselves");
                     }
-                    errors.extend(metas.iter().map(|meta| meta.storage_error(source.clone())));
+                    for meta in &metas {
+                        meta.lock.storage_failed(&source, &meta.storage_name);
+                        errors.push(meta.storage_error(source.clone()));
+                    }
                 }
             }
         }
@@ -438,7 +449,7 @@ fn slot_meta(
         storage_index,
         storage_name: Arc::clone(&storage.name),
         lease_owner,
-        _lock: lock,
+        lock,
     }
 }
 
@@ -486,6 +497,11 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
             .unzip();
         let storage = &manager.storages[storage_index];
         let loaded = state.load(storage_index, &keys, deadline).await;
+        if let Err(LoadError::Storage(error)) = &loaded {
+            for (_, lock) in &held {
+                lock.storage_failed(error, &storage.name);
+            }
+        }
         for (index, (key, (registration, lock))) in keys.iter().zip(held).enumerate() {
             let state = match &loaded {
                 Ok((records, lease_owner)) => {
@@ -592,6 +608,23 @@ fn lock_error(
             session,
             key: key.to_string(),
             held: held.to_string(),
+        },
+        LockError::PreviousFailed {
+            error,
+            storage,
+            ago,
+        } => Error::Storage {
+            session,
+            key: key.to_string(),
+            storage,
+            source: StorageError::new(
+                error.kind(),
+                format!(
+                    "not tried: the update before this one on this key met this failure \
+                     {}ms ago: {error}",
+                    ago.as_millis()
+                ),
+            ),
         },
     }
 }

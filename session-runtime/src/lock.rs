@@ -9,14 +9,24 @@
 //! for, so an update never waits on itself (it fails at once, naming both
 //! session types) and never closes a cycle of waits (it fails at once, naming
 //! both keys), where a plain mutex would stall both until the timeout.
+//!
+//! And it remembers, while updates queue on a key, that the holder's storage
+//! call failed (down, timed out): the waiters then fail at once with that
+//! error instead of each waiting a full storage timeout in turn.
 
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
+
+use crate::error::StorageError;
+
+/// How long after a holder's storage failure the updates queued on its key
+/// fail at once instead of trying the storage again.
+pub(crate) const FAIL_FAST_FOR: Duration = Duration::from_secs(1);
 
 /// Who takes a key: the update (unique per process) and the session type
 /// it takes the key for.
@@ -36,6 +46,13 @@ pub(crate) enum LockError {
     /// The holder waits, directly or through others, for `held`, a key this
     /// update holds: waiting would never end.
     Cycle { held: Arc<str> },
+    /// The update that held the key before met this storage failure
+    /// `ago`; the storage is not tried again so soon.
+    PreviousFailed {
+        error: StorageError,
+        storage: Arc<str>,
+        ago: Duration,
+    },
 }
 
 struct Entry {
@@ -46,6 +63,14 @@ struct Entry {
     users: usize,
     /// The update holding the key, once it has recorded itself.
     holder: Option<Taker>,
+    /// The last storage failure of a holder, while updates queue on the key.
+    failure: Option<Failure>,
+}
+
+struct Failure {
+    at: Instant,
+    error: StorageError,
+    storage: Arc<str>,
 }
 
 #[derive(Default)]
@@ -114,6 +139,7 @@ impl KeyLocks {
                         mutex: Arc::default(),
                         users: 0,
                         holder: None,
+                        failure: None,
                     };
                     table.entries.entry(key).or_insert(entry)
                 }
@@ -155,11 +181,29 @@ impl KeyLocks {
             .map_err(|_| LockError::Timeout)?;
         let mut table = self.table();
         table.waiting.remove(&taker.update);
-        if let Some(entry) = table.entries.get_mut(&claim.key) {
-            entry.holder = Some(taker);
-        }
+        let failed = match table.entries.get_mut(&claim.key) {
+            Some(entry) => {
+                entry.holder = Some(taker);
+                entry
+                    .failure
+                    .as_ref()
+                    .filter(|failure| failure.at.elapsed() < FAIL_FAST_FOR)
+                    .map(|failure| LockError::PreviousFailed {
+                        error: failure.error.clone(),
+                        storage: Arc::clone(&failure.storage),
+                        ago: failure.at.elapsed(),
+                    })
+            }
+            None => None,
+        };
         claim.held = Some(held);
-        Ok(claim)
+        drop(table);
+        match failed {
+            // Dropping the claim hands the key to the next waiter, which
+            // fails as fast.
+            Some(error) => Err(error),
+            None => Ok(claim),
+        }
     }
 
     #[cfg(test)]
@@ -173,6 +217,29 @@ impl KeyLocks {
 fn drop_unused(table: &mut Table, key: &str) {
     if table.entries.get(key).is_some_and(|entry| entry.users == 0) {
         table.entries.remove(key);
+    }
+}
+
+impl KeyLockGuard {
+    /// Records that the storage failed for this key's holder, so the
+    /// updates queued behind it fail at once rather than each waiting for
+    /// the storage's timeout. Only failures that say the storage is down or
+    /// stalled count.
+    pub(crate) fn storage_failed(&self, error: &StorageError, storage: &Arc<str>) {
+        use crate::error::StorageErrorKind;
+        if !matches!(
+            error.kind(),
+            StorageErrorKind::Unavailable | StorageErrorKind::Timeout
+        ) {
+            return;
+        }
+        if let Some(entry) = self.locks.table().entries.get_mut(&*self.key) {
+            entry.failure = Some(Failure {
+                at: Instant::now(),
+                error: error.clone(),
+                storage: Arc::clone(storage),
+            });
+        }
     }
 }
 
@@ -317,5 +384,32 @@ mod tests {
         drop(a);
         assert!(second.await.unwrap().is_ok());
         assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_behind_a_storage_failure_fail_at_once() {
+        let locks = Arc::new(KeyLocks::default());
+        let holder = locks.lock("a", update(1), WAIT).await.unwrap();
+        let waiters: Vec<_> = (2..6)
+            .map(|id| {
+                let locks = Arc::clone(&locks);
+                tokio::spawn(async move { locks.lock("a", update(id), WAIT).await.map(drop) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let down = StorageError::timeout(Duration::from_secs(3));
+        holder.storage_failed(&down, &Arc::from("redis"));
+        drop(holder);
+        for waiter in waiters {
+            match waiter.await.unwrap() {
+                Err(LockError::PreviousFailed { error, storage, .. }) => {
+                    assert_eq!((error, &*storage), (down.clone(), "redis"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Once nobody queues, the failure is forgotten with the entry.
+        assert_eq!(locks.len(), 0);
+        assert!(locks.lock("a", update(9), WAIT).await.is_ok());
     }
 }

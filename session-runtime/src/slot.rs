@@ -23,7 +23,7 @@ pub(crate) struct SlotMeta {
     pub(crate) storage_name: Arc<str>,
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
-    pub(crate) _lock: KeyLockGuard,
+    pub(crate) lock: KeyLockGuard,
 }
 
 impl SlotMeta {

@@ -116,7 +116,12 @@ impl UpdateLeases {
                     ))));
                 }
                 Ok(LeasedLoad::Busy { index, retry_in }) => (index, retry_in),
-                Err(error) => return Err(AcquireError::Storage(error)),
+                Err(error) => {
+                    // A call that timed out may still run on the server
+                    // later and take the leases: give them back after it.
+                    release_later(storage, keys, lease.owner);
+                    return Err(AcquireError::Storage(error));
+                }
             };
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(key) = keys.get(index).filter(|_| !left.is_zero()) else {
@@ -248,6 +253,22 @@ fn group_by_storage(mut held: Vec<Held>) -> Vec<(usize, SharedStorage, Vec<Stora
         }
     }
     groups
+}
+
+/// Releases `owner`'s leases on `keys` in a task of its own, best effort (a
+/// lease that stays behind expires by itself).
+fn release_later(storage: &SharedStorage, keys: &[StorageKey], owner: &LeaseOwner) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (storage, keys, owner) = (Arc::clone(storage), keys.to_vec(), owner.clone());
+    runtime.spawn(async move {
+        if let Some(leases) = storage.leases()
+            && let Err(error) = leases.write_and_release(&[], &keys, &owner).await
+        {
+            tracing::debug!(storage = storage.name(), %error, "session leases not released; they expire by themselves");
+        }
+    });
 }
 
 impl Drop for Inner {

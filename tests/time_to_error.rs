@@ -1,0 +1,82 @@
+//! Time to error behind a stalled storage: updates queued on one key each
+//! fail within about the storage's timeout, not one timeout after another.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support {
+    pub mod redis_server;
+}
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use support::redis_server::RedisServer;
+use tg_session::{Error, RedisStorage, Session, SessionManager, UpdateIds};
+
+#[derive(Session, Serialize, Deserialize, Debug)]
+#[session(key = "counter")]
+struct Counter {
+    n: u32,
+}
+
+const QUEUED: usize = 12;
+
+async fn increment(manager: SessionManager) -> Result<(), Error> {
+    manager
+        .run(UpdateIds::new().user(7).chat(7), |ctx| async move {
+            ctx.counter()?.n += 1;
+            Ok::<_, Error>(())
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_queued_on_a_stalled_redis_each_fail_within_the_timeout() {
+    let server = RedisServer::start();
+    let timeout = Duration::from_millis(800);
+    let storage = RedisStorage::connect(&server.url())
+        .await
+        .unwrap()
+        .command_timeout(timeout);
+    let manager = SessionManager::builder()
+        .storage(storage)
+        .lease_ttl(Duration::from_secs(2))
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    increment(manager.clone()).await.expect("redis up");
+
+    server.pause();
+    let started = Instant::now();
+    let updates: Vec<_> = (0..QUEUED)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                let result = increment(manager).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for update in updates {
+        let (result, took) = update.await.unwrap();
+        let error = result.expect_err("redis is stalled");
+        assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+        times.push(took);
+    }
+    server.resume();
+    times.sort();
+    println!(
+        "time to error, {QUEUED} updates queued on one key, command timeout {timeout:?}: {:?}",
+        times
+    );
+    let bound = timeout.mul_f32(1.5);
+    assert!(
+        times.iter().all(|took| *took <= bound),
+        "every update fails within 1.5 x the timeout ({bound:?}): {times:?}"
+    );
+
+    // Back up: the next update of that key works (after the fail-fast window).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    increment(manager.clone()).await.expect("redis is back");
+}

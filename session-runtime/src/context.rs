@@ -318,7 +318,7 @@ impl Sessions {
             false => tracing::debug!("handler failed: session changes dropped"),
         }
         let mut release = match state.leases.get() {
-            Some(leases) => leases.take_for_release(),
+            Some(leases) => leases.for_release(),
             None => Vec::new(),
         };
         // Stable: one batch per storage, in the order the sessions were taken.
@@ -352,6 +352,9 @@ impl Sessions {
                 _ if writes.is_empty() => continue,
                 _ => storage.storage.write(&writes).instrument(span).await,
             };
+            if let Some(update_leases) = state.leases.get() {
+                update_leases.released(storage_index);
+            }
             match written {
                 Ok(outcomes) if outcomes.len() == writes.len() => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {

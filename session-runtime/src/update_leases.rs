@@ -100,7 +100,16 @@ impl UpdateLeases {
         let mut watch: Option<ReleaseWatch> = None;
         let mut poll = POLL_FIRST;
         loop {
-            let (index, retry_in) = match leases.acquire(keys, lease).await {
+            // If this future is dropped while the call is in flight, the
+            // server may still take the leases: give them back then.
+            let in_flight = ReleaseOnDrop {
+                storage,
+                keys,
+                owner: lease.owner,
+            };
+            let acquired = leases.acquire(keys, lease).await;
+            std::mem::forget(in_flight);
+            let (index, retry_in) = match acquired {
                 Ok(LeasedLoad::Acquired(records)) if records.len() == keys.len() => {
                     self.hold(storage_index, storage, keys);
                     return Ok(records);
@@ -190,15 +199,32 @@ impl UpdateLeases {
         }
     }
 
-    /// Stops renewing and hands over the held keys of each storage, for the
-    /// commit to release them with its writes.
-    pub(crate) fn take_for_release(&self) -> Vec<(usize, Vec<StorageKey>)> {
+    /// Stops renewing and lists the held keys of each storage, for the
+    /// commit to release them with its writes. They stay recorded until
+    /// [`released`](Self::released), so a commit dropped half-way still
+    /// gives back the rest when the update is dropped.
+    pub(crate) fn for_release(&self) -> Vec<(usize, Vec<StorageKey>)> {
         self.inner.stop_renewing();
-        let held = std::mem::take(&mut *self.inner.held());
-        group_by_storage(held)
-            .into_iter()
-            .map(|(index, _, keys)| (index, keys))
-            .collect()
+        let held = self.inner.held();
+        let mut groups: Vec<(usize, Vec<StorageKey>)> = Vec::new();
+        for held in held.iter() {
+            match groups
+                .iter_mut()
+                .find(|(index, _)| *index == held.storage_index)
+            {
+                Some((_, keys)) => keys.push(held.key.clone()),
+                None => groups.push((held.storage_index, vec![held.key.clone()])),
+            }
+        }
+        groups
+    }
+
+    /// Forgets the leases of the storage at `storage_index`: the commit's
+    /// call released them (or failed, and they expire by themselves).
+    pub(crate) fn released(&self, storage_index: usize) {
+        self.inner
+            .held()
+            .retain(|held| held.storage_index != storage_index);
     }
 }
 
@@ -253,6 +279,19 @@ fn group_by_storage(mut held: Vec<Held>) -> Vec<(usize, SharedStorage, Vec<Stora
         }
     }
     groups
+}
+
+/// Releases the leases of an `acquire` call whose future was dropped.
+struct ReleaseOnDrop<'a> {
+    storage: &'a SharedStorage,
+    keys: &'a [StorageKey],
+    owner: &'a LeaseOwner,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        release_later(self.storage, self.keys, self.owner);
+    }
 }
 
 /// Releases `owner`'s leases on `keys` in a task of its own, best effort (a

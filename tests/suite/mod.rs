@@ -48,6 +48,7 @@ macro_rules! behaviour_suite {
             eager_sessions_load_and_commit_in_one_batch,
             versions_never_repeat_after_a_delete,
             a_record_expired_under_an_update_is_reported_as_expired,
+            cancelled_updates_leave_the_storage_working,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -777,4 +778,78 @@ pub async fn a_record_expired_under_an_update_is_reported_as_expired(storage: Sh
         "{error:?}"
     );
     assert!(error.to_string().contains("expired"), "{error}");
+}
+
+/// Updates that change two sessions, aborted at random points (during the
+/// load, the handler, the commit) a few hundred times: afterwards nothing is
+/// broken, both sessions moved together (a commit is all or nothing), every
+/// commit that answered `Ok` is there, and the next update works at once.
+pub async fn cancelled_updates_leave_the_storage_working(storage: SharedStorage) {
+    const UPDATES: u32 = 300;
+    let prefix = unique_prefix();
+    let manager = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
+    // A small fixed-seed generator: the abort points differ per update but
+    // the run is repeatable.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Abort points spread over one update's duration on this storage.
+    let timed = Instant::now();
+    for _ in 0..5 {
+        increment(&manager, private(2)).await.expect("timed update");
+    }
+    let span = (timed.elapsed() / 5).as_micros().max(1) as u64 * 3 / 2;
+    let mut acknowledged = 0;
+    for _ in 0..UPDATES {
+        let manager = manager.clone();
+        let yields = next() % 6;
+        let update = tokio::spawn(async move {
+            let ctx = manager.begin(private(1)).await;
+            ctx.counter()?.apple += 1;
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            ctx.chat_topic()?.topic.push('x');
+            ctx.commit(HandlerOutcome::Succeeded).await
+        });
+        // Timers are too coarse (1 ms) for an update of a few microseconds:
+        // spin this worker while the update runs on the other one.
+        let delay = Duration::from_micros(next() % span);
+        let spin = Instant::now();
+        while spin.elapsed() < delay {
+            std::hint::spin_loop();
+        }
+        update.abort();
+        if let Ok(result) = update.await {
+            result.expect("an update that ran to its end succeeds");
+            acknowledged += 1;
+        }
+    }
+    let started = Instant::now();
+    let ctx = manager.begin(private(1)).await;
+    let apples = ctx.counter().expect("counter after the aborts").apple - 1;
+    let topic = ctx
+        .chat_topic()
+        .expect("topic after the aborts")
+        .topic
+        .len() as u32;
+    ok(&ctx).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no key left blocked: {:?}",
+        started.elapsed()
+    );
+    println!("{UPDATES} aborted updates: {acknowledged} acknowledged, {apples} stored");
+    assert_eq!(apples, topic, "both sessions of each update moved together");
+    assert!(
+        (acknowledged..=UPDATES).contains(&apples),
+        "{acknowledged} acknowledged, {apples} stored, {UPDATES} tried"
+    );
+    increment(&manager, private(1))
+        .await
+        .expect("a later update works");
 }

@@ -49,6 +49,7 @@ macro_rules! behaviour_suite {
             versions_never_repeat_after_a_delete,
             a_record_expired_under_an_update_is_reported_as_expired,
             cancelled_updates_leave_the_storage_working,
+            a_handler_longer_than_its_lease_keeps_it,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -852,4 +853,35 @@ pub async fn cancelled_updates_leave_the_storage_working(storage: SharedStorage)
     increment(&manager, private(1))
         .await
         .expect("a later update works");
+}
+
+/// Over a storage with leases: a handler that runs several lease lifetimes
+/// keeps its lease (renewed while it runs), so another process's update of
+/// the key waits for its commit instead of taking the key and overwriting.
+pub async fn a_handler_longer_than_its_lease_keeps_it(storage: SharedStorage) {
+    if storage.leases().is_none() {
+        return;
+    }
+    let prefix = unique_prefix();
+    let with_short_leases = || {
+        SessionManager::builder()
+            .storage(storage.clone())
+            .prefix(&prefix)
+            .lease_ttl(Duration::from_millis(300))
+            .register::<Counter>()
+            .build()
+            .expect("manager")
+    };
+    let (slow_process, other_process) = (with_short_leases(), with_short_leases());
+    let slow = slow_process.begin(private(1)).await;
+    slow.counter().expect("counter").apple += 10;
+    let other = tokio::spawn(async move { increment(&other_process, private(1)).await });
+    // Four lease lifetimes: without renewal the other update would take the
+    // key, and this commit would be refused.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!other.is_finished(), "the other process still waits");
+    slow.commit(HandlerOutcome::Succeeded)
+        .await
+        .expect("the renewed lease still fences nobody out");
+    assert_eq!(other.await.expect("task").expect("the other update"), 12);
 }

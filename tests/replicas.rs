@@ -145,9 +145,10 @@ async fn increment(manager: &SessionManager, user: u64) -> Result<u32, Error> {
 async fn read_counter(shared: &Shared, user: u64) -> u32 {
     let manager = manager(shared.open().await);
     manager
-        .run(ids(user), |ctx| async move {
-            Ok::<_, Error>(ctx.counter()?.n)
-        })
+        .run(
+            ids(user),
+            |ctx| async move { Ok::<_, Error>(ctx.counter()?.n) },
+        )
         .await
         .unwrap()
 }
@@ -310,7 +311,12 @@ struct Replica {
 impl Replica {
     fn spawn(name: &'static str, role: &str, shared: &Shared, user: u64, updates: u32) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "replica_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "replica_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(STORAGE_VAR, shared.encode())
             .env(ROLE_VAR, role)
             .env(UPDATES_VAR, updates.to_string())
@@ -507,14 +513,19 @@ fn kill_nine(fixture: Fixture, user: u64) {
     let tally = Tally::parse(&survivor.expect("tally"));
     survivor.finish();
     let stored = counter_in_storage(shared, user);
-    let report = format!("{shared:?}: stored {stored}, killed {doomed_tally:?}, survivor {tally:?}");
+    let report =
+        format!("{shared:?}: stored {stored}, killed {doomed_tally:?}, survivor {tally:?}");
     assert_eq!(doomed_tally.ok, BEFORE, "{report}");
     assert_eq!(
         (tally.ok, tally.conflict, tally.timeout, tally.other),
         (UPDATES, 0, 0, 0),
         "{report}"
     );
-    assert_eq!(stored, BEFORE + UPDATES, "a committed update was lost; {report}");
+    assert_eq!(
+        stored,
+        BEFORE + UPDATES,
+        "a committed update was lost; {report}"
+    );
     // Waiting out the dead lease takes up to its time to live (plus the
     // retry's backoff and a loaded machine's scheduling)...
     assert!(

@@ -98,6 +98,9 @@ pub struct Exchange {
     pub step: Step,
     /// What the bot sent back.
     pub replies: Vec<Reply>,
+    /// Which webhook (index in the list given to [`play_webhooks`]) the
+    /// update was delivered to; `None` for long polling.
+    pub webhook: Option<usize>,
 }
 
 /// The whole conversation of an offline run.
@@ -232,12 +235,100 @@ async fn play(stub: &BotApiStub, script: &Script, print: bool) -> Result<Transcr
         transcript.exchanges.push(Exchange {
             step: step.clone(),
             replies,
+            webhook: None,
         });
     }
     Ok(transcript)
 }
 
-fn init_logging() {
+/// Plays `script` against bots listening on `webhooks` (replicas of one bot
+/// behind a load balancer): every step is POSTed at once, round-robin, at
+/// most `in_flight` requests at a time (Telegram delivers to a webhook in
+/// parallel), then waits, at most [`REPLY_LIMIT`], until every step got its
+/// reply. With `print`, prints the exchange in script order, each step with
+/// the webhook it went to.
+///
+/// The bot must answer each message quoting it (`reply_parameters`), which
+/// is how replies are matched to steps that were handled at the same time.
+/// When this returns, each update was answered; the bot may still be
+/// committing its sessions.
+pub async fn play_webhooks(
+    stub: &BotApiStub,
+    script: &Script,
+    webhooks: &[url::Url],
+    in_flight: usize,
+    print: bool,
+) -> Result<Transcript, BoxError> {
+    let updates: Vec<serde_json::Value> = script
+        .steps()
+        .iter()
+        .map(|step| match step {
+            Step::Say { from, chat, text } => stub.text_update(from, chat, text),
+            Step::Post { channel, text } => stub.channel_post_update(channel, text),
+        })
+        .collect();
+    let message_ids: Vec<Option<i64>> = updates
+        .iter()
+        .map(|update| {
+            let message = update.get("message").or_else(|| update.get("channel_post"));
+            message.and_then(|message| message["message_id"].as_i64())
+        })
+        .collect();
+    let targets = stub
+        .deliver_to_webhooks(&updates, webhooks, in_flight)
+        .await?;
+    let answered = |replies: &[Reply]| {
+        message_ids
+            .iter()
+            .all(|id| replies.iter().any(|reply| reply.reply_to == *id))
+    };
+    let waited = tokio::time::timeout(REPLY_LIMIT, async {
+        loop {
+            let replies = stub.replies();
+            if answered(&replies) {
+                break;
+            }
+            stub.replies_after(replies.len()).await;
+        }
+    })
+    .await;
+    let replies = stub.replies();
+    let mut transcript = Transcript::default();
+    for ((step, id), webhook) in script.steps().iter().zip(&message_ids).zip(targets) {
+        let answers: Vec<Reply> = replies
+            .iter()
+            .filter(|reply| reply.reply_to == *id)
+            .cloned()
+            .collect();
+        if print {
+            println!("[replica {}] {step}", webhook + 1);
+            for reply in &answers {
+                println!("    bot: {}", reply.text);
+            }
+            if answers.is_empty() {
+                println!("    (no answer)");
+            }
+        }
+        transcript.exchanges.push(Exchange {
+            step: step.clone(),
+            replies: answers,
+            webhook: Some(webhook),
+        });
+    }
+    if waited.is_err() {
+        let silent = transcript
+            .exchanges
+            .iter()
+            .filter(|exchange| exchange.replies.is_empty())
+            .count();
+        return Err(format!("{silent} updates got no answer within {REPLY_LIMIT:?}").into());
+    }
+    Ok(transcript)
+}
+
+/// Sends `tracing` logs to stderr, filtered by `RUST_LOG` (errors by
+/// default), unless the program installed a subscriber already.
+pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
     // Fails only if the program installed its own subscriber first: keep that one.

@@ -3,7 +3,8 @@
 //! Telegram.
 //!
 //! - [`BotApiStub`]: the server on `127.0.0.1`; push updates, read what the
-//!   bot called.
+//!   bot called; or deliver updates to webhooks, round-robin, as a load
+//!   balancer in front of several replicas would.
 //! - [`demo`]: runs an example bot against Telegram when `BOT_TOKEN` is set,
 //!   otherwise offline against the stub with a scripted conversation.
 //!
@@ -23,4 +24,4 @@ mod people;
 mod server;
 
 pub use people::{Chat, User};
-pub use server::{ApiRequest, BotApiStub, Reply, TOKEN};
+pub use server::{ApiRequest, BotApiStub, Reply, TOKEN, WEBHOOK_LIMIT, Webhook};

@@ -16,13 +16,17 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use teloxide::Bot;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
+use crate::demo::BoxError;
 use crate::people::{Chat, User};
 
 /// The token the stub's bot uses (the stub accepts any token).
 pub const TOKEN: &str = "1000000:stub-token";
+
+/// How long a webhook may take to answer one delivered update.
+pub const WEBHOOK_LIMIT: Duration = Duration::from_secs(10);
 
 /// One call the bot made to the stub.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +51,19 @@ pub struct Reply {
     pub chat_id: i64,
     /// Its text.
     pub text: String,
+    /// The message it answers (`reply_parameters.message_id`), if the bot
+    /// quoted one: how replies are matched to updates delivered at once.
+    pub reply_to: Option<i64>,
+}
+
+/// The webhook set with `setWebhook`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Webhook {
+    /// The URL the bot gave.
+    pub url: String,
+    /// The secret token the bot asked Telegram to send in the
+    /// `X-Telegram-Bot-Api-Secret-Token` header, if any.
+    pub secret_token: Option<String>,
 }
 
 #[derive(Default)]
@@ -58,6 +75,8 @@ struct Inner {
     requests: Vec<ApiRequest>,
     /// Chats seen in pushed updates, to echo them in sent messages.
     chats: HashMap<i64, Value>,
+    /// Set by `setWebhook`, cleared by `deleteWebhook`.
+    webhook: Option<Webhook>,
     closed: bool,
 }
 
@@ -96,10 +115,15 @@ impl State {
 ///
 /// It answers `getMe` with a complete `Me`, serves pushed updates through
 /// `getUpdates` (with `offset`, `limit` and long-poll `timeout`), answers
-/// `sendMessage` with a well-formed `Message`, and `getWebhookInfo`,
-/// `deleteWebhook`, `close`, `setMyCommands` and `answerCallbackQuery` with
-/// what Telegram would. Every call is recorded. Other methods get a
-/// `404 Not Found` error, as Telegram gives for unknown methods.
+/// `sendMessage` with a well-formed `Message`, and `setWebhook`,
+/// `getWebhookInfo`, `deleteWebhook`, `close`, `setMyCommands` and
+/// `answerCallbackQuery` with what Telegram would. Every call is recorded.
+/// Other methods get a `404 Not Found` error, as Telegram gives for unknown
+/// methods.
+///
+/// For webhook bots, [`deliver_to_webhooks`](Self::deliver_to_webhooks)
+/// POSTs updates to a list of webhook URLs in turn, as a load balancer in
+/// front of several replicas of the bot would.
 ///
 /// The server stops when the stub is dropped.
 pub struct BotApiStub {
@@ -178,26 +202,98 @@ impl BotApiStub {
     ///
     /// `kind` is the update without its id, e.g. `{"message": {...}}`.
     pub fn push_update(&self, kind: Value) -> u32 {
-        let id = {
-            let mut inner = self.state.lock();
-            let id = inner.next_update_id;
-            inner.next_update_id += 1;
-            let mut update = kind;
-            if let Value::Object(fields) = &mut update {
-                fields.insert("update_id".to_owned(), json!(id));
-                for message in fields.values() {
-                    if let Some(chat) = message.get("chat")
-                        && let Some(chat_id) = chat.get("id").and_then(Value::as_i64)
-                    {
-                        inner.chats.insert(chat_id, chat.clone());
-                    }
-                }
-            }
-            inner.queue.push(update);
-            id
-        };
+        let update = self.number(kind);
+        let id = update_id(&update);
+        self.state.lock().queue.push(update);
         self.state.changed();
         id
+    }
+
+    /// Gives `kind` (an update without its id) the next `update_id` and
+    /// remembers its chat, without queueing it: for
+    /// [`deliver_to_webhooks`](Self::deliver_to_webhooks).
+    fn number(&self, kind: Value) -> Value {
+        let mut inner = self.state.lock();
+        let id = inner.next_update_id;
+        inner.next_update_id += 1;
+        let mut update = kind;
+        if let Value::Object(fields) = &mut update {
+            fields.insert("update_id".to_owned(), json!(id));
+            for message in fields.values() {
+                if let Some(chat) = message.get("chat")
+                    && let Some(chat_id) = chat.get("id").and_then(Value::as_i64)
+                {
+                    inner.chats.insert(chat_id, chat.clone());
+                }
+            }
+        }
+        update
+    }
+
+    /// The update of a text message from `from` in `chat` (with its
+    /// `update_id`), not queued: for
+    /// [`deliver_to_webhooks`](Self::deliver_to_webhooks).
+    pub fn text_update(&self, from: &User, chat: &Chat, text: &str) -> Value {
+        let message = self.message(Some(from), chat, text);
+        self.number(json!({ "message": message }))
+    }
+
+    /// The update of a post in a channel (a message with no sender), not
+    /// queued.
+    pub fn channel_post_update(&self, channel: &Chat, text: &str) -> Value {
+        let message = self.message(None, channel, text);
+        self.number(json!({ "channel_post": message }))
+    }
+
+    /// The webhook the bot set, if any.
+    pub fn webhook(&self) -> Option<Webhook> {
+        self.state.lock().webhook.clone()
+    }
+
+    /// Delivers `updates` the way Telegram delivers to a webhook behind a
+    /// load balancer: one HTTP `POST` per update, to `webhooks[0]`,
+    /// `webhooks[1]`, … in turn (round-robin), at most `in_flight` at once,
+    /// started in order. Each request carries the secret token of the last
+    /// `setWebhook`, as Telegram sends it.
+    ///
+    /// Returns, for each update, the index of the URL it went to. Fails if a
+    /// webhook does not answer `200 OK` within [`WEBHOOK_LIMIT`] (Telegram
+    /// would retry; here a refusal is a bug to see). A `200` means the bot
+    /// accepted the update, not that it handled it: wait for its replies.
+    pub async fn deliver_to_webhooks(
+        &self,
+        updates: &[Value],
+        webhooks: &[url::Url],
+        in_flight: usize,
+    ) -> Result<Vec<usize>, BoxError> {
+        if webhooks.is_empty() {
+            return Err("no webhook URL to deliver to".into());
+        }
+        let secret = self.webhook().and_then(|webhook| webhook.secret_token);
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        let mut posts = JoinSet::new();
+        let mut targets = Vec::with_capacity(updates.len());
+        for (index, update) in updates.iter().enumerate() {
+            let target = index % webhooks.len();
+            targets.push(target);
+            // Taken before spawning, so the requests start in update order.
+            let slot = Arc::clone(&slots).acquire_owned().await?;
+            let url = webhooks[target].clone();
+            let secret = secret.clone();
+            let body = update.to_string();
+            posts.spawn(async move {
+                let posted = tokio::time::timeout(WEBHOOK_LIMIT, post(&url, secret, body)).await;
+                drop(slot);
+                match posted {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("{url} did not answer within {WEBHOOK_LIMIT:?}").into()),
+                }
+            });
+        }
+        while let Some(posted) = posts.join_next().await {
+            posted??;
+        }
+        Ok(targets)
     }
 
     /// Queues a text message from `from` in `chat`; returns the update id.
@@ -302,6 +398,7 @@ fn replies(inner: &Inner) -> Vec<Reply> {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
+            reply_to: request.params["reply_parameters"]["message_id"].as_i64(),
         })
         .collect()
 }
@@ -331,13 +428,22 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         .next()
         .unwrap_or_default()
         .to_owned();
+    let boundary = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("multipart/form-data"))
+        .and_then(|rest| rest.split_once("boundary="))
+        .map(|(_, boundary)| boundary.trim_matches('"').to_owned());
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let params = match body.is_empty() {
-        true => json!({}),
-        false => serde_json::from_slice(&body).unwrap_or_else(|_| json!({})),
+    let params = match (&boundary, body.is_empty()) {
+        (_, true) => json!({}),
+        // teloxide sends `setWebhook` (which may carry a certificate) as a form.
+        (Some(boundary), false) => form_fields(&body, boundary),
+        (None, false) => serde_json::from_slice(&body).unwrap_or_else(|_| json!({})),
     };
     state.lock().requests.push(ApiRequest {
         method: method.clone(),
@@ -347,9 +453,29 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     let result = match method.to_ascii_lowercase().as_str() {
         "getme" => state.me.clone(),
         "getwebhookinfo" => {
-            json!({ "url": "", "has_custom_certificate": false, "pending_update_count": 0 })
+            let url = state
+                .lock()
+                .webhook
+                .as_ref()
+                .map(|webhook| webhook.url.clone());
+            json!({
+                "url": url.unwrap_or_default(),
+                "has_custom_certificate": false,
+                "pending_update_count": 0,
+            })
         }
-        "deletewebhook" | "close" | "setmycommands" | "answercallbackquery" => json!(true),
+        "setwebhook" => {
+            state.lock().webhook = Some(Webhook {
+                url: params["url"].as_str().unwrap_or_default().to_owned(),
+                secret_token: params["secret_token"].as_str().map(str::to_owned),
+            });
+            json!(true)
+        }
+        "deletewebhook" => {
+            state.lock().webhook = None;
+            json!(true)
+        }
+        "close" | "setmycommands" | "answercallbackquery" => json!(true),
         "getupdates" => get_updates(state, &params).await,
         "sendmessage" => sent_message(state, &params),
         _ => {
@@ -362,6 +488,67 @@ async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         }
     };
     respond(StatusCode::OK, &json!({ "ok": true, "result": result }))
+}
+
+/// The text fields of a `multipart/form-data` body, as a JSON object of
+/// strings (enough for the stub: files are not kept).
+fn form_fields(body: &[u8], boundary: &str) -> Value {
+    let body = String::from_utf8_lossy(body);
+    let mut fields = serde_json::Map::new();
+    for part in body.split(&format!("--{boundary}")) {
+        let Some((headers, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = headers
+            .split("name=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next());
+        if let Some(name) = name {
+            let value = value.strip_suffix("\r\n").unwrap_or(value);
+            fields.insert(name.to_owned(), json!(value));
+        }
+    }
+    Value::Object(fields)
+}
+
+fn update_id(update: &Value) -> u32 {
+    update["update_id"]
+        .as_u64()
+        .and_then(|id| u32::try_from(id).ok())
+        .unwrap_or_default()
+}
+
+/// One webhook request: `POST` of `body` to `url`, on a connection of its
+/// own (closed after the answer, as a load balancer may do).
+async fn post(url: &url::Url, secret: Option<String>, body: String) -> Result<(), BoxError> {
+    let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| format!("{url} has no port"))?;
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|error| format!("cannot connect to {url}: {error}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let mut request = Request::post(url.path())
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(secret) = secret {
+        request = request.header("x-telegram-bot-api-secret-token", secret);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let status = response.status();
+    // Read to the end so the connection finishes cleanly, then close it.
+    let _ = response.into_body().collect().await;
+    drop(sender);
+    let _ = connection.await;
+    match status {
+        StatusCode::OK => Ok(()),
+        status => Err(format!("{url} answered {status}").into()),
+    }
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -10,7 +10,7 @@
 //! checks the stored total: with leases, replicas lose no update and meet
 //! no `Conflict`.
 //!
-//! `cargo bench --features redis,postgres --bench replicas`
+//! `cargo bench --features redis,postgres --bench scale_out`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../tests/support/postgres_server.rs"]
@@ -158,7 +158,11 @@ impl Drop for Replica {
 /// answers the updates per second and the summed counts.
 fn run(kind: &str, url: &str, users: u64, processes: u64, updates: u64) -> (f64, Counts) {
     static RUN: AtomicU64 = AtomicU64::new(0);
-    let prefix = format!("bench{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
+    let prefix = format!(
+        "bench{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
     let exe = std::env::current_exe().unwrap();
     let mut replicas: Vec<Replica> = (0..processes)
         .map(|_| {

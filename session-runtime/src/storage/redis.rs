@@ -97,7 +97,12 @@ const HEADER: usize = 8;
 ///   overwrite anything.
 /// - On a cluster, a batch over several slots is one script per slot, all in
 ///   flight together; a slot that fails fails its own writes only
-///   ([`WriteOutcome::Failed`]), the others are applied and reported.
+///   ([`WriteOutcome::Failed`]), the others are applied and reported. As
+///   with any timeout, a slot that timed out (rather than refused the
+///   connection) may still apply its writes if its node answers late; the
+///   version check keeps that from overwriting anything newer.
+/// - A plain [`Storage::write`] (tools, copies between storages) is
+///   conditional on versions but not fenced by leases.
 ///
 /// Without leases, writes are still conditional on versions: when another
 /// process changed a session in between, that write is refused, the other
@@ -648,14 +653,14 @@ impl Leases for RedisStorage {
             let mut records: Vec<Option<Record>> = vec![None; keys.len()];
             let mut busy: Option<(usize, Duration)> = None;
             let mut first_error = None;
-            let mut taken: Vec<StorageKey> = Vec::new();
+            let mut taken: Vec<&[&StorageKey]> = Vec::new();
             for ((indices, batch), result) in groups.iter().zip(&batches).zip(results) {
                 match result {
                     Ok(LeasedLoad::Acquired(loaded)) => {
                         for (&index, record) in indices.iter().zip(loaded) {
                             records[index] = record;
                         }
-                        taken.extend(batch.iter().map(|&key| key.clone()));
+                        taken.push(batch);
                     }
                     Ok(LeasedLoad::Busy { index, retry_in }) => {
                         let index = indices.get(index).copied().unwrap_or(index);
@@ -673,6 +678,7 @@ impl Leases for RedisStorage {
             }
             // All or none: the slots that took their leases give them back
             // (on a cluster only, and only on this contention path).
+            let taken: Vec<StorageKey> = taken.concat().into_iter().cloned().collect();
             if !taken.is_empty()
                 && let Err(error) = self
                     .write_and_release_all(&[], &taken, Some(lease.owner))

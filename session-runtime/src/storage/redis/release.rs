@@ -10,7 +10,7 @@
 //! then polls.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -42,9 +42,10 @@ pub(super) struct ReleaseListener {
     /// Where to subscribe, tried in turn; empty: waiters always poll.
     sources: Vec<Client>,
     state: Arc<State>,
-    /// The subscription task, started by the first watch; aborted when the
-    /// last clone of the storage is dropped.
-    task: OnceLock<AbortOnDrop>,
+    /// The subscription task, started by the first watch (again by a later
+    /// one if the runtime it ran on has shut down); aborted when the last
+    /// clone of the storage is dropped.
+    task: Mutex<Option<AbortOnDrop>>,
 }
 
 /// What the subscription task and the watchers share.
@@ -94,7 +95,7 @@ impl ReleaseListener {
         Self {
             sources,
             state: Arc::default(),
-            task: OnceLock::new(),
+            task: Mutex::new(None),
         }
     }
 
@@ -127,15 +128,20 @@ impl ReleaseListener {
     }
 
     fn start(&self, timeout: Duration) {
-        if self.sources.is_empty() || self.task.get().is_some() {
+        if self.sources.is_empty() {
             return;
         }
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.as_ref().is_some_and(|task| !task.0.is_finished()) {
+            return;
+        }
+        // Not started, or its runtime is gone (and with it the task, before
+        // it could say it stopped listening).
+        self.state.set_subscribed(false);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        // Two first watchers racing may both spawn; the loser's task is
-        // aborted at once by its handle's drop.
-        let _ = self.task.set(AbortOnDrop(runtime.spawn(listen(
+        *task = Some(AbortOnDrop(runtime.spawn(listen(
             self.sources.clone(),
             Arc::clone(&self.state),
             timeout,
@@ -153,9 +159,7 @@ impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
         // The lock guards no invariant a panic could break half-way (a map
         // of weak pointers and a flag), so a poisoned one is used as is.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wakes the waiters of `lease`.

@@ -1457,6 +1457,21 @@ async fn cluster_leases_are_all_or_none_and_a_failed_node_fails_its_writes_only(
         ),
         "{error}"
     );
+
+    // A lease batch with a slot on the dead node fails, and keeps none of
+    // the leases the live nodes gave.
+    let owner_c = LeaseOwner::new();
+    let error = a.acquire(&keys, lease(&owner_c)).await.unwrap_err();
+    assert!(
+        matches!(
+            error.kind(),
+            StorageErrorKind::Unavailable | StorageErrorKind::Timeout
+        ),
+        "{error}"
+    );
+    for node in [0, 2] {
+        assert!(lease_on(&cluster, &keys, node).is_empty());
+    }
 }
 
 /// Who holds the lease of the key of node `node` of `cluster` (from

@@ -654,6 +654,7 @@ impl Leases for RedisStorage {
             let mut busy: Option<(usize, Duration)> = None;
             let mut first_error = None;
             let mut taken: Vec<&[&StorageKey]> = Vec::new();
+            let mut failed: Vec<&[&StorageKey]> = Vec::new();
             for ((indices, batch), result) in groups.iter().zip(&batches).zip(results) {
                 match result {
                     Ok(LeasedLoad::Acquired(loaded)) => {
@@ -670,6 +671,7 @@ impl Leases for RedisStorage {
                     }
                     Err(error) => {
                         first_error.get_or_insert(error);
+                        failed.push(batch);
                     }
                 }
             }
@@ -677,7 +679,12 @@ impl Leases for RedisStorage {
                 return Ok(LeasedLoad::Acquired(records));
             }
             // All or none: the slots that took their leases give them back
-            // (on a cluster only, and only on this contention path).
+            // (on a cluster only, and only on this contention path). So do
+            // the slots that failed, in case they timed out after taking
+            // theirs: their node may well answer this time.
+            if !taken.is_empty() {
+                taken.extend(failed);
+            }
             let taken: Vec<StorageKey> = taken.concat().into_iter().cloned().collect();
             if !taken.is_empty()
                 && let Err(error) = self

@@ -7,6 +7,11 @@
 //!   teloxide: `Dialogue::get_or_default` + `Dialogue::update`. Floor: `GET`
 //!   then `SET` of the same JSON on the same connection type we use (the
 //!   redis crate's `ConnectionManager`).
+//!   Storage level, one key per update, no codec or context: `load_then_write`
+//!   (`Storage::load` then `Storage::write`, what an update costs without
+//!   leases) against `acquire_then_write_and_release` (the same
+//!   read-modify-write under a cross-process lease, `Leases::acquire` then
+//!   `Leases::write_and_release`): the ratio is what leases cost.
 //! - `redis_update_64_in_flight`: 1,024 such updates with 64 in flight over
 //!   1,000 users; criterion reports updates per second.
 //!
@@ -29,7 +34,10 @@ use serde::{Deserialize, Serialize};
 use teloxide::dispatching::dialogue::serializer::Json;
 use teloxide::dispatching::dialogue::{Dialogue, RedisStorage as TeloxideRedis};
 use teloxide::types::ChatId;
-use tg_session::{HandlerOutcome, RedisStorage, Session, SessionManager, UpdateIds};
+use tg_session::storage::{
+    Lease, LeaseOwner, LeasedLoad, Leases, Record, Storage, Write, WriteOutcome,
+};
+use tg_session::{HandlerOutcome, RedisStorage, Session, SessionManager, StorageKey, UpdateIds};
 
 use redis_server::RedisServer;
 
@@ -77,6 +85,57 @@ async fn get_set(connection: &ConnectionManager, user: u64) {
         .unwrap();
 }
 
+/// The write that increments the counter stored in `record` under `key`.
+fn incremented(key: &StorageKey, record: Option<&Record>) -> Write {
+    let mut state: Counter = record
+        .map(|record| serde_json::from_slice(&record.value).unwrap())
+        .unwrap_or_default();
+    state.apple += 1;
+    Write::Put {
+        key: key.clone(),
+        value: serde_json::to_vec(&state).unwrap().into(),
+        expected_version: record.map(|record| record.version),
+        ttl: None,
+    }
+}
+
+async fn load_then_write(storage: &RedisStorage, user: u64) {
+    let keys = [StorageKey::new(
+        Some("bench"),
+        None,
+        "plain",
+        &user.to_string(),
+    )];
+    let records = storage.load(&keys).await.unwrap();
+    let outcomes = storage
+        .write(&[incremented(&keys[0], records[0].as_ref())])
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[..], [WriteOutcome::Written { .. }]));
+}
+
+async fn acquire_then_write_and_release(storage: &RedisStorage, user: u64) {
+    let keys = [StorageKey::new(
+        Some("bench"),
+        None,
+        "leased",
+        &user.to_string(),
+    )];
+    let owner = LeaseOwner::new();
+    let lease = Lease {
+        owner: &owner,
+        ttl: Duration::from_secs(30),
+    };
+    let LeasedLoad::Acquired(records) = storage.acquire(&keys, lease).await.unwrap() else {
+        panic!("nothing else holds a lease in this benchmark")
+    };
+    let outcomes = storage
+        .write_and_release(&[incremented(&keys[0], records[0].as_ref())], &keys, &owner)
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[..], [WriteOutcome::Written { .. }]));
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,10 +143,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let server = RedisServer::start();
     let url = server.url();
-    let (manager, teloxide_storage, raw) = runtime.block_on(async {
+    let (manager, storage, teloxide_storage, raw) = runtime.block_on(async {
         let storage = RedisStorage::connect(&url).await.unwrap();
         let manager = SessionManager::builder()
-            .storage(storage)
+            .storage(storage.clone())
             .prefix("bench")
             .register::<Counter>()
             .build()
@@ -101,8 +160,10 @@ fn bench(c: &mut Criterion) {
             ours(&manager, user(n)).await;
             teloxide(&teloxide_storage, user(n)).await;
             get_set(&raw, user(n)).await;
+            load_then_write(&storage, user(n)).await;
+            acquire_then_write_and_release(&storage, user(n)).await;
         }
-        (manager, teloxide_storage, raw)
+        (manager, storage, teloxide_storage, raw)
     });
     let next = AtomicU64::new(0);
     let next_user = || user(next.fetch_add(1, Ordering::Relaxed));
@@ -119,6 +180,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("get_then_set", |b| {
         b.to_async(&runtime)
             .iter(|| get_set(&raw, black_box(next_user())))
+    });
+    group.bench_function("load_then_write", |b| {
+        b.to_async(&runtime)
+            .iter(|| load_then_write(&storage, black_box(next_user())))
+    });
+    group.bench_function("acquire_then_write_and_release", |b| {
+        b.to_async(&runtime)
+            .iter(|| acquire_then_write_and_release(&storage, black_box(next_user())))
     });
     group.finish();
 

@@ -9,16 +9,35 @@
 //! written together; they are used on a single server too, so moving to a
 //! cluster keeps every key.
 //!
+//! A record's lease lives beside it under `<record key>:lease` (its holder's
+//! [`LeaseOwner`] text, with the lease's time to live), and while an update
+//! waits for that lease, a flag under `<record key>:lease:w`. Same hash tag,
+//! same slot: one script checks and changes all three.
+//!
 //! # Round trips
 //!
-//! A load is one `MGET` of all keys of the batch. A write is one `EVALSHA`
-//! of a Lua script over all writes of the batch: each put is applied only if
-//! the stored version is still the one that was read, so a writer in another
-//! process is never silently overwritten. The script is loaded when the
-//! storage connects and called by its hash; a server that lost it (restart,
-//! `SCRIPT FLUSH`) is sent it again once.
+//! Without leases, a load is one `MGET` of all keys of the batch. With them
+//! ([`Leases::acquire`]), it is one `EVALSHA` that takes every lease of the
+//! batch and reads the records. A write, and a write with the release of the
+//! update's leases ([`Leases::write_and_release`]), is one `EVALSHA` of a Lua
+//! script over all writes of the batch: each put is applied only if the
+//! stored version is still the one that was read (and, with leases, only if
+//! no other update holds the key's lease), so a writer in another process is
+//! never silently overwritten. On a cluster each of these is one script per
+//! slot, all in flight together. The scripts are loaded when the storage
+//! connects and called by their hash; a server that lost them (restart,
+//! `SCRIPT FLUSH`) is sent them again once.
+//!
+//! # Versions
+//!
+//! An update stores the version it read plus one. A new record (a first
+//! write, or one after a delete or expiry) takes the server's clock in
+//! microseconds, read inside the write script: a key never gets a version it
+//! had before, so a write prepared before another process deleted and
+//! re-created the record is refused instead of overwriting it (ABA), and
+//! processes with skewed clocks still agree.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,12 +45,20 @@ use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Script, Value};
+use redis::{Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Value};
 use tracing::Instrument as _;
 
 use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
-use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome};
+use crate::storage::{
+    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
+    WriteOutcome,
+};
+
+mod release;
+mod scripts;
+
+use release::{CHANNEL, ReleaseListener};
 
 /// How long a command may take, connection included, unless told otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,53 +66,45 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes of the version header in front of every record.
 const HEADER: usize = 8;
 
-/// The conditional batch write. Per write `i` (1-based), `KEYS[i]` is the
-/// record and `ARGV[3i-2..=3i]` are:
-/// - the condition: `""` (nothing may be stored), the expected 8-byte version
-///   header, or `"del"` (delete whatever is there);
-/// - the new record (header and bytes);
-/// - the TTL in milliseconds, `"0"` for none.
-///
-/// Returns one integer per write: 1 written, 0 conflict, 2 deleted.
-/// `GETRANGE` reads only the header; on a key of another type it fails, and
-/// `pcall` turns that into a conflict so a foreign value is never replaced.
-const WRITE_SCRIPT: &str = r"
-local out = {}
-for i, key in ipairs(KEYS) do
-  local cond = ARGV[3 * i - 2]
-  if cond == 'del' then
-    redis.call('DEL', key)
-    out[i] = 2
-  else
-    local stored = redis.pcall('GETRANGE', key, 0, 7)
-    if type(stored) == 'string' and stored == cond then
-      local ttl = ARGV[3 * i]
-      if ttl == '0' then
-        redis.call('SET', key, ARGV[3 * i - 1])
-      else
-        redis.call('SET', key, ARGV[3 * i - 1], 'PX', ttl)
-      end
-      out[i] = 1
-    else
-      out[i] = 0
-    end
-  end
-end
-return out
-";
-
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
-
 /// Sessions in Redis: one auto-reconnecting multiplexed connection (or a
 /// Redis Cluster connection), one round trip per load and per commit,
-/// conditional writes, native TTL.
+/// conditional writes, native TTL, and leases that serialize the updates of
+/// one key across every process sharing the server.
 ///
 /// Every call is bounded by the [command timeout](RedisStorage::command_timeout):
 /// an unreachable or stalled server is a [`StorageError`] of kind
 /// `Unavailable` or `Timeout`, never a hang. After an outage the connection is
 /// re-established by the next call. Cloning is cheap and shares the connection.
 ///
-/// Writes are conditional on the version each update read: when another
+/// # Guarantees across processes
+///
+/// With [leases](Leases) (the default; see
+/// [`cross_process_leases`](RedisStorage::cross_process_leases)):
+///
+/// - An update takes the lease of each key it loads in the round trip that
+///   loads it, all of a batch or none, and reads the records after taking
+///   them, so it sees every write of the previous holder. It gives them back
+///   in the round trip that writes its changes. An update of another process
+///   that wants a taken key waits for its release, woken through Redis
+///   pub/sub as soon as it happens (polling while the subscription is down),
+///   instead of failing with a conflict: N processes behave like one.
+/// - A lease lives its time to live unless renewed or released: a process
+///   that dies holding one blocks that key for at most that long.
+/// - Every write is fenced: while another update holds the key's lease, it
+///   is refused with [`Conflict::LeaseLost`]; and every write is conditional
+///   on the version its update read, which never repeats over a key's
+///   lifetime (delete and re-create included). A late write can never
+///   overwrite anything.
+/// - On a cluster, a batch over several slots is one script per slot, all in
+///   flight together; a slot that fails fails its own writes only
+///   ([`WriteOutcome::Failed`]), the others are applied and reported. As
+///   with any timeout, a slot that timed out (rather than refused the
+///   connection) may still apply its writes if its node answers late; the
+///   version check keeps that from overwriting anything newer.
+/// - A plain [`Storage::write`] (tools, copies between storages) is
+///   conditional on versions but not fenced by leases.
+///
+/// Without leases, writes are still conditional on versions: when another
 /// process changed a session in between, that write is refused, the other
 /// process's data stays, and the accessor's commit reports
 /// [`Error::Conflict`](crate::Error::Conflict) naming the session and key.
@@ -110,8 +129,8 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
 ///     .register::<Counter>()
 ///     .build()?;
 ///
-/// // Per update (framework glue does this for you): one MGET before the
-/// // handler, one EVALSHA after it if something changed.
+/// // Per update (framework glue does this for you): one round trip before
+/// // the handler, one after it.
 /// let sessions = manager.begin(UpdateIds::new().user(42)).await;
 /// sessions.get::<Counter>()?.apple += 1;
 /// sessions.commit(HandlerOutcome::Succeeded).await?;
@@ -122,6 +141,8 @@ pub struct RedisStorage {
     connection: Connection,
     name: Arc<str>,
     command_timeout: Duration,
+    leases: bool,
+    releases: Arc<ReleaseListener>,
 }
 
 #[derive(Clone)]
@@ -176,12 +197,15 @@ impl RedisStorage {
         Self::from_client(client).await
     }
 
-    /// Connects through an existing [`redis::Client`].
+    /// Connects through an existing [`redis::Client`]. Waiters for a lease
+    /// hear of its release through a second connection of this client,
+    /// opened the first time an update waits.
     pub async fn from_client(client: Client) -> Result<Self, StorageError> {
         let info = client.get_connection_info();
         // Host, port and database only: the URL's credentials stay out of
         // error messages and traces.
         let name = format!("redis://{}/{}", info.addr, info.redis.db);
+        let releases = ReleaseListener::new(vec![client.clone()]);
         // Reconnection is driven by calls, each bounded by the command
         // timeout, instead of a background backoff that could outlast it.
         let config = ConnectionManagerConfig::new()
@@ -193,11 +217,13 @@ impl RedisStorage {
                 .map_err(classify)
         })
         .await?;
-        Self::ready(Connection::Single(manager), name).await
+        Self::ready(Connection::Single(manager), name, releases).await
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`
-    /// (`redis://host:port` each).
+    /// (`redis://host:port` each). Waiters for a lease hear of its release
+    /// through a pub/sub connection to the first of `nodes` that answers (a
+    /// release is published to every node of the cluster).
     pub async fn cluster<T: IntoConnectionInfo>(
         nodes: impl IntoIterator<Item = T>,
     ) -> Result<Self, StorageError> {
@@ -208,46 +234,87 @@ impl RedisStorage {
             .map_err(classify)?;
         let addresses: Vec<String> = nodes.iter().map(|node| node.addr.to_string()).collect();
         let name = format!("redis-cluster://{}", addresses.join(","));
+        let sources = nodes
+            .iter()
+            .map(|node| Client::open(node.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(classify)?;
         let client = ClusterClient::builder(nodes)
             .connection_timeout(DEFAULT_COMMAND_TIMEOUT)
             .build()
             .map_err(classify)?;
-        Self::cluster_client(client, name).await
+        Self::cluster_client(client, name, ReleaseListener::new(sources)).await
     }
 
     /// Connects through an existing [`ClusterClient`].
+    ///
+    /// A `ClusterClient` does not tell its nodes, so waiters for a lease poll
+    /// for its release instead of being woken; use
+    /// [`cluster`](RedisStorage::cluster) to have them woken.
     pub async fn from_cluster_client(client: ClusterClient) -> Result<Self, StorageError> {
-        Self::cluster_client(client, "redis-cluster".to_owned()).await
+        Self::cluster_client(
+            client,
+            "redis-cluster".to_owned(),
+            ReleaseListener::new(Vec::new()),
+        )
+        .await
     }
 
-    async fn cluster_client(client: ClusterClient, name: String) -> Result<Self, StorageError> {
+    async fn cluster_client(
+        client: ClusterClient,
+        name: String,
+        releases: ReleaseListener,
+    ) -> Result<Self, StorageError> {
         let connection = bounded(DEFAULT_COMMAND_TIMEOUT, async {
             client.get_async_connection().await.map_err(classify)
         })
         .await?;
-        Self::ready(Connection::Cluster(connection), name).await
+        Self::ready(Connection::Cluster(connection), name, releases).await
     }
 
-    /// Loads the write script so every commit is a single `EVALSHA`.
-    async fn ready(connection: Connection, name: String) -> Result<Self, StorageError> {
+    /// Loads the scripts so every load with leases, commit and renewal is a
+    /// single `EVALSHA`.
+    async fn ready(
+        connection: Connection,
+        name: String,
+        releases: ReleaseListener,
+    ) -> Result<Self, StorageError> {
         let storage = Self {
             connection,
             name: Arc::from(name),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            leases: true,
+            releases: Arc::new(releases),
         };
-        storage
-            .call(Retry::Idempotent, |mut connection| async move {
-                SCRIPT.prepare_invoke().load_async(&mut connection).await
-            })
-            .await?;
+        for script in scripts::all() {
+            storage
+                .call(Retry::Idempotent, |mut connection| async move {
+                    script.prepare_invoke().load_async(&mut connection).await
+                })
+                .await?;
+        }
         Ok(storage)
     }
 
-    /// Bounds every load and write, reconnection included (default 3 s).
+    /// Bounds every call, reconnection included (default 3 s).
     /// A call that takes longer fails with a `Timeout` [`StorageError`].
     #[must_use]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// Whether updates take leases on their keys so the updates of one key
+    /// are serialized across processes (default `true`; see the
+    /// [guarantees](RedisStorage#guarantees-across-processes)).
+    ///
+    /// Opt out only for a single-process deployment: there the in-process
+    /// key lock already serializes updates, and `false` saves the lease
+    /// bookkeeping in Redis. With several processes and `false`, concurrent
+    /// updates of one key end in [`Conflict`]s instead of waiting.
+    #[must_use]
+    pub fn cross_process_leases(mut self, enabled: bool) -> Self {
+        self.leases = enabled;
         self
     }
 
@@ -273,10 +340,100 @@ impl RedisStorage {
         .await
     }
 
-    async fn write_batch(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        let mut invocation = SCRIPT.prepare_invoke();
+    /// The indices of `keys` grouped by the slot they hash to, in order of
+    /// first appearance: one group on a single server, where a script may
+    /// touch any key; one per slot on a cluster, where it may not.
+    fn slots<'a>(&self, keys: impl Iterator<Item = &'a StorageKey>) -> Vec<Vec<usize>> {
+        match self.connection {
+            Connection::Single(_) => vec![(0..keys.count()).collect()],
+            Connection::Cluster(_) => {
+                let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
+                for (index, key) in keys.enumerate() {
+                    let slot = redis::cluster_routing::get_slot(redis_key(key).as_bytes());
+                    match slots.iter_mut().find(|(s, _)| *s == slot) {
+                        Some((_, indices)) => indices.push(index),
+                        None => slots.push((slot, vec![index])),
+                    }
+                }
+                slots.into_iter().map(|(_, indices)| indices).collect()
+            }
+        }
+    }
+
+    /// One acquire script over keys of one slot; `Busy`'s index is into `keys`.
+    async fn acquire_batch(
+        &self,
+        keys: &[&StorageKey],
+        lease: Lease<'_>,
+    ) -> Result<LeasedLoad, StorageError> {
+        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        for key in keys {
+            let record = redis_key(key);
+            let (lease_key, flag_key) = (lease_key(&record), flag_key(&record));
+            invocation.key(record).key(lease_key).key(flag_key);
+        }
+        invocation
+            .arg(CHANNEL)
+            .arg(lease.owner.as_str())
+            .arg(millis(lease.ttl));
+        let invocation = &invocation;
+        // Taking a lease one already holds only renews it, and the busy
+        // path's flag is idempotent too: safe to send again.
+        let answer: Value = self
+            .call(Retry::Idempotent, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let unexpected = |answer: &Value| {
+            StorageError::other(format!(
+                "lease script answered {answer:?} for {} keys",
+                keys.len()
+            ))
+        };
+        let Value::Array(items) = &answer else {
+            return Err(unexpected(&answer));
+        };
+        match &items[..] {
+            [Value::Int(1), Value::Array(records)] if records.len() == keys.len() => keys
+                .iter()
+                .zip(records)
+                .map(|(key, record)| decode(key, record.clone()))
+                .collect::<Result<_, _>>()
+                .map(LeasedLoad::Acquired),
+            [Value::Int(0), Value::Int(index), Value::Int(left)] => {
+                let index = usize::try_from(*index)
+                    .ok()
+                    .filter(|index| *index < keys.len())
+                    .ok_or_else(|| unexpected(&answer))?;
+                // A lease without a time to live (set by hand) gets the one
+                // this update asked for as its wait bound.
+                let retry_in = u64::try_from(*left)
+                    .ok()
+                    .filter(|left| *left > 0)
+                    .map_or(lease.ttl, Duration::from_millis);
+                Ok(LeasedLoad::Busy { index, retry_in })
+            }
+            _ => Err(unexpected(&answer)),
+        }
+    }
+
+    /// One write script over writes and releases of one slot. `owner` is
+    /// `None` for a plain [`Storage::write`]: no fencing, no release.
+    async fn write_batch(
+        &self,
+        writes: &[&Write],
+        release: &[&StorageKey],
+        owner: Option<&LeaseOwner>,
+    ) -> Result<Vec<WriteOutcome>, StorageError> {
+        let mut invocation = scripts::WRITE.prepare_invoke();
+        invocation
+            .arg(CHANNEL)
+            .arg(owner.map_or("", LeaseOwner::as_str))
+            .arg(writes.len());
         for write in writes {
-            invocation.key(redis_key(write.key()));
+            let record = redis_key(write.key());
+            let lease = lease_key(&record);
+            invocation.key(record).key(lease);
             match write {
                 Write::Put {
                     value,
@@ -284,57 +441,129 @@ impl RedisStorage {
                     ttl,
                     ..
                 } => {
-                    let version = Write::next_version(*expected_version);
-                    let condition: &[u8] = match expected_version {
-                        Some(expected) => &expected.to_be_bytes(),
-                        None => b"",
-                    };
-                    let mut record = Vec::with_capacity(HEADER + value.len());
-                    record.extend_from_slice(&version.to_be_bytes());
-                    record.extend_from_slice(value);
-                    // PX needs at least 1 ms; 0 means "no TTL" to the script.
-                    let ttl_ms = ttl.map_or(0, |ttl| ttl.as_millis().clamp(1, u64::MAX.into()));
-                    invocation
-                        .arg(condition)
-                        .arg(record)
-                        .arg(ttl_ms.to_string());
+                    match expected_version {
+                        Some(expected) => {
+                            let mut record = Vec::with_capacity(HEADER + value.len());
+                            record.extend_from_slice(&expected.saturating_add(1).to_be_bytes());
+                            record.extend_from_slice(value);
+                            invocation.arg(&expected.to_be_bytes()[..]).arg(record);
+                        }
+                        // The script puts the server's clock in front.
+                        None => {
+                            invocation.arg("").arg(&value[..]);
+                        }
+                    }
+                    invocation.arg(ttl.map_or(0, millis));
                 }
                 Write::Delete { .. } => {
-                    invocation.arg("del").arg("").arg("0");
+                    invocation.arg("del").arg("").arg(0);
                 }
             }
         }
+        for key in release {
+            let record = redis_key(key);
+            invocation.key(lease_key(&record)).key(flag_key(&record));
+        }
         let invocation = &invocation;
-        let codes: Vec<i64> = self
-            .call(Retry::IfNotSent, |mut connection| async move {
+        // Releases alone may be sent again (releasing twice is releasing);
+        // a write only if it surely never reached the server (a retried
+        // write that did apply would report a conflict with itself).
+        let retry = if writes.is_empty() {
+            Retry::Idempotent
+        } else {
+            Retry::IfNotSent
+        };
+        let answers: Vec<Value> = self
+            .call(retry, |mut connection| async move {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
-        if codes.len() != writes.len() {
+        if answers.len() != writes.len() {
             return Err(StorageError::other(format!(
                 "write script answered {} outcomes for {} writes",
-                codes.len(),
+                answers.len(),
                 writes.len()
             )));
         }
         writes
             .iter()
-            .zip(codes)
-            .map(|(write, code)| match (write, code) {
+            .zip(answers)
+            .map(|(write, answer)| write_outcome(write, answer))
+            .collect()
+    }
+
+    /// Writes and releases over any number of slots: one script per slot,
+    /// all in flight together. A slot that fails fails its own writes only;
+    /// `Err` when every slot failed.
+    async fn write_and_release_all(
+        &self,
+        writes: &[Write],
+        release: &[StorageKey],
+        owner: Option<&LeaseOwner>,
+    ) -> Result<Vec<WriteOutcome>, StorageError> {
+        if writes.is_empty() && release.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = writes.iter().map(Write::key).chain(release);
+        let groups = self.slots(keys);
+        let batches: Vec<(Vec<&Write>, Vec<&StorageKey>)> = groups
+            .iter()
+            .map(|indices| {
+                let (w, r): (Vec<usize>, Vec<usize>) =
+                    indices.iter().partition(|&&index| index < writes.len());
                 (
-                    Write::Put {
-                        expected_version, ..
-                    },
-                    1,
-                ) => Ok(WriteOutcome::Written {
-                    version: Write::next_version(*expected_version),
-                }),
-                (Write::Put { .. }, 0) => Ok(WriteOutcome::Conflict(Conflict::NewerVersion)),
-                (Write::Delete { .. }, 2) => Ok(WriteOutcome::Deleted),
-                (write, code) => Err(StorageError::other(format!(
-                    "write script answered {code} for key `{}`",
-                    write.key()
-                ))),
+                    w.into_iter().map(|index| &writes[index]).collect(),
+                    r.into_iter()
+                        .map(|index| &release[index - writes.len()])
+                        .collect(),
+                )
+            })
+            .collect();
+        let results = futures_util::future::join_all(
+            batches
+                .iter()
+                .map(|(writes, release)| self.write_batch(writes, release, owner)),
+        )
+        .await;
+        if results.len() == 1 {
+            return results.into_iter().next().unwrap_or_else(|| Ok(Vec::new()));
+        }
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; writes.len()];
+        let mut first_error = None;
+        let mut failed = 0;
+        for (indices, result) in groups.iter().zip(results) {
+            let written = indices.iter().filter(|&&index| index < writes.len());
+            match result {
+                Ok(applied) => {
+                    for (&index, outcome) in written.zip(applied) {
+                        outcomes[index] = Some(outcome);
+                    }
+                }
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(storage = %self.name, %error, "a cluster slot failed its part of a write");
+                    for &index in written {
+                        outcomes[index] = Some(WriteOutcome::Failed(error.clone()));
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = first_error
+            && failed == groups.len()
+        {
+            return Err(error);
+        }
+        outcomes
+            .into_iter()
+            .zip(writes)
+            .map(|(outcome, write)| {
+                outcome.ok_or_else(|| {
+                    StorageError::other(format!(
+                        "no outcome for the write of key `{}`",
+                        redis_key(write.key())
+                    ))
+                })
             })
             .collect()
     }
@@ -345,6 +574,7 @@ impl std::fmt::Debug for RedisStorage {
         f.debug_struct("RedisStorage")
             .field("name", &self.name)
             .field("command_timeout", &self.command_timeout)
+            .field("cross_process_leases", &self.leases)
             .finish_non_exhaustive()
     }
 }
@@ -388,47 +618,172 @@ impl Storage for RedisStorage {
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
         let span = tracing::debug_span!("redis.write", storage = %self.name, writes = writes.len());
+        self.write_and_release_all(writes, &[], None)
+            .instrument(span)
+            .await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.leases.then_some(self as &dyn Leases)
+    }
+}
+
+#[async_trait]
+impl Leases for RedisStorage {
+    async fn acquire(
+        &self,
+        keys: &[StorageKey],
+        lease: Lease<'_>,
+    ) -> Result<LeasedLoad, StorageError> {
+        if keys.is_empty() {
+            return Ok(LeasedLoad::Acquired(Vec::new()));
+        }
+        let span = tracing::debug_span!("redis.acquire", storage = %self.name, keys = keys.len(), owner = %lease.owner);
         async {
-            match &self.connection {
-                Connection::Single(_) => self.write_batch(writes).await,
-                Connection::Cluster(_) => {
-                    // A script may only touch keys of one slot: one script per
-                    // slot, all in flight together. Hash tags keep the
-                    // sessions of one user or chat in one slot.
-                    let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
-                    for (index, write) in writes.iter().enumerate() {
-                        let slot =
-                            redis::cluster_routing::get_slot(redis_key(write.key()).as_bytes());
-                        match slots.iter_mut().find(|(s, _)| *s == slot) {
-                            Some((_, indices)) => indices.push(index),
-                            None => slots.push((slot, vec![index])),
+            let groups = self.slots(keys.iter());
+            let batches: Vec<Vec<&StorageKey>> = groups
+                .iter()
+                .map(|indices| indices.iter().map(|&index| &keys[index]).collect())
+                .collect();
+            let results = futures_util::future::join_all(
+                batches.iter().map(|batch| self.acquire_batch(batch, lease)),
+            )
+            .await;
+            let mut records: Vec<Option<Record>> = vec![None; keys.len()];
+            let mut busy: Option<(usize, Duration)> = None;
+            let mut first_error = None;
+            let mut taken: Vec<&[&StorageKey]> = Vec::new();
+            let mut failed: Vec<&[&StorageKey]> = Vec::new();
+            for ((indices, batch), result) in groups.iter().zip(&batches).zip(results) {
+                match result {
+                    Ok(LeasedLoad::Acquired(loaded)) => {
+                        for (&index, record) in indices.iter().zip(loaded) {
+                            records[index] = record;
+                        }
+                        taken.push(batch);
+                    }
+                    Ok(LeasedLoad::Busy { index, retry_in }) => {
+                        let index = indices.get(index).copied().unwrap_or(index);
+                        if busy.is_none_or(|(first, _)| index < first) {
+                            busy = Some((index, retry_in));
                         }
                     }
-                    let batches: Vec<Vec<Write>> = slots
-                        .iter()
-                        .map(|(_, indices)| indices.iter().map(|&i| writes[i].clone()).collect())
-                        .collect();
-                    let results = futures_util::future::join_all(
-                        batches.iter().map(|batch| self.write_batch(batch)),
-                    )
-                    .await;
-                    let mut outcomes =
-                        vec![WriteOutcome::Conflict(Conflict::NewerVersion); writes.len()];
-                    for ((_, indices), result) in slots.iter().zip(results) {
-                        for (&index, outcome) in indices.iter().zip(result?) {
-                            outcomes[index] = outcome;
-                        }
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                        failed.push(batch);
                     }
-                    Ok(outcomes)
                 }
+            }
+            if busy.is_none() && first_error.is_none() {
+                return Ok(LeasedLoad::Acquired(records));
+            }
+            // All or none: the slots that took their leases give them back
+            // (on a cluster only, and only on this contention path). So do
+            // the slots that failed, in case they timed out after taking
+            // theirs: their node may well answer this time.
+            if !taken.is_empty() {
+                taken.extend(failed);
+            }
+            let taken: Vec<StorageKey> = taken.concat().into_iter().cloned().collect();
+            if !taken.is_empty()
+                && let Err(error) = self
+                    .write_and_release_all(&[], &taken, Some(lease.owner))
+                    .await
+            {
+                tracing::warn!(storage = %self.name, %error, "could not give back the leases of a batch that was not all taken; they expire by themselves");
+            }
+            match (first_error, busy) {
+                (Some(error), _) => Err(error),
+                (None, Some((index, retry_in))) => Ok(LeasedLoad::Busy { index, retry_in }),
+                (None, None) => Ok(LeasedLoad::Acquired(records)),
             }
         }
         .instrument(span)
         .await
+    }
+
+    async fn write_and_release(
+        &self,
+        writes: &[Write],
+        release: &[StorageKey],
+        owner: &LeaseOwner,
+    ) -> Result<Vec<WriteOutcome>, StorageError> {
+        let span = tracing::debug_span!(
+            "redis.write_and_release",
+            storage = %self.name,
+            writes = writes.len(),
+            release = release.len(),
+            %owner
+        );
+        self.write_and_release_all(writes, release, Some(owner))
+            .instrument(span)
+            .await
+    }
+
+    async fn renew(&self, keys: &[StorageKey], lease: Lease<'_>) -> Result<bool, StorageError> {
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let span = tracing::debug_span!("redis.renew", storage = %self.name, keys = keys.len(), owner = %lease.owner);
+        async {
+            let groups = self.slots(keys.iter());
+            let invocations: Vec<_> = groups
+                .iter()
+                .map(|indices| {
+                    let mut invocation = scripts::RENEW.prepare_invoke();
+                    for &index in indices {
+                        invocation.key(lease_key(&redis_key(&keys[index])));
+                    }
+                    invocation.arg(lease.owner.as_str()).arg(millis(lease.ttl));
+                    invocation
+                })
+                .collect();
+            let results = futures_util::future::join_all(invocations.iter().map(|invocation| {
+                // Extending a lease one holds is idempotent.
+                self.call(Retry::Idempotent, move |mut connection| async move {
+                    invocation.invoke_async::<bool>(&mut connection).await
+                })
+            }))
+            .await;
+            let mut held = true;
+            for result in results {
+                held &= result?;
+            }
+            Ok(held)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn watch(&self, key: &StorageKey) -> ReleaseWatch {
+        self.releases
+            .watch(&lease_key(&redis_key(key)), self.command_timeout)
+    }
+}
+
+/// What the write script's answer for `write` means.
+fn write_outcome(write: &Write, answer: Value) -> Result<WriteOutcome, StorageError> {
+    match (write, answer) {
+        (Write::Put { .. }, Value::BulkString(header)) if header.len() == HEADER => {
+            let mut version = [0; HEADER];
+            version.copy_from_slice(&header);
+            Ok(WriteOutcome::Written {
+                version: u64::from_be_bytes(version),
+            })
+        }
+        (Write::Delete { .. }, Value::Int(scripts::code::DELETED)) => Ok(WriteOutcome::Deleted),
+        (_, Value::Int(scripts::code::NEWER_VERSION)) => {
+            Ok(WriteOutcome::Conflict(Conflict::NewerVersion))
+        }
+        (_, Value::Int(scripts::code::EXPIRED)) => Ok(WriteOutcome::Conflict(Conflict::Expired)),
+        (_, Value::Int(scripts::code::LEASE_LOST)) => {
+            Ok(WriteOutcome::Conflict(Conflict::LeaseLost))
+        }
+        (write, answer) => Err(StorageError::other(format!(
+            "write script answered {answer:?} for key `{}`",
+            redis_key(write.key())
+        ))),
     }
 }
 
@@ -441,6 +796,25 @@ fn redis_key(key: &StorageKey) -> String {
     redis_key.push_str(scope);
     redis_key.push('}');
     redis_key
+}
+
+/// The key of a record's lease. A record key ends with its hash tag's `}`,
+/// so a lease key (ending in `:lease`) is never a record key.
+fn lease_key(record: &str) -> String {
+    format!("{record}:lease")
+}
+
+/// The key of the flag that says someone waits for a record's lease.
+fn flag_key(record: &str) -> String {
+    format!("{record}:lease:w")
+}
+
+/// A duration in whole milliseconds for `PX`/`PEXPIRE`: at least 1 (0 is
+/// refused there, and means "no TTL" to the write script), at most about
+/// 140,000 years (Redis refuses an expiry time past `i64` milliseconds).
+fn millis(duration: Duration) -> u64 {
+    const MAX: u64 = 1 << 52;
+    u64::try_from(duration.as_millis()).map_or(MAX, |ms| ms.clamp(1, MAX))
 }
 
 fn decode(key: &StorageKey, value: Value) -> Result<Option<Record>, StorageError> {

@@ -160,6 +160,9 @@ async fn round_trips_per_update() {
         .unwrap();
     let ids = UpdateIds::new().user(7).chat(-5);
     let mut counter = CommandCounter::new(&server);
+    // With leases (the default), a load takes them and a commit gives them
+    // back in the same script calls.
+    let both_ways = ["EVALSHA", "EVALSHA"];
 
     // Eager read-modify-write of two sessions (user and chat scope): one
     // load and one write for both, on a fresh user and on a stored one.
@@ -168,19 +171,15 @@ async fn round_trips_per_update() {
         ctx.counter().unwrap().n += 1;
         ctx.room().unwrap().messages += 1;
         ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-        assert_eq!(
-            counter.take(),
-            ["MGET", "EVALSHA"],
-            "eager read-modify-write"
-        );
+        assert_eq!(counter.take(), both_ways, "eager read-modify-write");
     }
 
-    // Read-only: the load only.
+    // Read-only: the load and the release.
     let ctx = both.begin(ids.clone()).await;
     assert_eq!(ctx.counter().unwrap().n, 2);
     assert_eq!(ctx.room().unwrap().messages, 2);
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-    assert_eq!(counter.take(), ["MGET"], "read-only update");
+    assert_eq!(counter.take(), both_ways, "read-only update");
 
     // A lazy session that the handler never touches costs nothing.
     let ctx = lazy_only.begin(ids.clone()).await;
@@ -195,27 +194,47 @@ async fn round_trips_per_update() {
     let ctx = lazy_only.begin(ids.clone()).await;
     ctx.profile().await.unwrap().name = Some("Ann".into());
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-    assert_eq!(
-        counter.take(),
-        ["MGET", "EVALSHA"],
-        "lazy read-modify-write"
-    );
+    assert_eq!(counter.take(), both_ways, "lazy read-modify-write");
 
     // A mutable access that leaves the bytes equal writes nothing.
-    let ctx = both.begin(ids).await;
+    let ctx = both.begin(ids.clone()).await;
     {
         let mut same = ctx.counter().unwrap();
         let _mutably_borrowed: &mut Counter = &mut same;
     }
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-    assert_eq!(counter.take(), ["MGET"], "unchanged session");
+    assert_eq!(counter.take(), both_ways, "unchanged session");
+
+    // Without leases (a single-process bot): a plain load, and nothing
+    // after a read-only update.
+    let single = manager(
+        RedisStorage::connect(&server.url())
+            .await
+            .unwrap()
+            .cross_process_leases(false),
+    );
+    counter.take(); // its connection loading the scripts
+    let ctx = single.begin(ids.clone()).await;
+    ctx.counter().unwrap().n += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(
+        counter.take(),
+        ["MGET", "EVALSHA"],
+        "no leases: read-modify-write"
+    );
+    let ctx = single.begin(ids).await;
+    assert_eq!(ctx.counter().unwrap().n, 3);
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(counter.take(), ["MGET"], "no leases: read-only update");
 }
 
 #[tokio::test]
 async fn conflict_between_two_processes_keeps_the_other_writers_data() {
+    // Without leases (opted out), two processes do not wait for each other:
+    // the version check still refuses the stale write.
     let server = RedisServer::start();
-    let first = manager(storage(&server).await);
-    let second = manager(storage(&server).await);
+    let first = manager(storage(&server).await.cross_process_leases(false));
+    let second = manager(storage(&server).await.cross_process_leases(false));
     assert_eq!(increment(&first, 1).await.unwrap(), 1);
 
     let ids = UpdateIds::new().user(1).chat(-1);
@@ -629,7 +648,14 @@ async fn cluster_batches_per_slot_and_refuses_stale_writes() {
     assert_eq!(outcomes[1], WriteOutcome::Conflict(Conflict::NewerVersion));
     new_version(&outcomes[2]);
 
-    let second = manager(RedisStorage::cluster(cluster.urls()).await.unwrap());
+    // Without leases, the version check alone refuses the stale write.
+    let first = manager(storage.clone().cross_process_leases(false));
+    let second = manager(
+        RedisStorage::cluster(cluster.urls())
+            .await
+            .unwrap()
+            .cross_process_leases(false),
+    );
     let ids = UpdateIds::new().user(1).chat(-1);
     let a = first.begin(ids.clone()).await;
     let b = second.begin(ids).await;

@@ -100,8 +100,10 @@ pub enum WriteOutcome {
     /// The write was refused and nothing was changed; the cause says why.
     Conflict(Conflict),
     /// This write failed while others of the batch were applied (a Redis
-    /// Cluster node down while the others answer); nothing of it was changed.
-    /// A storage that fails as a whole answers `Err` for the whole batch.
+    /// Cluster node down while the others answer). As with an `Err`, a write
+    /// refused or never sent changed nothing, and one that timed out may
+    /// still have been applied. A storage that fails as a whole answers
+    /// `Err` for the whole batch.
     Failed(StorageError),
 }
 

@@ -108,8 +108,15 @@ pub enum LeasedLoad {
 }
 
 /// Cross-process leases on session keys, offered by a storage that several
-/// processes share (see the [module documentation](self) and
-/// [`Storage::leases`](crate::Storage::leases)).
+/// processes share (see [`Storage::leases`](crate::Storage::leases)).
+///
+/// Inside one process, the updates of one key wait for each other on an
+/// in-process lock; processes cannot see that lock, so a shared storage keeps
+/// a lease per key: who holds it and until when. An update takes the leases
+/// of its keys with the load and gives them back with the commit. A lease
+/// ends by itself after its time to live (a dead process blocks its keys at
+/// most that long), and running handlers renew theirs. Writes are fenced by
+/// the lease, and the version check refuses a late write anyway.
 ///
 /// The runtime calls [`acquire`](Leases::acquire) instead of
 /// [`Storage::load`](crate::Storage::load) and

@@ -731,6 +731,15 @@ pub async fn cancelled_updates_lose_nothing(storage: SharedStorage) {
     let manager = manager(&storage, "cancel");
     let mut ok = [0u32; USERS as usize];
     let mut maybe = [0u32; USERS as usize];
+    // Aborts land anywhere in an update: before, during and after its load
+    // and commit, spread over twice the time an update takes here.
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        increment(&manager, 99, 99, true).await.unwrap();
+    }
+    let span = u64::try_from((started.elapsed() / 5).as_micros())
+        .unwrap()
+        .max(1);
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for round in 0..ROUNDS {
         let user = round % USERS;
@@ -742,7 +751,8 @@ pub async fn cancelled_updates_lose_nothing(storage: SharedStorage) {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        for _ in 0..seed % 64 {
+        let abort_at = std::time::Instant::now() + Duration::from_micros(seed % span);
+        while std::time::Instant::now() < abort_at && !task.is_finished() {
             tokio::task::yield_now().await;
         }
         task.abort();

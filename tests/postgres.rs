@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use postgres_server::PostgresServer;
 use sql_cases::{Counter, key, put, values, written};
 use tg_session::{
-    HandlerOutcome, Lease, LeaseOwner, LeasedLoad, Leases, PostgresStorage, SessionManager,
-    SharedStorage, Storage, StorageErrorKind, UpdateIds, WriteOutcome,
+    HandlerOutcome, Lease, LeaseOwner, LeasedLoad, PostgresStorage, SessionManager, SharedStorage,
+    Storage, StorageErrorKind, UpdateIds, WriteOutcome,
 };
 
 /// One server for the tests that do not restart it; each test uses its own

@@ -530,7 +530,7 @@ pub async fn leases_serialize_and_fence(storage: SharedStorage, rows: impl Async
     );
     assert!(
         !leases
-            .renew(&[stored.clone()], lease(&b, minute))
+            .renew(std::slice::from_ref(&stored), lease(&b, minute))
             .await
             .unwrap()
     );
@@ -606,7 +606,7 @@ pub async fn leases_serialize_and_fence(storage: SharedStorage, rows: impl Async
     // Only releasing, twice: the second finds nothing to do.
     assert_eq!(
         leases
-            .write_and_release(&[], &[stored.clone()], &b)
+            .write_and_release(&[], std::slice::from_ref(&stored), &b)
             .await
             .unwrap(),
         []

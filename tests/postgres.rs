@@ -332,11 +332,17 @@ async fn a_release_wakes_the_waiter_through_notify() {
         assert!(Instant::now() < deadline, "the listener never connected");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let k = key("notify", "k");
+    let stored = key("notify", "k");
     let (a, b) = (LeaseOwner::new(), LeaseOwner::new());
     let minute = Duration::from_secs(60);
     let mut latencies = Vec::new();
+    // Round 0: the holder's put releases (one statement); rounds 1-2: a
+    // release of a stored record's lease; rounds 3-4: a lease-only row deleted.
     for round in 0..5 {
+        let k = match round {
+            0..3 => stored.clone(),
+            _ => key("notify", &format!("empty-{round}")),
+        };
         let held = holder
             .leases()
             .unwrap()

@@ -488,3 +488,61 @@ async fn a_locked_row_is_a_timeout() {
         [WriteOutcome::Written { version: v + 1 }]
     );
 }
+
+/// The `LISTEN` connection killed by the server (an administrator, a
+/// failover): the storage listens again and a release still wakes the waiter.
+/// A server of its own, so no other test's listener is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects() {
+    let server = PostgresServer::start();
+    let storage = PostgresStorage::connect(&server.url()).await.unwrap();
+    let listening = async || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !storage.is_listening() {
+            assert!(Instant::now() < deadline, "the listener never connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    listening().await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+    )
+    .fetch_all(storage.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed, [true]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    listening().await;
+
+    let leases = storage.leases().unwrap();
+    let k = key("reconnect", "k");
+    let (a, b) = (LeaseOwner::new(), LeaseOwner::new());
+    let ttl = Duration::from_secs(60);
+    let held = leases
+        .acquire(std::slice::from_ref(&k), Lease { owner: &a, ttl })
+        .await
+        .unwrap();
+    assert!(matches!(held, LeasedLoad::Acquired(_)));
+    let watch = leases.watch(&k);
+    assert!(watch.is_notified());
+    let busy = leases
+        .acquire(std::slice::from_ref(&k), Lease { owner: &b, ttl })
+        .await
+        .unwrap();
+    assert!(matches!(busy, LeasedLoad::Busy { .. }), "{busy:?}");
+    let release = {
+        let (storage, k, a) = (storage.clone(), k.clone(), a.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let leases = storage.leases().unwrap();
+            leases.write_and_release(&[], &[k], &a).await.unwrap();
+        })
+    };
+    let started = Instant::now();
+    watch.wait(Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the timeout, not NOTIFY"
+    );
+    release.await.unwrap();
+}

@@ -17,6 +17,11 @@
 //!   stored in the file), still `synchronous = FULL`: what a teloxide user
 //!   can get at best.
 //!
+//! At the storage level, one session's read-modify-write with cross-process
+//! leases (`tg_session/leased`: `Leases::acquire` + `write_and_release`,
+//! both through the single writer) against the same without leases
+//! (`tg_session/plain`: `Storage::load` on a reader + `Storage::write`).
+//!
 //! `cargo bench --features sqlite --bench sqlite`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -33,6 +38,7 @@ use teloxide::dispatching::dialogue::{Dialogue, SqliteStorage as TeloxideSqlite}
 use teloxide::types::ChatId;
 use tg_session::{SessionManager, SqliteStorage, SqliteSynchronous};
 
+mod leased;
 mod workload;
 use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
 
@@ -117,6 +123,28 @@ fn bench(c: &mut Criterion) {
             |b| {
                 b.to_async(&runtime)
                     .iter(|| ours_four(&four, black_box(next_user(&user))))
+            },
+        );
+    }
+
+    for (label, leases) in [("leased", true), ("plain", false)] {
+        let storage = runtime.block_on(async {
+            SqliteStorage::builder(dir.join(format!("storage-{label}.db")))
+                .cross_process_leases(leases)
+                .open()
+                .await
+                .unwrap()
+        });
+        group.bench_function(
+            BenchmarkId::new(format!("tg_session/{label}"), "1 session, storage level"),
+            |b| {
+                b.to_async(&runtime).iter(|| async {
+                    let user = black_box(next_user(&user));
+                    match leases {
+                        true => leased::leased_rmw(&storage, user).await,
+                        false => leased::plain_rmw(&storage, user).await,
+                    }
+                })
             },
         );
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tg_session::{
-    Conflict, Error, HandlerOutcome, Record, Session, SessionManager, SharedStorage, StorageKey,
-    UpdateIds, Write, WriteOutcome,
+    Conflict, Error, HandlerOutcome, Lease, LeaseOwner, LeasedLoad, Leases, Record, Session,
+    SessionManager, SharedStorage, StorageKey, UpdateIds, Write, WriteOutcome,
 };
 
 /// A per-user counter.
@@ -51,6 +51,26 @@ pub fn record(value: &'static str, version: u64) -> Option<Record> {
     })
 }
 
+/// The version a write stored; panics on any other outcome.
+pub fn written(outcome: &WriteOutcome) -> u64 {
+    match outcome {
+        WriteOutcome::Written { version } => *version,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+/// The values of loaded records, versions left out.
+pub fn values(loaded: &[Option<Record>]) -> Vec<Option<&str>> {
+    loaded
+        .iter()
+        .map(|record| {
+            record
+                .as_ref()
+                .map(|r| std::str::from_utf8(&r.value).unwrap())
+        })
+        .collect()
+}
+
 pub fn manager(storage: &SharedStorage, prefix: &str) -> SessionManager {
     SessionManager::builder()
         .storage(storage.clone())
@@ -69,20 +89,25 @@ pub async fn batches_keep_order(storage: SharedStorage) {
         key("order", "b"),
         key("order", "missing"),
     );
+    let first = storage
+        .write(&[put(&a, "A", None, None), put(&b, "B", None, None)])
+        .await
+        .unwrap();
+    let (va, vb) = (written(&first[0]), written(&first[1]));
+    // A new record's version is the clock (µs), never 1 again after a delete.
+    assert!(va > 1_577_836_800_000_000 && vb > 1_577_836_800_000_000);
     let outcomes = storage
         .write(&[
-            put(&a, "A", None, None),
-            put(&b, "B", None, None),
-            put(&a, "A2", Some(1), None),
+            put(&a, "A2", Some(va), None),
+            put(&b, "B?", Some(vb + 5), None),
         ])
         .await
         .unwrap();
     assert_eq!(
         outcomes,
         [
-            WriteOutcome::Written { version: 1 },
-            WriteOutcome::Written { version: 1 },
-            WriteOutcome::Written { version: 2 },
+            WriteOutcome::Written { version: va + 1 },
+            WriteOutcome::Conflict(Conflict::NewerVersion),
         ]
     );
     let loaded = storage
@@ -91,7 +116,21 @@ pub async fn batches_keep_order(storage: SharedStorage) {
         .unwrap();
     assert_eq!(
         loaded,
-        [record("B", 1), None, record("A2", 2), record("B", 1)]
+        [
+            Some(Record {
+                value: Bytes::from_static(b"B"),
+                version: vb
+            }),
+            None,
+            Some(Record {
+                value: Bytes::from_static(b"A2"),
+                version: va + 1
+            }),
+            Some(Record {
+                value: Bytes::from_static(b"B"),
+                version: vb
+            }),
+        ]
     );
     assert_eq!(storage.load(&[]).await.unwrap(), []);
     let many: Vec<StorageKey> = (0..1200)
@@ -105,29 +144,29 @@ pub async fn batches_keep_order(storage: SharedStorage) {
 /// record intact and does not stop the rest of the batch.
 pub async fn versions_are_checked(storage: SharedStorage) {
     let (k, other) = (key("versions", "k"), key("versions", "other"));
-    assert_eq!(
-        storage.write(&[put(&k, "v1", None, None)]).await.unwrap(),
-        [WriteOutcome::Written { version: 1 }]
-    );
+    let v1 = written(&storage.write(&[put(&k, "v1", None, None)]).await.unwrap()[0]);
     let outcomes = storage
         .write(&[
             put(&k, "again", None, None),
-            put(&k, "stale", Some(7), None),
+            put(&k, "stale", Some(v1 + 7), None),
             put(&other, "o", None, None),
         ])
         .await
         .unwrap();
     assert_eq!(
-        outcomes,
+        outcomes[..2],
         [
             WriteOutcome::Conflict(Conflict::NewerVersion),
             WriteOutcome::Conflict(Conflict::NewerVersion),
-            WriteOutcome::Written { version: 1 }
         ]
     );
+    written(&outcomes[2]);
     assert_eq!(
         storage.load(std::slice::from_ref(&k)).await.unwrap(),
-        [record("v1", 1)]
+        [Some(Record {
+            value: Bytes::from_static(b"v1"),
+            version: v1
+        })]
     );
     assert_eq!(
         storage
@@ -140,12 +179,49 @@ pub async fn versions_are_checked(storage: SharedStorage) {
         storage.load(std::slice::from_ref(&k)).await.unwrap(),
         [None]
     );
-    assert_eq!(
-        storage
+    let fresh = written(
+        &storage
             .write(&[put(&k, "fresh", None, None)])
             .await
+            .unwrap()[0],
+    );
+    assert!(
+        fresh > v1,
+        "a re-created record starts above the deleted one"
+    );
+}
+
+/// ABA: an update reads version v, another client deletes the record and
+/// creates it again; the first update's write must not find "its" version.
+pub async fn a_recreated_record_refuses_a_stale_write(storage: SharedStorage) {
+    let k = key("aba", "k");
+    let v = written(
+        &storage
+            .write(&[put(&k, "first", None, None)])
+            .await
+            .unwrap()[0],
+    );
+    storage
+        .write(&[Write::Delete { key: k.clone() }])
+        .await
+        .unwrap();
+    let again = written(
+        &storage
+            .write(&[put(&k, "second", None, None)])
+            .await
+            .unwrap()[0],
+    );
+    assert_ne!(again, v);
+    assert_eq!(
+        storage
+            .write(&[put(&k, "stale", Some(v), None)])
+            .await
             .unwrap(),
-        [WriteOutcome::Written { version: 1 }]
+        [WriteOutcome::Conflict(Conflict::NewerVersion)]
+    );
+    assert_eq!(
+        values(&storage.load(std::slice::from_ref(&k)).await.unwrap()),
+        [Some("second")]
     );
 }
 
@@ -174,58 +250,56 @@ pub async fn ttl_expires_and_cleanup_removes(
         ])
         .await
         .unwrap();
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| *o == WriteOutcome::Written { version: 1 })
-    );
+    let versions: Vec<u64> = outcomes.iter().map(written).collect();
     let all = [short.clone(), kept.clone(), forever.clone(), zero.clone()];
     assert_eq!(
-        storage.load(&all).await.unwrap(),
-        [record("s", 1), record("k", 1), record("f", 1), None],
+        values(&storage.load(&all).await.unwrap()),
+        [Some("s"), Some("k"), Some("f"), None],
         "a zero TTL expires at once"
     );
 
     age(short.as_str()).await;
     assert_eq!(
-        storage.load(&all).await.unwrap(),
-        [None, record("k", 1), record("f", 1), None],
+        values(&storage.load(&all).await.unwrap()),
+        [None, Some("k"), Some("f"), None],
         "an expired record is invisible"
     );
-    // Expired counts as absent: a write expecting the old version conflicts,
-    // one expecting nothing takes its place.
+    // Expired counts as absent: a write expecting the old version is told
+    // it expired, one expecting nothing takes its place (above its version).
     assert_eq!(
         storage
-            .write(&[put(&short, "stale", Some(1), hour)])
+            .write(&[put(&short, "stale", Some(versions[0]), hour)])
             .await
             .unwrap(),
-        [WriteOutcome::Conflict(Conflict::NewerVersion)]
+        [WriteOutcome::Conflict(Conflict::Expired)]
     );
-    assert_eq!(
-        storage
+    let new = written(
+        &storage
             .write(&[put(&short, "new", None, hour)])
             .await
-            .unwrap(),
-        [WriteOutcome::Written { version: 1 }]
+            .unwrap()[0],
     );
+    assert!(new > versions[0]);
     assert_eq!(
-        storage.load(std::slice::from_ref(&short)).await.unwrap(),
-        [record("new", 1)]
+        values(&storage.load(std::slice::from_ref(&short)).await.unwrap()),
+        [Some("new")]
     );
 
     // Renewing a record renews its expiry; dropping the TTL keeps it forever.
     assert_eq!(
         storage
-            .write(&[put(&kept, "k2", Some(1), None)])
+            .write(&[put(&kept, "k2", Some(versions[1]), None)])
             .await
             .unwrap(),
-        [WriteOutcome::Written { version: 2 }]
+        [WriteOutcome::Written {
+            version: versions[1] + 1
+        }]
     );
     age(short.as_str()).await;
     age(kept.as_str()).await;
     assert_eq!(
-        storage.load(&all).await.unwrap(),
-        [None, record("k2", 2), record("f", 1), None]
+        values(&storage.load(&all).await.unwrap()),
+        [None, Some("k2"), Some("f"), None]
     );
 
     assert_eq!(count("ttl").await, 4, "expired rows stay until cleaned up");
@@ -348,4 +422,379 @@ pub async fn many_concurrent_updates(storage: SharedStorage) {
             .await;
         assert_eq!(ctx.get::<Visits>().unwrap().n, ROUNDS);
     }
+}
+
+fn lease(owner: &LeaseOwner, ttl: Duration) -> Lease<'_> {
+    Lease { owner, ttl }
+}
+
+fn acquired(load: LeasedLoad) -> Vec<Option<Record>> {
+    match load {
+        LeasedLoad::Acquired(records) => records,
+        busy => panic!("expected the leases, got {busy:?}"),
+    }
+}
+
+/// Leases at the storage level: taken with the load (all or none, the
+/// records read after taking), fencing other owners' writes, released by
+/// the commit (lease-only rows gone), renewed, and kept by a clear.
+/// `rows` counts the rows physically stored under a test's keys.
+pub async fn leases_serialize_and_fence(storage: SharedStorage, rows: impl AsyncFn(&str) -> i64) {
+    let leases: &dyn Leases = storage.leases().expect("leases enabled");
+    let (a, b) = (LeaseOwner::new(), LeaseOwner::new());
+    let minute = Duration::from_secs(60);
+    let (stored, empty, third) = (
+        key("lease", "stored"),
+        key("lease", "empty"),
+        key("lease", "third"),
+    );
+    let v = written(
+        &storage
+            .write(&[put(&stored, "s", None, None)])
+            .await
+            .unwrap()[0],
+    );
+
+    let records = acquired(
+        leases
+            .acquire(&[stored.clone(), empty.clone()], lease(&a, minute))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(values(&records), [Some("s"), None]);
+    assert_eq!(records[0].as_ref().map(|r| r.version), Some(v));
+    // Taking it again as the same owner renews it.
+    acquired(
+        leases
+            .acquire(std::slice::from_ref(&empty), lease(&a, minute))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows("lease").await, 2, "a lease-only row for the empty key");
+
+    // Busy, and all or none: `third` was not kept by b.
+    match leases
+        .acquire(&[third.clone(), empty.clone()], lease(&b, minute))
+        .await
+        .unwrap()
+    {
+        LeasedLoad::Busy { index, retry_in } => {
+            assert_eq!(index, 1);
+            assert!(
+                retry_in > Duration::from_secs(50) && retry_in <= minute,
+                "{retry_in:?}"
+            );
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert_eq!(
+        rows("lease").await,
+        2,
+        "b's lease on `third` was given back"
+    );
+    assert!(
+        !leases
+            .renew(std::slice::from_ref(&third), lease(&b, minute))
+            .await
+            .unwrap()
+    );
+
+    // Fenced: neither b nor a write without lease may touch a's keys.
+    assert_eq!(
+        leases
+            .write_and_release(&[put(&stored, "b", Some(v), None)], &[], &b)
+            .await
+            .unwrap(),
+        [WriteOutcome::Conflict(Conflict::LeaseLost)]
+    );
+    assert_eq!(
+        storage
+            .write(&[
+                put(&empty, "x", None, None),
+                Write::Delete {
+                    key: stored.clone()
+                }
+            ])
+            .await
+            .unwrap(),
+        [
+            WriteOutcome::Conflict(Conflict::LeaseLost),
+            WriteOutcome::Conflict(Conflict::LeaseLost)
+        ]
+    );
+    assert!(
+        leases
+            .renew(&[stored.clone(), empty.clone()], lease(&a, minute))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !leases
+            .renew(std::slice::from_ref(&stored), lease(&b, minute))
+            .await
+            .unwrap()
+    );
+
+    // a commits: one write, both leases released, the lease-only row gone.
+    assert_eq!(
+        leases
+            .write_and_release(
+                &[put(&stored, "a", Some(v), None)],
+                &[stored.clone(), empty.clone()],
+                &a
+            )
+            .await
+            .unwrap(),
+        [WriteOutcome::Written { version: v + 1 }]
+    );
+    assert_eq!(
+        rows("lease").await,
+        1,
+        "the lease-only row went with its lease"
+    );
+    assert!(
+        !leases
+            .renew(std::slice::from_ref(&stored), lease(&a, minute))
+            .await
+            .unwrap()
+    );
+
+    // b now gets both, with a's write.
+    let records = acquired(
+        leases
+            .acquire(&[empty.clone(), stored.clone()], lease(&b, minute))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(values(&records), [None, Some("a")]);
+
+    // A clear under the lease keeps the lease; the next record starts above.
+    assert_eq!(
+        leases
+            .write_and_release(
+                &[Write::Delete {
+                    key: stored.clone()
+                }],
+                &[],
+                &b
+            )
+            .await
+            .unwrap(),
+        [WriteOutcome::Deleted]
+    );
+    assert_eq!(
+        storage.load(std::slice::from_ref(&stored)).await.unwrap(),
+        [None]
+    );
+    assert!(matches!(
+        leases
+            .acquire(std::slice::from_ref(&stored), lease(&a, minute))
+            .await
+            .unwrap(),
+        LeasedLoad::Busy { index: 0, .. }
+    ));
+    let outcomes = leases
+        .write_and_release(
+            &[put(&stored, "b", None, None), put(&empty, "e", None, None)],
+            &[stored.clone(), empty.clone(), third.clone()],
+            &b,
+        )
+        .await
+        .unwrap();
+    assert!(written(&outcomes[0]) > v + 1);
+    written(&outcomes[1]);
+    // Only releasing, twice: the second finds nothing to do.
+    assert_eq!(
+        leases
+            .write_and_release(&[], std::slice::from_ref(&stored), &b)
+            .await
+            .unwrap(),
+        []
+    );
+    let records = acquired(
+        leases
+            .acquire(&[stored.clone(), empty.clone()], lease(&a, minute))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(values(&records), [Some("b"), Some("e")]);
+    // A released clear leaves nothing behind.
+    leases
+        .write_and_release(
+            &[
+                Write::Delete {
+                    key: stored.clone(),
+                },
+                Write::Delete { key: empty.clone() },
+            ],
+            &[stored.clone(), empty.clone()],
+            &a,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows("lease").await, 0);
+}
+
+/// A lease ends by itself after its TTL: another owner takes it, and the
+/// first owner's late write is refused. A lease-only row whose lease
+/// expired is removed by the cleanup.
+pub async fn leases_expire(
+    storage: SharedStorage,
+    rows: impl AsyncFn(&str) -> i64,
+    cleanup: impl AsyncFn() -> u64,
+) {
+    let leases: &dyn Leases = storage.leases().expect("leases enabled");
+    let (a, b) = (LeaseOwner::new(), LeaseOwner::new());
+    let short = Duration::from_millis(300);
+    let (k, orphan) = (key("expiry", "k"), key("expiry", "orphan"));
+    let v = written(&storage.write(&[put(&k, "v", None, None)]).await.unwrap()[0]);
+    acquired(
+        leases
+            .acquire(std::slice::from_ref(&k), lease(&a, short))
+            .await
+            .unwrap(),
+    );
+    let retry_in = match leases
+        .acquire(std::slice::from_ref(&k), lease(&b, short))
+        .await
+        .unwrap()
+    {
+        LeasedLoad::Busy { retry_in, .. } => retry_in,
+        other => panic!("expected busy, got {other:?}"),
+    };
+    assert!(retry_in <= short, "{retry_in:?}");
+    tokio::time::sleep(retry_in + Duration::from_millis(100)).await;
+    acquired(
+        leases
+            .acquire(std::slice::from_ref(&k), lease(&b, Duration::from_secs(60)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        leases
+            .write_and_release(&[put(&k, "a", Some(v), None)], std::slice::from_ref(&k), &a)
+            .await
+            .unwrap(),
+        [WriteOutcome::Conflict(Conflict::LeaseLost)]
+    );
+    assert!(
+        !leases
+            .renew(std::slice::from_ref(&k), lease(&a, short))
+            .await
+            .unwrap()
+    );
+    leases
+        .write_and_release(&[put(&k, "b", Some(v), None)], std::slice::from_ref(&k), &b)
+        .await
+        .unwrap();
+    assert_eq!(
+        leases
+            .write_and_release(&[put(&k, "a", Some(v), None)], &[], &a)
+            .await
+            .unwrap(),
+        [WriteOutcome::Conflict(Conflict::NewerVersion)]
+    );
+
+    // A process that died holding a lease on a key with no record.
+    acquired(
+        leases
+            .acquire(
+                std::slice::from_ref(&orphan),
+                lease(&a, Duration::from_millis(50)),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows("expiry").await, 2);
+    assert_eq!(
+        storage.load(std::slice::from_ref(&orphan)).await.unwrap(),
+        [None]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(cleanup().await >= 1);
+    assert_eq!(
+        rows("expiry").await,
+        1,
+        "the expired lease-only row is gone"
+    );
+}
+
+/// Updates changing two sessions, aborted at random points (the caller's
+/// future dropped mid-load or mid-commit), hundreds of times: nothing is
+/// left half-done on the connection (no error afterwards, no false
+/// conflicts), and no acknowledged write is lost. A commit cancelled after
+/// it started may still land (it runs to completion), so each value lies
+/// between the commits that returned `Ok` and those plus the cancelled ones.
+pub async fn cancelled_updates_lose_nothing(storage: SharedStorage) {
+    const USERS: u64 = 4;
+    const ROUNDS: u64 = 400;
+    let manager = manager(&storage, "cancel");
+    let mut ok = [0u32; USERS as usize];
+    let mut maybe = [0u32; USERS as usize];
+    // Aborts land anywhere in an update: before, during and after its load
+    // and commit, spread over twice the time an update takes here.
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        increment(&manager, 99, 99, true).await.unwrap();
+    }
+    let span = u64::try_from((started.elapsed() / 5).as_micros())
+        .unwrap()
+        .max(1);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for round in 0..ROUNDS {
+        let user = round % USERS;
+        let chat = i64::try_from(user).unwrap();
+        let task = {
+            let manager = manager.clone();
+            tokio::spawn(async move { increment(&manager, user, chat, true).await })
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let abort_at = std::time::Instant::now() + Duration::from_micros(seed % span);
+        while std::time::Instant::now() < abort_at && !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let slot = usize::try_from(user).unwrap();
+        match task.await {
+            Ok(Ok(())) => ok[slot] += 1,
+            // A cancelled commit that landed makes the next update conflict.
+            Ok(Err(Error::Conflict { .. })) | Err(_) => maybe[slot] += 1,
+            Ok(Err(other)) => panic!("round {round}: update failed: {other}"),
+        }
+    }
+    // Let commits that outlived their update finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for user in 0..USERS {
+        let slot = usize::try_from(user).unwrap();
+        let chat = i64::try_from(user).unwrap();
+        let ctx = manager.begin(UpdateIds::new().user(user).chat(chat)).await;
+        let (hits, visits) = (
+            ctx.get::<Counter>().unwrap().hits,
+            ctx.get::<Visits>().unwrap().n,
+        );
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        for value in [hits, visits] {
+            assert!(
+                (ok[slot]..=ok[slot] + maybe[slot]).contains(&value),
+                "user {user}: {value} outside {}..={}",
+                ok[slot],
+                ok[slot] + maybe[slot]
+            );
+        }
+        // And the storage works normally afterwards.
+        for _ in 0..3 {
+            increment(&manager, user, chat, true).await.unwrap();
+        }
+        assert_eq!(hits_of(&manager, user, chat).await, hits + 3);
+    }
+    println!("cancelled updates: ok {ok:?}, cancelled or conflicting {maybe:?}");
+}
+
+async fn hits_of(manager: &SessionManager, user: u64, chat: i64) -> u32 {
+    let ctx = manager.begin(UpdateIds::new().user(user).chat(chat)).await;
+    let hits = ctx.get::<Counter>().unwrap().hits;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    hits
 }

@@ -1,33 +1,58 @@
 //! Sessions in PostgreSQL, beside the data many bots already keep there.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::Row;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::storage::sql::{
-    CLEANUP_CHUNK, DEFAULT_TABLE, TableName, storage_error, ttl_millis, version_from_sql,
-    version_to_sql,
+    CLEANUP_CHUNK, DEFAULT_TABLE, RowState, TableName, conflict_cause, distinct_sorted,
+    leased_records, needs_transaction, record_from_row, run_to_completion, still_to_release,
+    storage_error, ttl_millis, version_from_sql, version_to_sql,
 };
-use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome, sql};
+use crate::storage::{
+    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
+    WriteOutcome, sql,
+};
 
 /// Sessions in a PostgreSQL table.
 ///
 /// One table (default `tg_sessions`, created on first use; `schema.table`
-/// accepted) holds the key, the encoded value (`bytea`), its version and its
-/// expiry time (`timestamptz`, on the server's clock). An update's sessions
-/// are loaded with one `SELECT … WHERE key = ANY($1)` and written in one
+/// accepted) holds the key, the encoded value (`bytea`), its version, its
+/// expiry time (`timestamptz`, on the server's clock) and the key's lease.
+/// An update's sessions are loaded with one statement and written in one
 /// transaction (a single statement when only one session changed). Every
 /// put is conditional on the version that was read, so several bot processes
 /// never overwrite each other silently: the loser gets
 /// [`WriteOutcome::Conflict`].
+///
+/// # Several processes
+///
+/// PostgreSQL is the storage bots share between replicas, so
+/// [cross-process leases](crate::storage::Leases) are on by default
+/// ([`PostgresStorageBuilder::cross_process_leases`]): the statement that
+/// loads an update's sessions also leases their keys (an upsert on the
+/// rows), and the commit releases them in its transaction, so the updates of
+/// one key run one after the other across processes as they do inside one.
+/// An update waiting for a lease is woken by `NOTIFY` at the holder's commit,
+/// heard on one `LISTEN` connection per storage (besides the pool's).
+///
+/// Versions never repeat: a new record's version is the server's clock in
+/// microseconds (above the version of any record the key had before), so a
+/// write prepared before another process's `clear()` and re-create is refused.
+///
+/// Each connection [`connect`](PostgresStorageBuilder::connect) opens has a
+/// `statement_timeout` and a `lock_timeout` (5 s by default), so a row
+/// locked by a stuck client is an error, not a hang.
 ///
 /// Cloning is cheap and shares the pool.
 ///
@@ -52,43 +77,273 @@ struct Inner {
     table: TableName,
     pool: PgPool,
     statements: Statements,
+    /// The `NOTIFY` channel of this table's releases.
+    channel: String,
+    /// Present when cross-process leases are on.
+    watchers: Option<Arc<Watchers>>,
+    /// The `LISTEN` task, stopped with the last clone of the storage.
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+/// A new record's version: the server's clock in microseconds.
+const CLOCK_VERSION: &str = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
+
+/// The lease columns of a put that may release its key (`$release`), waking
+/// waiters through `pg_notify` when a busy acquire flagged the row. The
+/// `CASE` reads the row as the `UPDATE` found it (its latest version), so a
+/// waiter flagged just before is never missed; the notification is sent at
+/// commit, and not at all on rollback.
+fn release_columns(release: &str, channel: &str) -> String {
+    format!(
+        "lease_owner = CASE WHEN {release} THEN NULL ELSE s.lease_owner END, \
+         lease_until = CASE WHEN {release} THEN NULL ELSE s.lease_until END, \
+         lease_waiters = CASE WHEN NOT {release} THEN s.lease_waiters \
+             WHEN s.lease_waiters THEN (SELECT false FROM pg_notify({channel}, s.key)) \
+             ELSE false END"
+    )
+}
+
+/// A write passes while no other owner holds a live lease on its key.
+fn fence(owner: &str) -> String {
+    format!("(s.lease_owner IS NULL OR s.lease_owner = {owner} OR s.lease_until <= now())")
 }
 
 struct Statements {
     load: String,
     update: String,
     insert: String,
-    delete: String,
+    delete_unleased: String,
+    delete_leased: String,
+    row_state: String,
+    acquire: String,
+    busy: String,
+    release: String,
+    renew: String,
     cleanup: String,
 }
 
 impl Statements {
     fn new(table: &TableName) -> Self {
         let t = table.quoted();
+        let live = "s.value IS NOT NULL AND (s.expires_at IS NULL OR s.expires_at > now())";
         // `$n::bigint * interval`: a NULL TTL gives a NULL expiry (kept forever).
         Self {
             load: format!(
                 "SELECT key, value, version FROM {t} \
-                 WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > now())"
+                 WHERE key = ANY($1) AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now())"
             ),
+            // $1 value, $2 ttl ms, $3 key, $4 expected, $5 owner, $6 release, $7 channel
             update: format!(
-                "UPDATE {t} SET value = $1, version = $2, \
-                 expires_at = now() + $3::bigint * interval '1 millisecond' \
-                 WHERE key = $4 AND version = $5 AND (expires_at IS NULL OR expires_at > now())"
+                "UPDATE {t} AS s SET value = $1, version = $4 + 1, \
+                 expires_at = now() + $2::bigint * interval '1 millisecond', {release} \
+                 WHERE s.key = $3 AND s.version = $4 AND {live} AND {fence} \
+                 RETURNING s.version",
+                release = release_columns("$6::boolean", "$7::text"),
+                fence = fence("$5::text"),
             ),
+            // $1 value, $2 ttl ms, $3 key, $4 owner, $5 release, $6 channel.
+            // Over a lease-only or expired row, the new version also stays
+            // above the one the row kept.
             insert: format!(
-                "INSERT INTO {t} AS stored (key, value, version, expires_at) \
-                 VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond') \
+                "INSERT INTO {t} AS s (key, value, version, expires_at) \
+                 VALUES ($3, $1, {CLOCK_VERSION}, now() + $2::bigint * interval '1 millisecond') \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 version = excluded.version, expires_at = excluded.expires_at \
-                 WHERE stored.expires_at IS NOT NULL AND stored.expires_at <= now()"
+                 version = greatest(excluded.version, s.version + 1), \
+                 expires_at = excluded.expires_at, {release} \
+                 WHERE (s.value IS NULL OR s.expires_at <= now()) AND {fence} \
+                 RETURNING s.version",
+                release = release_columns("$5::boolean", "$6::text"),
+                fence = fence("$4::text"),
             ),
-            delete: format!("DELETE FROM {t} WHERE key = $1"),
+            delete_unleased: format!(
+                "DELETE FROM {t} WHERE key = $1 AND (lease_owner IS NULL OR lease_until <= now())"
+            ),
+            // A clear under the owner's lease keeps the lease (and the
+            // version, so the next record starts above it).
+            delete_leased: format!(
+                "UPDATE {t} SET value = NULL, expires_at = NULL \
+                 WHERE key = $1 AND lease_owner = $2::text"
+            ),
+            row_state: format!(
+                "SELECT value IS NOT NULL, version, coalesce(expires_at <= now(), false), \
+                 coalesce(lease_owner IS DISTINCT FROM $2::text AND lease_until > now(), false) \
+                 FROM {t} WHERE key = $1"
+            ),
+            // $1 keys (distinct, sorted: the lock order), $2 owner, $3 ttl ms.
+            // The rows returned are the keys taken, as the upsert left them:
+            // the latest committed version, even one committed while this
+            // statement waited for its row lock.
+            acquire: format!(
+                "INSERT INTO {t} AS s (key, value, version, lease_owner, lease_until) \
+                 SELECT k, NULL, 0, $2, now() + $3::bigint * interval '1 millisecond' \
+                 FROM unnest($1::text[]) AS k ORDER BY k \
+                 ON CONFLICT (key) DO UPDATE SET lease_owner = excluded.lease_owner, \
+                 lease_until = excluded.lease_until \
+                 WHERE s.lease_owner IS NULL OR s.lease_owner = excluded.lease_owner \
+                 OR s.lease_until <= now() \
+                 RETURNING s.key, s.value, s.version, {live}"
+            ),
+            // $1 keys, $2 owner, $3 someone listens: flag the rows so their
+            // release notifies, and say how long their leases still live.
+            busy: format!(
+                "UPDATE {t} SET lease_waiters = lease_waiters OR $3 \
+                 WHERE key = ANY($1) AND lease_owner <> $2 AND lease_until > now() \
+                 RETURNING key, \
+                 greatest(ceil(extract(epoch from lease_until - now()) * 1000), 0)::bigint"
+            ),
+            // $1 keys, $2 owner, $3 channel: lease-only rows go, the others
+            // lose their lease; flagged rows notify their waiters.
+            release: format!(
+                "WITH gone AS (DELETE FROM {t} WHERE key = ANY($1) AND lease_owner = $2 \
+                     AND value IS NULL RETURNING key, lease_waiters), \
+                 kept AS (UPDATE {t} AS s SET {release} \
+                     WHERE s.key = ANY($1) AND s.lease_owner = $2 AND s.value IS NOT NULL \
+                     RETURNING 1) \
+                 SELECT pg_notify($3, key) FROM gone WHERE lease_waiters",
+                release = release_columns("true", "$3"),
+            ),
+            renew: format!(
+                "UPDATE {t} SET lease_until = now() + $3::bigint * interval '1 millisecond' \
+                 WHERE key = ANY($1) AND lease_owner = $2"
+            ),
+            // Expired records and lease-only rows, unless a live lease holds them.
             cleanup: format!(
-                "DELETE FROM {t} WHERE expires_at <= now() AND key IN \
-                 (SELECT key FROM {t} WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                "DELETE FROM {t} WHERE key IN \
+                 (SELECT key FROM {t} WHERE (expires_at <= now() OR value IS NULL) \
+                 AND (lease_until IS NULL OR lease_until <= now()) \
+                 LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND (lease_until IS NULL OR lease_until <= now())"
             ),
         }
+    }
+}
+
+/// The waiters for lease releases, by storage key, fed by the `LISTEN` task.
+///
+/// An entry is a weak reference: the watch that waits holds the `Notify`,
+/// so an entry nobody waits on any more is dead and is dropped the next
+/// time its key is notified, or when the map has doubled since the last
+/// sweep; the map never grows with every key ever watched.
+#[derive(Default)]
+struct Watchers {
+    map: Mutex<WatchMap>,
+    /// The `LISTEN` connection is up: a release will be heard.
+    listening: AtomicBool,
+}
+
+#[derive(Default)]
+struct WatchMap {
+    by_key: HashMap<String, Weak<Notify>>,
+    sweep_at: usize,
+}
+
+/// The size below which the map is never swept.
+const MIN_SWEEP: usize = 64;
+
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchMap> {
+        // The map holds no invariant a panic could break halfway.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `Notify` of `key`, if a release would be heard.
+    fn watch(&self, key: &str) -> Option<Arc<Notify>> {
+        if !self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut map = self.lock();
+        if let Some(notify) = map.by_key.get(key).and_then(Weak::upgrade) {
+            return Some(notify);
+        }
+        let notify = Arc::new(Notify::new());
+        map.by_key.insert(key.to_owned(), Arc::downgrade(&notify));
+        if map.by_key.len() >= map.sweep_at {
+            map.by_key.retain(|_, notify| notify.strong_count() > 0);
+            map.sweep_at = (map.by_key.len() * 2).max(MIN_SWEEP);
+        }
+        Some(notify)
+    }
+
+    /// A release of `key` was heard.
+    fn wake(&self, key: &str) {
+        let mut map = self.lock();
+        match map.by_key.get(key).map(Weak::upgrade) {
+            Some(Some(notify)) => notify.notify_waiters(),
+            Some(None) => {
+                map.by_key.remove(key);
+            }
+            None => {}
+        }
+    }
+
+    /// Releases may have gone unheard (the connection dropped): wake
+    /// everyone to try again.
+    fn wake_all(&self) {
+        let mut map = self.lock();
+        map.by_key.retain(|_, notify| match notify.upgrade() {
+            Some(notify) => {
+                notify.notify_waiters();
+                true
+            }
+            None => false,
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+}
+
+/// Listens for `channel` on a connection of its own (a one-connection pool
+/// beside the storage's, so it never takes a working connection) and wakes
+/// the waiters of each released key; reconnects with a backoff when the
+/// connection is lost, waking everyone since releases may have been missed.
+async fn listen(pool: PgPool, channel: String, watchers: Arc<Watchers>) {
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listener.await {
+            Ok(mut listener) => {
+                watchers.listening.store(true, Ordering::Release);
+                watchers.wake_all();
+                backoff = Duration::from_millis(50);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notification)) => watchers.wake(notification.payload()),
+                        // Lost and reconnected (sqlx reconnects eagerly).
+                        Ok(None) => watchers.wake_all(),
+                        Err(error) => {
+                            tracing::warn!(%error, channel, "lease release listener lost");
+                            break;
+                        }
+                    }
+                }
+                watchers.listening.store(false, Ordering::Release);
+                watchers.wake_all();
+            }
+            Err(error) => {
+                tracing::warn!(%error, channel, "lease release listener cannot connect");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -99,6 +354,9 @@ pub struct PostgresStorageBuilder {
     table: String,
     max_connections: u32,
     acquire_timeout: Duration,
+    statement_timeout: Duration,
+    lock_timeout: Duration,
+    cross_process_leases: bool,
 }
 
 impl PostgresStorageBuilder {
@@ -125,24 +383,69 @@ impl PostgresStorageBuilder {
         self
     }
 
+    /// The `statement_timeout` of the connections [`connect`](Self::connect)
+    /// opens (default 5 s; zero: none): a statement running longer fails
+    /// with [`StorageErrorKind::Timeout`](crate::StorageErrorKind) instead of
+    /// holding an update. With [`pool`](Self::pool), the pool's own settings apply.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The `lock_timeout` of the connections [`connect`](Self::connect)
+    /// opens (default 5 s; zero: none): a session row locked by another
+    /// client (a stuck transaction, a manual `SELECT … FOR UPDATE`) fails the
+    /// load or write with [`StorageErrorKind::Timeout`](crate::StorageErrorKind)
+    /// after this long, instead of hanging. With [`pool`](Self::pool), the
+    /// pool's own settings apply.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Whether updates lease their keys so that the updates of one key are
+    /// serialized across every process sharing the table (default `true`).
+    ///
+    /// On by default because a PostgreSQL storage is usually shared (bot
+    /// replicas, workers), and without leases a concurrent update of another
+    /// process ends in a `Conflict` error. The lease costs nothing extra per
+    /// update (taken by the load's statement, released by the commit's) and
+    /// one more connection per storage, for `LISTEN`. Turn it off only if
+    /// one process uses the table.
+    pub fn cross_process_leases(mut self, enabled: bool) -> Self {
+        self.cross_process_leases = enabled;
+        self
+    }
+
     /// Connects a pool to `url` (`postgres://user:password@host:port/database`)
-    /// and creates the table if it is missing.
+    /// and creates the table if it is missing (or brings an older one up to date).
     pub async fn connect(self, url: &str) -> Result<PostgresStorage, StorageError> {
         let table = TableName::parse(&self.table, true)?;
+        let mut settings = Vec::new();
+        for (name, timeout) in [
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+        ] {
+            settings.push((name, format!("{}ms", ttl_millis(timeout))));
+        }
+        let options = url
+            .parse::<PgConnectOptions>()
+            .map_err(storage_error)?
+            .options(settings);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(storage_error)?;
-        PostgresStorage::create(pool, table).await
+        PostgresStorage::create(pool, table, self.cross_process_leases).await
     }
 
     /// Uses an existing pool (the bot's own, with its own settings) and
-    /// creates the table if it is missing.
+    /// creates the table if it is missing (or brings an older one up to date).
     pub async fn pool(self, pool: PgPool) -> Result<PostgresStorage, StorageError> {
         let table = TableName::parse(&self.table, true)?;
-        PostgresStorage::create(pool, table).await
+        PostgresStorage::create(pool, table, self.cross_process_leases).await
     }
 }
 
@@ -164,10 +467,13 @@ impl PostgresStorage {
             table: DEFAULT_TABLE.to_owned(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
+            cross_process_leases: true,
         }
     }
 
-    async fn create(pool: PgPool, table: TableName) -> Result<Self, StorageError> {
+    async fn create(pool: PgPool, table: TableName, leases: bool) -> Result<Self, StorageError> {
         create_table(&pool, &table).await?;
         let options = pool.connect_options();
         let name = format!(
@@ -177,12 +483,29 @@ impl PostgresStorage {
             options.get_database().unwrap_or(options.get_username()),
             table.as_str(),
         );
+        let channel = table.channel();
+        let (watchers, listener) = if leases {
+            let watchers = Arc::new(Watchers::default());
+            // A pool of one for the listener, so it never holds one of the
+            // working connections.
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with((*options).clone());
+            let task = tokio::spawn(listen(own, channel.clone(), Arc::clone(&watchers)));
+            (Some(watchers), Some(task))
+        } else {
+            (None, None)
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 name,
                 statements: Statements::new(&table),
                 table,
                 pool,
+                channel,
+                watchers,
+                listener,
             }),
         })
     }
@@ -197,9 +520,20 @@ impl PostgresStorage {
         &self.inner.pool
     }
 
+    /// Whether the storage hears lease releases now (its `LISTEN`
+    /// connection is up); waiters poll while it is not.
+    pub fn is_listening(&self) -> bool {
+        self.inner
+            .watchers
+            .as_ref()
+            .is_some_and(|watchers| watchers.listening.load(Ordering::Acquire))
+    }
+
     /// Deletes the expired rows now and says how many went.
     ///
     /// Expired sessions are already invisible; this reclaims their space.
+    /// Lease-only rows (an update leased a key that stores nothing) go too
+    /// once their lease expired (their process died before releasing it).
     /// Rows go a thousand per statement, skipping rows an update holds, so
     /// it never makes updates wait. Several processes may run it at once.
     pub async fn cleanup_expired(&self) -> Result<u64, StorageError> {
@@ -233,8 +567,9 @@ impl PostgresStorage {
     }
 }
 
-/// Creates the table and its expiry index, under an advisory lock so that
-/// processes starting together do not race on the catalog.
+/// Creates the table and its indexes, or brings a table of an older version
+/// up to date (lease columns, `value` nullable), under an advisory lock so
+/// that processes starting together do not race on the catalog.
 async fn create_table(pool: &PgPool, table: &TableName) -> Result<(), StorageError> {
     let mut tx = pool.begin().await.map_err(storage_error)?;
     create_in(&mut tx, table).await?;
@@ -243,27 +578,59 @@ async fn create_table(pool: &PgPool, table: &TableName) -> Result<(), StorageErr
 
 async fn create_in(conn: &mut PgConnection, table: &TableName) -> Result<(), StorageError> {
     let t = table.quoted();
-    let index = table.index();
-    let statements = [
-        format!(
-            "CREATE TABLE IF NOT EXISTS {t} (\
-                 key TEXT PRIMARY KEY, \
-                 value BYTEA NOT NULL, \
-                 version BIGINT NOT NULL, \
-                 expires_at TIMESTAMPTZ\
-             )"
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL"
-        ),
-    ];
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("tg_session:{}", table.as_str()))
         .execute(&mut *conn)
         .await
         .map_err(storage_error)?;
-    for statement in &statements {
-        sqlx::query(statement)
+    sqlx::query(&format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\
+             key TEXT PRIMARY KEY, \
+             value BYTEA, \
+             version BIGINT NOT NULL, \
+             expires_at TIMESTAMPTZ, \
+             lease_owner TEXT, \
+             lease_until TIMESTAMPTZ, \
+             lease_waiters BOOLEAN NOT NULL DEFAULT false\
+         )"
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(storage_error)?;
+    // Asked first, because `ALTER TABLE` locks the table even when it
+    // changes nothing, and every process runs this at start.
+    let outdated: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass \
+             AND attname = 'lease_waiters' AND NOT attisdropped) \
+         OR EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass \
+             AND attname = 'value' AND attnotnull)",
+    )
+    .bind(t)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(storage_error)?;
+    if outdated {
+        sqlx::query(&format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lease_owner TEXT, \
+             ADD COLUMN IF NOT EXISTS lease_until TIMESTAMPTZ, \
+             ADD COLUMN IF NOT EXISTS lease_waiters BOOLEAN NOT NULL DEFAULT false, \
+             ALTER COLUMN value DROP NOT NULL"
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(storage_error)?;
+    }
+    for statement in [
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at) WHERE expires_at IS NOT NULL",
+            table.index()
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (lease_until) WHERE value IS NULL",
+            table.lease_index()
+        ),
+    ] {
+        sqlx::query(&statement)
             .execute(&mut *conn)
             .await
             .map_err(storage_error)?;
@@ -279,11 +646,16 @@ impl std::fmt::Debug for PostgresStorage {
     }
 }
 
+/// Applies one write, fenced by `owner`'s lease (`None`: any live lease
+/// refuses it); a put with `release` also clears the owner's lease.
 async fn apply(
     conn: &mut PgConnection,
-    statements: &Statements,
+    inner: &Inner,
     write: &Write,
+    owner: Option<&str>,
+    release: bool,
 ) -> Result<WriteOutcome, StorageError> {
+    let statements = &inner.statements;
     match write {
         Write::Put {
             key,
@@ -291,36 +663,161 @@ async fn apply(
             expected_version,
             ttl,
         } => {
-            let version = Write::next_version(*expected_version);
             let ttl = ttl.map(ttl_millis);
             let query = match expected_version {
                 Some(expected) => sqlx::query(&statements.update)
                     .bind(value.as_ref())
-                    .bind(version_to_sql(version)?)
                     .bind(ttl)
                     .bind(key.as_str())
-                    .bind(version_to_sql(*expected)?),
+                    .bind(version_to_sql(*expected)?)
+                    .bind(owner)
+                    .bind(release)
+                    .bind(&inner.channel),
                 None => sqlx::query(&statements.insert)
-                    .bind(key.as_str())
                     .bind(value.as_ref())
-                    .bind(version_to_sql(version)?)
-                    .bind(ttl),
+                    .bind(ttl)
+                    .bind(key.as_str())
+                    .bind(owner)
+                    .bind(release)
+                    .bind(&inner.channel),
             };
-            let changed = query.execute(&mut *conn).await.map_err(storage_error)?;
-            Ok(match changed.rows_affected() {
-                0 => WriteOutcome::Conflict(Conflict::NewerVersion),
-                _ => WriteOutcome::Written { version },
-            })
+            let written = query
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(storage_error)?;
+            match written {
+                Some(row) => Ok(WriteOutcome::Written {
+                    version: version_from_sql(row.try_get(0).map_err(storage_error)?)?,
+                }),
+                None => {
+                    let row = row_state(conn, statements, key, owner).await?;
+                    Ok(WriteOutcome::Conflict(conflict_cause(
+                        row,
+                        *expected_version,
+                    )))
+                }
+            }
         }
         Write::Delete { key } => {
-            sqlx::query(&statements.delete)
+            let deleted = sqlx::query(&statements.delete_unleased)
                 .bind(key.as_str())
                 .execute(&mut *conn)
                 .await
                 .map_err(storage_error)?;
-            Ok(WriteOutcome::Deleted)
+            if deleted.rows_affected() > 0 {
+                return Ok(WriteOutcome::Deleted);
+            }
+            if owner.is_some() {
+                let cleared = sqlx::query(&statements.delete_leased)
+                    .bind(key.as_str())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(storage_error)?;
+                if cleared.rows_affected() > 0 {
+                    return Ok(WriteOutcome::Deleted);
+                }
+            }
+            let row = row_state(conn, statements, key, owner).await?;
+            Ok(match row {
+                Some(row) if row.leased_by_other => WriteOutcome::Conflict(Conflict::LeaseLost),
+                _ => WriteOutcome::Deleted,
+            })
         }
     }
+}
+
+/// The key's row, read to tell why a write was refused.
+async fn row_state(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    key: &StorageKey,
+    owner: Option<&str>,
+) -> Result<Option<RowState>, StorageError> {
+    let row = sqlx::query(&statements.row_state)
+        .bind(key.as_str())
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(storage_error)?;
+    row.map(|row| {
+        Ok(RowState {
+            has_value: row.try_get(0).map_err(storage_error)?,
+            version: row.try_get(1).map_err(storage_error)?,
+            expired: row.try_get(2).map_err(storage_error)?,
+            leased_by_other: row.try_get(3).map_err(storage_error)?,
+        })
+    })
+    .transpose()
+}
+
+/// Gives back `owner`'s leases on `keys` (sorted), waking their waiters.
+async fn release(
+    conn: &mut PgConnection,
+    inner: &Inner,
+    keys: &[&str],
+    owner: &str,
+) -> Result<(), StorageError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&inner.statements.release)
+        .bind(keys)
+        .bind(owner)
+        .bind(&inner.channel)
+        .execute(&mut *conn)
+        .await
+        .map_err(storage_error)?;
+    Ok(())
+}
+
+/// Applies `writes` and releases `owner`'s leases on `release`, in one
+/// transaction when it takes more than one statement.
+async fn commit(
+    inner: Arc<Inner>,
+    writes: Vec<Write>,
+    release_keys: Vec<StorageKey>,
+    owner: Option<LeaseOwner>,
+) -> Result<Vec<WriteOutcome>, StorageError> {
+    let owner = owner.as_ref().map(LeaseOwner::as_str);
+    if needs_transaction(&writes, &release_keys) {
+        let mut tx = inner.pool.begin().await.map_err(storage_error)?;
+        let outcomes = apply_all(&mut tx, &inner, &writes, &release_keys, owner).await?;
+        tx.commit().await.map_err(storage_error)?;
+        Ok(outcomes)
+    } else {
+        let mut conn = inner.pool.acquire().await.map_err(storage_error)?;
+        apply_all(&mut conn, &inner, &writes, &release_keys, owner).await
+    }
+}
+
+async fn apply_all(
+    conn: &mut PgConnection,
+    inner: &Inner,
+    writes: &[Write],
+    release_keys: &[StorageKey],
+    owner: Option<&str>,
+) -> Result<Vec<WriteOutcome>, StorageError> {
+    let releasing: HashSet<&str> = match owner {
+        Some(_) => release_keys.iter().map(StorageKey::as_str).collect(),
+        None => HashSet::new(),
+    };
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut released = HashSet::new();
+    for write in writes {
+        let key = write.key().as_str();
+        let release_this = matches!(write, Write::Put { .. }) && releasing.contains(key);
+        let outcome = apply(conn, inner, write, owner, release_this).await?;
+        if release_this && matches!(outcome, WriteOutcome::Written { .. }) {
+            released.insert(key);
+        }
+        outcomes.push(outcome);
+    }
+    if let Some(owner) = owner {
+        let rest = still_to_release(release_keys, &released);
+        release(conn, inner, &rest, owner).await?;
+    }
+    Ok(outcomes)
 }
 
 #[async_trait]
@@ -361,23 +858,169 @@ impl Storage for PostgresStorage {
 
     #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len()))]
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        let statements = &self.inner.statements;
-        match writes {
-            [] => Ok(Vec::new()),
-            // One statement is atomic by itself: one round trip.
-            [write] => {
-                let mut conn = self.inner.pool.acquire().await.map_err(storage_error)?;
-                Ok(vec![apply(&mut conn, statements, write).await?])
-            }
-            _ => {
-                let mut tx = self.inner.pool.begin().await.map_err(storage_error)?;
-                let mut outcomes = Vec::with_capacity(writes.len());
-                for write in writes {
-                    outcomes.push(apply(&mut tx, statements, write).await?);
-                }
-                tx.commit().await.map_err(storage_error)?;
-                Ok(outcomes)
-            }
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(commit(inner, writes.to_vec(), Vec::new(), None)).await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.watchers.as_ref().map(|_| self as &dyn Leases)
+    }
+}
+
+#[async_trait]
+impl Leases for PostgresStorage {
+    #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, keys = keys.len()))]
+    async fn acquire(
+        &self,
+        keys: &[StorageKey],
+        lease: Lease<'_>,
+    ) -> Result<LeasedLoad, StorageError> {
+        if keys.is_empty() {
+            return Ok(LeasedLoad::Acquired(Vec::new()));
+        }
+        let inner = Arc::clone(&self.inner);
+        let keys = keys.to_vec();
+        let owner = lease.owner.clone();
+        let ttl = ttl_millis(lease.ttl);
+        run_to_completion(async move {
+            let distinct = distinct_sorted(&keys);
+            let mut conn = inner.pool.acquire().await.map_err(storage_error)?;
+            let rows = sqlx::query(&inner.statements.acquire)
+                .bind(&distinct)
+                .bind(owner.as_str())
+                .bind(ttl)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(storage_error)?;
+            let mut taken = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let record = record_from_row(
+                    row.try_get(1).map_err(storage_error)?,
+                    row.try_get(2).map_err(storage_error)?,
+                    row.try_get(3).map_err(storage_error)?,
+                )?;
+                taken.insert(row.try_get::<String, _>(0).map_err(storage_error)?, record);
+            }
+            let busy_at = match leased_records(&keys, &taken) {
+                Ok(records) => return Ok(LeasedLoad::Acquired(records)),
+                Err(index) => index,
+            };
+            // Contention only: give back what this statement took, then
+            // flag the busy rows so their release wakes us.
+            release(&mut conn, &inner, &distinct, owner.as_str()).await?;
+            let listening = inner
+                .watchers
+                .as_ref()
+                .is_some_and(|watchers| watchers.listening.load(Ordering::Acquire));
+            let rows = sqlx::query(&inner.statements.busy)
+                .bind(&distinct)
+                .bind(owner.as_str())
+                .bind(listening)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(storage_error)?;
+            let mut remaining = HashMap::with_capacity(rows.len());
+            for row in rows {
+                let key: String = row.try_get(0).map_err(storage_error)?;
+                let millis: i64 = row.try_get(1).map_err(storage_error)?;
+                remaining.insert(key, Duration::from_millis(millis.unsigned_abs()));
+            }
+            // The first key still busy; if its holder released meanwhile,
+            // the key first found busy, to retry at once.
+            Ok(keys
+                .iter()
+                .enumerate()
+                .find_map(|(index, key)| {
+                    remaining
+                        .get(key.as_str())
+                        .map(|&retry_in| LeasedLoad::Busy { index, retry_in })
+                })
+                .unwrap_or(LeasedLoad::Busy {
+                    index: busy_at,
+                    retry_in: Duration::ZERO,
+                }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len(), release = release.len()))]
+    async fn write_and_release(
+        &self,
+        writes: &[Write],
+        release: &[StorageKey],
+        owner: &LeaseOwner,
+    ) -> Result<Vec<WriteOutcome>, StorageError> {
+        if writes.is_empty() && release.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(commit(
+            inner,
+            writes.to_vec(),
+            release.to_vec(),
+            Some(owner.clone()),
+        ))
+        .await
+    }
+
+    async fn renew(&self, keys: &[StorageKey], lease: Lease<'_>) -> Result<bool, StorageError> {
+        let distinct = distinct_sorted(keys);
+        if distinct.is_empty() {
+            return Ok(true);
+        }
+        let renewed = sqlx::query(&self.inner.statements.renew)
+            .bind(&distinct)
+            .bind(lease.owner.as_str())
+            .bind(ttl_millis(lease.ttl))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(storage_error)?
+            .rows_affected();
+        Ok(usize::try_from(renewed).is_ok_and(|renewed| renewed == distinct.len()))
+    }
+
+    fn watch(&self, key: &StorageKey) -> ReleaseWatch {
+        match self
+            .inner
+            .watchers
+            .as_ref()
+            .and_then(|w| w.watch(key.as_str()))
+        {
+            Some(notify) => ReleaseWatch::notify(notify),
+            None => ReleaseWatch::poll(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_map_forgets_keys_nobody_waits_on() {
+        let watchers = Watchers::default();
+        assert!(
+            watchers.watch("k").is_none(),
+            "no watch while not listening"
+        );
+        watchers.listening.store(true, Ordering::Release);
+        let held = watchers.watch("held");
+        for i in 0..10_000 {
+            drop(watchers.watch(&format!("key-{i}")));
+        }
+        assert!(
+            watchers.len() <= 2 * MIN_SWEEP,
+            "{} entries",
+            watchers.len()
+        );
+        let again = watchers.watch("held");
+        assert!(matches!((&held, &again), (Some(a), Some(b)) if Arc::ptr_eq(a, b)));
+        drop((held, again));
+        watchers.wake("held");
+        watchers.wake_all();
+        assert_eq!(watchers.len(), 0);
     }
 }

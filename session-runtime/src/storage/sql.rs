@@ -1,9 +1,28 @@
 //! What the SQL storages share: the checked table name, version and TTL
-//! conversions, and the mapping of `sqlx` errors to [`StorageError`].
+//! conversions, the mapping of `sqlx` errors to [`StorageError`], and the
+//! dialect-free half of leases (decoding what a statement returned, telling
+//! why a write was refused, running a commit to completion).
+//!
+//! # The lease schema, for both dialects
+//!
+//! A lease lives in its record's own row (`lease_owner`, `lease_until`), so
+//! taking it and reading the record is one upsert whose `RETURNING` gives the
+//! row as the lease was taken on it, and a commit that writes a session
+//! clears its lease in the same `UPDATE`. A key leased by an update that has
+//! nothing stored yet gets a row with `value IS NULL`: a lease without a
+//! record, invisible to loads, deleted by the release (or by the cleanup once
+//! its lease expired). Such a row keeps the version of the record it replaced
+//! (after a `clear()`), so a new record starts above it.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::error::{StorageError, StorageErrorKind};
+use crate::key::StorageKey;
+use crate::storage::{Conflict, Record, Write};
 
 /// The table sessions go in unless told otherwise.
 pub(crate) const DEFAULT_TABLE: &str = "tg_sessions";
@@ -27,6 +46,10 @@ pub(crate) struct TableName {
     quoted: String,
     /// `"table_expires_at"`: the expiry index, created in the table's schema.
     index: String,
+    /// `"table_lease_only"`: the index of lease-only rows, for the cleanup.
+    lease_index: String,
+    /// `"table_migrating"`: where SQLite rebuilds an old table.
+    rebuild: String,
 }
 
 impl TableName {
@@ -62,6 +85,8 @@ impl TableName {
             plain: name.to_owned(),
             quoted,
             index: format!("\"{table}_expires_at\""),
+            lease_index: format!("\"{table}_lease_only\""),
+            rebuild: format!("\"{table}_migrating\""),
         })
     }
 
@@ -78,6 +103,32 @@ impl TableName {
     /// The quoted name of the expiry index.
     pub(crate) fn index(&self) -> &str {
         &self.index
+    }
+
+    /// The quoted name of the index of lease-only rows.
+    pub(crate) fn lease_index(&self) -> &str {
+        &self.lease_index
+    }
+
+    /// The quoted name of the table an SQLite migration rebuilds into.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn rebuild(&self) -> &str {
+        &self.rebuild
+    }
+
+    /// The `NOTIFY` channel of this table's lease releases: a fixed-length
+    /// hash of the name, since a channel is an identifier of at most 63
+    /// bytes and `schema.table` may be longer.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn channel(&self) -> String {
+        // FNV-1a: stable across processes and builds, unlike `DefaultHasher`.
+        let hash = self
+            .plain
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("tg_session_release_{hash:016x}")
     }
 }
 
@@ -119,6 +170,10 @@ pub(crate) fn ttl_millis(ttl: Duration) -> i64 {
 pub(crate) fn storage_error(error: sqlx::Error) -> StorageError {
     let kind = match &error {
         sqlx::Error::PoolTimedOut => StorageErrorKind::Timeout,
+        // PostgreSQL's `lock_timeout` (55P03) and `statement_timeout` (57014).
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("55P03" | "57014")) => {
+            StorageErrorKind::Timeout
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolClosed
@@ -127,6 +182,118 @@ pub(crate) fn storage_error(error: sqlx::Error) -> StorageError {
         _ => StorageErrorKind::Other,
     };
     StorageError::new(kind, error)
+}
+
+/// A record as a lease statement returned it: `None` for a lease-only row
+/// (`value` NULL) or an expired record (`live` false).
+pub(crate) fn record_from_row(
+    value: Option<Vec<u8>>,
+    version: i64,
+    live: bool,
+) -> Result<Option<Record>, StorageError> {
+    match value {
+        Some(value) if live => Ok(Some(Record {
+            value: Bytes::from(value),
+            version: version_from_sql(version)?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// The distinct keys of a batch, sorted: the order every statement takes
+/// row locks in, so two updates leasing overlapping keys cannot deadlock
+/// (and an upsert never meets one key twice).
+pub(crate) fn distinct_sorted(keys: &[StorageKey]) -> Vec<&str> {
+    let mut distinct: Vec<&str> = keys.iter().map(StorageKey::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
+/// The answer of an acquire statement, per key of the batch: the records of
+/// the keys it returned (taken), or the index of the first key it did not
+/// return (leased by another owner).
+pub(crate) fn leased_records(
+    keys: &[StorageKey],
+    taken: &HashMap<String, Option<Record>>,
+) -> Result<Vec<Option<Record>>, usize> {
+    keys.iter()
+        .enumerate()
+        .map(|(index, key)| taken.get(key.as_str()).cloned().ok_or(index))
+        .collect()
+}
+
+/// What a refused write found in its key's row (read on the conflict path
+/// only, to say why).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowState {
+    /// The row holds a record (not only a lease).
+    pub(crate) has_value: bool,
+    /// The row's version.
+    pub(crate) version: i64,
+    /// The record's `expires_at` has passed.
+    pub(crate) expired: bool,
+    /// Another owner (or, for a write without owner, anyone) holds a live lease.
+    pub(crate) leased_by_other: bool,
+}
+
+/// Why a put expecting `expected` was refused, given its key's row.
+pub(crate) fn conflict_cause(row: Option<RowState>, expected: Option<u64>) -> Conflict {
+    match row {
+        Some(row) if row.leased_by_other => Conflict::LeaseLost,
+        Some(row)
+            if row.has_value
+                && row.expired
+                && expected.is_some_and(|v| i64::try_from(v) == Ok(row.version)) =>
+        {
+            Conflict::Expired
+        }
+        _ => Conflict::NewerVersion,
+    }
+}
+
+/// The keys of `release` that the puts of a batch did not release
+/// themselves (a put whose key is released clears its lease in the same
+/// statement; a refused put or a delete leaves it to the release statement).
+pub(crate) fn still_to_release<'a>(
+    release: &'a [StorageKey],
+    released_by_puts: &HashSet<&str>,
+) -> Vec<&'a str> {
+    let mut rest: Vec<&str> = release
+        .iter()
+        .map(StorageKey::as_str)
+        .filter(|key| !released_by_puts.contains(key))
+        .collect();
+    rest.sort_unstable();
+    rest.dedup();
+    rest
+}
+
+/// Whether a commit of `writes` releasing `release` needs a transaction:
+/// more than one statement, unless it is one put that releases only its
+/// own key (the common commit of one changed session), or no write at all
+/// (the release statements are each safe alone).
+pub(crate) fn needs_transaction(writes: &[Write], release: &[StorageKey]) -> bool {
+    match writes {
+        [] => false,
+        [write] => release.iter().any(|key| key != write.key()),
+        _ => true,
+    }
+}
+
+/// Runs `work` in a task of its own and waits for it, so that dropping the
+/// caller's future (an update cancelled mid-commit) never stops a
+/// transaction halfway: sqlx 0.8 leaves a connection inside a transaction
+/// when `begin` or `commit` is dropped, and an acknowledged write could be
+/// lost or a later one refused.
+pub(crate) async fn run_to_completion<T, F>(work: F) -> Result<T, StorageError>
+where
+    F: Future<Output = Result<T, StorageError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|error| StorageError::other(format!("a session storage task failed: {error}")))?
 }
 
 /// Runs `cleanup` every `period` (at least a second) in a Tokio task,
@@ -198,6 +365,62 @@ mod tests {
                 .is_some_and(|e| e.contains("invalid session table name `bot.sessions`")),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn refused_writes_say_why() {
+        let row = |has_value, version, expired, leased_by_other| {
+            Some(RowState {
+                has_value,
+                version,
+                expired,
+                leased_by_other,
+            })
+        };
+        assert_eq!(conflict_cause(None, Some(3)), Conflict::NewerVersion);
+        assert_eq!(
+            conflict_cause(row(true, 3, false, true), Some(3)),
+            Conflict::LeaseLost
+        );
+        assert_eq!(
+            conflict_cause(row(true, 3, true, false), Some(3)),
+            Conflict::Expired
+        );
+        assert_eq!(
+            conflict_cause(row(true, 4, true, false), Some(3)),
+            Conflict::NewerVersion
+        );
+        assert_eq!(
+            conflict_cause(row(false, 3, false, false), Some(3)),
+            Conflict::NewerVersion
+        );
+    }
+
+    #[test]
+    fn a_busy_key_is_found_in_batch_order() {
+        let keys: Vec<StorageKey> = ["a", "b", "c"]
+            .iter()
+            .map(|k| StorageKey::new(None, None, "t", k))
+            .collect();
+        let mut taken = HashMap::new();
+        taken.insert(keys[0].as_str().to_owned(), None);
+        taken.insert(keys[2].as_str().to_owned(), None);
+        assert_eq!(leased_records(&keys, &taken), Err(1));
+        taken.insert(keys[1].as_str().to_owned(), None);
+        assert_eq!(leased_records(&keys, &taken), Ok(vec![None, None, None]));
+        assert_eq!(
+            distinct_sorted(&[keys[2].clone(), keys[0].clone(), keys[2].clone()]),
+            [keys[0].as_str(), keys[2].as_str()]
+        );
+    }
+
+    #[test]
+    fn channels_are_short_identifiers() {
+        let long = TableName::parse(&format!("{0}.{0}", "s".repeat(48)), true)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(long.channel().len() < 63);
+        let other = TableName::parse("sessions", true).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_ne!(long.channel(), other.channel());
     }
 
     #[test]

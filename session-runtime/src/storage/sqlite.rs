@@ -1,7 +1,7 @@
 //! Sessions in an SQLite file: the embedded persistent storage for a bot on
 //! one machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,10 +18,13 @@ use tokio::task::JoinHandle;
 use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::storage::sql::{
-    CLEANUP_CHUNK, DEFAULT_TABLE, TableName, storage_error, ttl_millis, version_from_sql,
-    version_to_sql,
+    CLEANUP_CHUNK, DEFAULT_TABLE, RowState, TableName, conflict_cause, distinct_sorted,
+    leased_records, needs_transaction, record_from_row, run_to_completion, still_to_release,
+    storage_error, ttl_millis, version_from_sql, version_to_sql,
 };
-use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome, sql};
+use crate::storage::{
+    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, Storage, Write, WriteOutcome, sql,
+};
 
 /// Keys per `SELECT … IN (…)`, well under SQLite's limit on bound parameters.
 const LOAD_CHUNK: usize = 500;
@@ -58,10 +61,13 @@ impl SqliteSynchronous {
 /// to run.
 ///
 /// One table (default `tg_sessions`, created on first use) holds the key, the
-/// encoded value, its version and its expiry time. An update's sessions are
-/// loaded with one `SELECT` and written in one transaction; every put is
-/// conditional on the version that was read, so two processes sharing the
-/// file never overwrite each other silently.
+/// encoded value, its version, its expiry time and the key's lease. An
+/// update's sessions are loaded with one `SELECT` and written in one
+/// transaction; every put is conditional on the version that was read, so
+/// two processes sharing the file never overwrite each other silently, and a
+/// record's version never repeats (a new record starts at the clock in
+/// microseconds), so a write prepared before a `clear()` and re-create is
+/// refused too.
 ///
 /// # Settings, chosen for a bot
 ///
@@ -75,7 +81,14 @@ impl SqliteSynchronous {
 ///   writer at a time anyway, so writes of this process queue in the pool
 ///   instead of failing with "database is locked"; write transactions start
 ///   with `BEGIN IMMEDIATE`, and a 5 s `busy_timeout` covers other processes
-///   on the same file.
+///   on the same file. Every write runs to its end in a task of its own,
+///   even when the update that started it is cancelled, so the writer is
+///   never left inside a transaction.
+/// - **No cross-process leases** by default
+///   ([`SqliteStorageBuilder::cross_process_leases`]): an SQLite file is
+///   usually used by one process, which serializes its updates itself, and a
+///   lease would turn every load into a write queued on the single writer.
+///   Several processes on one file should turn them on.
 ///
 /// Cloning is cheap and shares the connections.
 ///
@@ -106,42 +119,124 @@ struct Inner {
     readers: SqlitePool,
     writer: SqlitePool,
     statements: Statements,
+    leases: bool,
 }
 
+/// Statements with a fixed shape; those taking a list of keys are built per
+/// call from a head and [`key_list`].
 struct Statements {
-    /// Everything of the load query before the key placeholders.
+    /// Everything of the load query before the key placeholders (`?2`…).
     load_head: String,
     update: String,
     insert: String,
-    delete: String,
+    delete_unleased: String,
+    delete_leased: String,
+    row_state: String,
+    /// The acquire upsert before its `VALUES` rows.
+    acquire_head: String,
+    /// The acquire upsert after its `VALUES` rows.
+    acquire_tail: String,
+    /// Busy leases among keys `?3`…: owner `?1`, now `?2`.
+    busy_head: String,
+    /// Lease-only rows of owner `?1` among keys `?2`…
+    release_gone_head: String,
+    /// Leases of owner `?1` among keys `?2`…
+    release_kept_head: String,
+    /// Leases of owner `?1` among keys `?3`…, until `?2`.
+    renew_head: String,
     cleanup: String,
 }
 
 impl Statements {
     fn new(table: &TableName) -> Self {
         let t = table.quoted();
+        // Params of both puts: ?1 value, ?2 expires_at, ?3 key, ?4 expected
+        // (update) or the new version (insert), ?5 owner, ?6 release, ?7 now.
+        let release = "lease_owner = CASE WHEN ?6 THEN NULL ELSE lease_owner END, \
+                       lease_until = CASE WHEN ?6 THEN NULL ELSE lease_until END";
+        let fence = "(lease_owner IS NULL OR lease_owner = ?5 OR lease_until <= ?7)";
         Self {
             load_head: format!(
-                "SELECT key, value, version FROM {t} \
-                 WHERE (expires_at IS NULL OR expires_at > ?1) AND key IN ("
+                "SELECT key, value, version FROM {t} WHERE value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > ?1) AND key IN ("
             ),
             update: format!(
-                "UPDATE {t} SET value = ?1, version = ?2, expires_at = ?3 \
-                 WHERE key = ?4 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)"
+                "UPDATE {t} SET value = ?1, version = ?4 + 1, expires_at = ?2, {release} \
+                 WHERE key = ?3 AND version = ?4 AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > ?7) AND {fence} \
+                 RETURNING version"
             ),
+            // Over a lease-only or expired row, the new version also stays
+            // above the one the row kept.
             insert: format!(
-                "INSERT INTO {t} (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                "INSERT INTO {t} (key, value, version, expires_at) VALUES (?3, ?1, ?4, ?2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 version = excluded.version, expires_at = excluded.expires_at \
-                 WHERE {t}.expires_at IS NOT NULL AND {t}.expires_at <= ?5"
+                 version = max(excluded.version, {t}.version + 1), \
+                 expires_at = excluded.expires_at, {release} \
+                 WHERE ({t}.value IS NULL OR {t}.expires_at <= ?7) AND {fence} \
+                 RETURNING version"
             ),
-            delete: format!("DELETE FROM {t} WHERE key = ?1"),
+            delete_unleased: format!(
+                "DELETE FROM {t} WHERE key = ?1 AND (lease_owner IS NULL OR lease_until <= ?2)"
+            ),
+            // A clear under the owner's lease keeps the lease (and the
+            // version, so the next record starts above it).
+            delete_leased: format!(
+                "UPDATE {t} SET value = NULL, expires_at = NULL WHERE key = ?1 AND lease_owner = ?2"
+            ),
+            row_state: format!(
+                "SELECT value IS NOT NULL, version, coalesce(expires_at <= ?3, 0), \
+                 coalesce(lease_owner IS NOT ?2 AND lease_until > ?3, 0) FROM {t} WHERE key = ?1"
+            ),
+            // ?1 owner, ?2 lease_until, ?3 now, keys from ?4.
+            acquire_head: format!(
+                "INSERT INTO {t} (key, value, version, lease_owner, lease_until) VALUES "
+            ),
+            acquire_tail: format!(
+                " ON CONFLICT (key) DO UPDATE SET lease_owner = excluded.lease_owner, \
+                 lease_until = excluded.lease_until \
+                 WHERE {t}.lease_owner IS NULL OR {t}.lease_owner = excluded.lease_owner \
+                 OR {t}.lease_until <= ?3 \
+                 RETURNING key, value, version, \
+                 value IS NOT NULL AND (expires_at IS NULL OR expires_at > ?3)"
+            ),
+            busy_head: format!(
+                "SELECT key, lease_until - ?2 FROM {t} \
+                 WHERE lease_owner IS NOT ?1 AND lease_until > ?2 AND key IN ("
+            ),
+            release_gone_head: format!(
+                "DELETE FROM {t} WHERE lease_owner = ?1 AND value IS NULL AND key IN ("
+            ),
+            release_kept_head: format!(
+                "UPDATE {t} SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ?1 AND key IN ("
+            ),
+            renew_head: format!(
+                "UPDATE {t} SET lease_until = ?2 WHERE lease_owner = ?1 AND key IN ("
+            ),
+            // Expired records and lease-only rows, unless a live lease holds them.
             cleanup: format!(
-                "DELETE FROM {t} WHERE key IN \
-                 (SELECT key FROM {t} WHERE expires_at <= ?1 LIMIT ?2)"
+                "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
+                 WHERE (expires_at <= ?1 OR value IS NULL) \
+                 AND (lease_until IS NULL OR lease_until <= ?1) LIMIT ?2)"
             ),
         }
     }
+}
+
+/// `head` followed by `count` placeholders numbered from `first`, and `)`.
+fn key_list(head: &str, first: usize, count: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + count * 6);
+    sql.push_str(head);
+    for index in 0..count {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('?');
+        sql.push_str(&(first + index).to_string());
+    }
+    sql.push(')');
+    sql
 }
 
 /// Configures a [`SqliteStorage`]; start with [`SqliteStorage::builder`].
@@ -153,6 +248,7 @@ pub struct SqliteStorageBuilder {
     synchronous: SqliteSynchronous,
     readers: u32,
     busy_timeout: Duration,
+    cross_process_leases: bool,
 }
 
 impl SqliteStorageBuilder {
@@ -184,8 +280,22 @@ impl SqliteStorageBuilder {
         self
     }
 
+    /// Whether updates lease their keys so that the updates of one key are
+    /// serialized across the processes opening this file (default `false`).
+    ///
+    /// Off by default: an SQLite file usually serves one process, whose own
+    /// per-key locks already serialize its updates, and a lease turns every
+    /// load into a write through the file's single writer (queued behind
+    /// every commit). Turn it on when several processes open the same file;
+    /// without it, their concurrent updates of one key end in a `Conflict`.
+    /// Waiters poll for a released lease (SQLite has no notifications).
+    pub fn cross_process_leases(mut self, enabled: bool) -> Self {
+        self.cross_process_leases = enabled;
+        self
+    }
+
     /// Opens (or creates) the file, switches it to WAL and creates the table
-    /// if it is missing.
+    /// if it is missing (or brings an older one up to date).
     pub async fn open(self) -> Result<SqliteStorage, StorageError> {
         let table = TableName::parse(&self.table, false)?;
         let options = SqliteConnectOptions::new()
@@ -224,26 +334,99 @@ impl SqliteStorageBuilder {
                 table,
                 readers,
                 writer,
+                leases: self.cross_process_leases,
             }),
         })
     }
 }
 
-async fn create_table(writer: &SqlitePool, table: &TableName) -> Result<(), StorageError> {
-    let t = table.quoted();
-    let index = table.index();
-    sqlx::raw_sql(&format!(
-        "CREATE TABLE IF NOT EXISTS {t} (\
+/// The table as this version keeps it.
+fn table_definition(name: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (\
              key TEXT PRIMARY KEY NOT NULL, \
-             value BLOB NOT NULL, \
+             value BLOB, \
              version INTEGER NOT NULL, \
-             expires_at INTEGER\
-         ); \
-         CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at) WHERE expires_at IS NOT NULL;"
-    ))
-    .execute(writer)
+             expires_at INTEGER, \
+             lease_owner TEXT, \
+             lease_until INTEGER\
+         )"
+    )
+}
+
+/// Creates the table and its indexes, or brings a table of an older version
+/// up to date. SQLite cannot drop `NOT NULL` from `value` in place, so an
+/// old table is rebuilt (copied into the new shape, then renamed) in one
+/// `BEGIN IMMEDIATE` transaction: another process opening the file at the
+/// same time waits, then finds it done.
+///
+/// Boxed as a `Send` future: written as a plain `async fn`, rustc cannot
+/// prove the transaction's borrows `Send` for every lifetime, and
+/// [`SqliteStorageBuilder::open`] would no longer be `Send`.
+fn create_table<'a>(
+    writer: &'a SqlitePool,
+    table: &'a TableName,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(storage_error)?;
+        create_in(&mut tx, table).await?;
+        tx.commit().await.map_err(storage_error)
+    })
+}
+
+async fn create_in(tx: &mut SqliteConnection, table: &TableName) -> Result<(), StorageError> {
+    let t = table.quoted();
+    execute(tx, &table_definition(t)).await?;
+    let outdated: bool = sqlx::query(
+        "SELECT NOT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = 'lease_until') \
+         OR EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = 'value' AND \"notnull\")",
+    )
+    .bind(table.as_str().to_owned())
+    .fetch_one(&mut *tx)
     .await
+    .and_then(|row| row.try_get(0))
     .map_err(storage_error)?;
+    if outdated {
+        let rebuild = table.rebuild();
+        for statement in [
+            format!("DROP TABLE IF EXISTS {rebuild}"),
+            table_definition(rebuild),
+            format!(
+                "INSERT INTO {rebuild} (key, value, version, expires_at) \
+                 SELECT key, value, version, expires_at FROM {t}"
+            ),
+            format!("DROP TABLE {t}"),
+            format!("ALTER TABLE {rebuild} RENAME TO {t}"),
+        ] {
+            execute(tx, &statement).await?;
+        }
+    }
+    execute(
+        tx,
+        &format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at) WHERE expires_at IS NOT NULL",
+            table.index()
+        ),
+    )
+    .await?;
+    execute(
+        tx,
+        &format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (lease_until) WHERE value IS NULL",
+            table.lease_index()
+        ),
+    )
+    .await
+}
+
+async fn execute(conn: &mut SqliteConnection, statement: &str) -> Result<(), StorageError> {
+    sqlx::query(statement)
+        .execute(&mut *conn)
+        .await
+        .map_err(storage_error)?;
     Ok(())
 }
 
@@ -262,6 +445,7 @@ impl SqliteStorage {
             synchronous: SqliteSynchronous::default(),
             readers: u32::try_from(cpus.clamp(2, 8)).unwrap_or(2),
             busy_timeout: Duration::from_secs(5),
+            cross_process_leases: false,
         }
     }
 
@@ -273,23 +457,29 @@ impl SqliteStorage {
     /// Deletes the expired rows now and says how many went.
     ///
     /// Expired sessions are already invisible; this reclaims their space.
+    /// Lease-only rows (an update leased a key that stores nothing) go too
+    /// once their lease expired (their process died before releasing it).
     /// Rows go a thousand per statement so updates never wait long behind it.
     pub async fn cleanup_expired(&self) -> Result<u64, StorageError> {
-        let now = now_millis();
-        let mut removed = 0;
-        loop {
-            let done = sqlx::query(&self.inner.statements.cleanup)
-                .bind(now)
-                .bind(CLEANUP_CHUNK)
-                .execute(&self.inner.writer)
-                .await
-                .map_err(storage_error)?
-                .rows_affected();
-            removed += done;
-            if done < CLEANUP_CHUNK.unsigned_abs() {
-                return Ok(removed);
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(async move {
+            let now = now_millis();
+            let mut removed = 0;
+            loop {
+                let done = sqlx::query(&inner.statements.cleanup)
+                    .bind(now)
+                    .bind(CLEANUP_CHUNK)
+                    .execute(&inner.writer)
+                    .await
+                    .map_err(storage_error)?
+                    .rows_affected();
+                removed += done;
+                if done < CLEANUP_CHUNK.unsigned_abs() {
+                    return Ok(removed);
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Runs [`cleanup_expired`](Self::cleanup_expired) every `period` (at
@@ -335,10 +525,14 @@ impl std::fmt::Debug for SqliteStorage {
     }
 }
 
+/// Applies one write, fenced by `owner`'s lease (`None`: any live lease
+/// refuses it); a put with `release` also clears the owner's lease.
 async fn apply(
     conn: &mut SqliteConnection,
     statements: &Statements,
     write: &Write,
+    owner: Option<&str>,
+    release: bool,
     now: i64,
 ) -> Result<WriteOutcome, StorageError> {
     match write {
@@ -348,37 +542,259 @@ async fn apply(
             expected_version,
             ttl,
         } => {
-            let version = Write::next_version(*expected_version);
-            let query = match expected_version {
-                Some(expected) => sqlx::query(&statements.update)
-                    .bind(value.as_ref())
-                    .bind(version_to_sql(version)?)
-                    .bind(expires_at(now, *ttl))
-                    .bind(key.as_str())
-                    .bind(version_to_sql(*expected)?)
-                    .bind(now),
-                None => sqlx::query(&statements.insert)
-                    .bind(key.as_str())
-                    .bind(value.as_ref())
-                    .bind(version_to_sql(version)?)
-                    .bind(expires_at(now, *ttl))
-                    .bind(now),
+            let (sql, version) = match expected_version {
+                Some(expected) => (&statements.update, *expected),
+                None => (&statements.insert, Write::next_version(None)),
             };
-            let changed = query.execute(&mut *conn).await.map_err(storage_error)?;
-            Ok(match changed.rows_affected() {
-                0 => WriteOutcome::Conflict(Conflict::NewerVersion),
-                _ => WriteOutcome::Written { version },
-            })
+            let written = sqlx::query(sql)
+                .bind(value.as_ref())
+                .bind(expires_at(now, *ttl))
+                .bind(key.as_str())
+                .bind(version_to_sql(version)?)
+                .bind(owner)
+                .bind(release)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(storage_error)?;
+            match written {
+                Some(row) => Ok(WriteOutcome::Written {
+                    version: version_from_sql(row.try_get(0).map_err(storage_error)?)?,
+                }),
+                None => {
+                    let row = row_state(conn, statements, key, owner, now).await?;
+                    Ok(WriteOutcome::Conflict(conflict_cause(
+                        row,
+                        *expected_version,
+                    )))
+                }
+            }
         }
         Write::Delete { key } => {
-            sqlx::query(&statements.delete)
+            let deleted = sqlx::query(&statements.delete_unleased)
                 .bind(key.as_str())
+                .bind(now)
                 .execute(&mut *conn)
                 .await
                 .map_err(storage_error)?;
-            Ok(WriteOutcome::Deleted)
+            if deleted.rows_affected() > 0 {
+                return Ok(WriteOutcome::Deleted);
+            }
+            if owner.is_some() {
+                let cleared = sqlx::query(&statements.delete_leased)
+                    .bind(key.as_str())
+                    .bind(owner)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(storage_error)?;
+                if cleared.rows_affected() > 0 {
+                    return Ok(WriteOutcome::Deleted);
+                }
+            }
+            let row = row_state(conn, statements, key, owner, now).await?;
+            Ok(match row {
+                Some(row) if row.leased_by_other => WriteOutcome::Conflict(Conflict::LeaseLost),
+                _ => WriteOutcome::Deleted,
+            })
         }
     }
+}
+
+/// The key's row, read to tell why a write was refused.
+async fn row_state(
+    conn: &mut SqliteConnection,
+    statements: &Statements,
+    key: &StorageKey,
+    owner: Option<&str>,
+    now: i64,
+) -> Result<Option<RowState>, StorageError> {
+    let row = sqlx::query(&statements.row_state)
+        .bind(key.as_str())
+        .bind(owner)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(storage_error)?;
+    row.map(|row| {
+        Ok(RowState {
+            has_value: row.try_get(0).map_err(storage_error)?,
+            version: row.try_get(1).map_err(storage_error)?,
+            expired: row.try_get(2).map_err(storage_error)?,
+            leased_by_other: row.try_get(3).map_err(storage_error)?,
+        })
+    })
+    .transpose()
+}
+
+/// Gives back `owner`'s leases on `keys`: lease-only rows go, the others
+/// only lose their lease.
+async fn release(
+    conn: &mut SqliteConnection,
+    statements: &Statements,
+    keys: &[&str],
+    owner: &str,
+) -> Result<(), StorageError> {
+    for chunk in keys.chunks(LOAD_CHUNK) {
+        for head in [&statements.release_gone_head, &statements.release_kept_head] {
+            let sql = key_list(head, 2, chunk.len());
+            let mut query = sqlx::query(&sql).bind(owner);
+            for key in chunk {
+                query = query.bind(*key);
+            }
+            query.execute(&mut *conn).await.map_err(storage_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies `writes` and releases `owner`'s leases on `release`, in one
+/// `BEGIN IMMEDIATE` transaction when it takes more than one statement.
+async fn commit(
+    inner: Arc<Inner>,
+    writes: Vec<Write>,
+    release_keys: Vec<StorageKey>,
+    owner: Option<LeaseOwner>,
+) -> Result<Vec<WriteOutcome>, StorageError> {
+    let owner = owner.as_ref().map(LeaseOwner::as_str);
+    if needs_transaction(&writes, &release_keys) {
+        let mut tx = inner
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(storage_error)?;
+        let outcomes = apply_all(&mut tx, &inner, &writes, &release_keys, owner).await?;
+        tx.commit().await.map_err(storage_error)?;
+        Ok(outcomes)
+    } else {
+        let mut conn = inner.writer.acquire().await.map_err(storage_error)?;
+        apply_all(&mut conn, &inner, &writes, &release_keys, owner).await
+    }
+}
+
+async fn apply_all(
+    conn: &mut SqliteConnection,
+    inner: &Inner,
+    writes: &[Write],
+    release_keys: &[StorageKey],
+    owner: Option<&str>,
+) -> Result<Vec<WriteOutcome>, StorageError> {
+    let now = now_millis();
+    let releasing: HashSet<&str> = match owner {
+        Some(_) => release_keys.iter().map(StorageKey::as_str).collect(),
+        None => HashSet::new(),
+    };
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut released = HashSet::new();
+    for write in writes {
+        let key = write.key().as_str();
+        let release_this = matches!(write, Write::Put { .. }) && releasing.contains(key);
+        let outcome = apply(conn, &inner.statements, write, owner, release_this, now).await?;
+        if release_this && matches!(outcome, WriteOutcome::Written { .. }) {
+            released.insert(key);
+        }
+        outcomes.push(outcome);
+    }
+    if let Some(owner) = owner {
+        let rest = still_to_release(release_keys, &released);
+        release(conn, &inner.statements, &rest, owner).await?;
+    }
+    Ok(outcomes)
+}
+
+/// Takes the leases of `distinct` keys (sorted) and reads what they hold;
+/// the keys missing from the answer are leased by another owner.
+async fn take_leases(
+    conn: &mut SqliteConnection,
+    statements: &Statements,
+    distinct: &[&str],
+    owner: &str,
+    until: i64,
+    now: i64,
+) -> Result<HashMap<String, Option<Record>>, StorageError> {
+    let mut taken = HashMap::with_capacity(distinct.len());
+    for chunk in distinct.chunks(LOAD_CHUNK) {
+        let mut sql = statements.acquire_head.clone();
+        for index in 0..chunk.len() {
+            if index > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(?{}, NULL, 0, ?1, ?2)", index + 4));
+        }
+        sql.push_str(&statements.acquire_tail);
+        let mut query = sqlx::query(&sql).bind(owner).bind(until).bind(now);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut *conn).await.map_err(storage_error)? {
+            let record = record_from_row(
+                row.try_get(1).map_err(storage_error)?,
+                row.try_get(2).map_err(storage_error)?,
+                row.try_get(3).map_err(storage_error)?,
+            )?;
+            taken.insert(row.try_get::<String, _>(0).map_err(storage_error)?, record);
+        }
+    }
+    Ok(taken)
+}
+
+async fn acquire(
+    inner: Arc<Inner>,
+    keys: Vec<StorageKey>,
+    owner: LeaseOwner,
+    ttl: Duration,
+) -> Result<LeasedLoad, StorageError> {
+    let statements = &inner.statements;
+    let distinct = distinct_sorted(&keys);
+    let now = now_millis();
+    let until = now.saturating_add(ttl_millis(ttl));
+    let taken = if distinct.len() > LOAD_CHUNK {
+        let mut tx = inner
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(storage_error)?;
+        let taken = take_leases(&mut tx, statements, &distinct, owner.as_str(), until, now).await?;
+        tx.commit().await.map_err(storage_error)?;
+        taken
+    } else {
+        let mut conn = inner.writer.acquire().await.map_err(storage_error)?;
+        take_leases(&mut conn, statements, &distinct, owner.as_str(), until, now).await?
+    };
+    let busy_at = match leased_records(&keys, &taken) {
+        Ok(records) => return Ok(LeasedLoad::Acquired(records)),
+        Err(index) => index,
+    };
+    // Contention only: give back what was taken, and say how long the
+    // other owners' leases still live.
+    let mut conn = inner.writer.acquire().await.map_err(storage_error)?;
+    release(&mut conn, statements, &distinct, owner.as_str()).await?;
+    let mut remaining = HashMap::new();
+    for chunk in distinct.chunks(LOAD_CHUNK) {
+        let sql = key_list(&statements.busy_head, 3, chunk.len());
+        let mut query = sqlx::query(&sql).bind(owner.as_str()).bind(now);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut *conn).await.map_err(storage_error)? {
+            let key: String = row.try_get(0).map_err(storage_error)?;
+            let millis: i64 = row.try_get(1).map_err(storage_error)?;
+            remaining.insert(key, Duration::from_millis(millis.unsigned_abs()));
+        }
+    }
+    // The first key still busy; if its holder released meanwhile, the key
+    // first found busy, to retry at once.
+    Ok(keys
+        .iter()
+        .enumerate()
+        .find_map(|(index, key)| {
+            remaining
+                .get(key.as_str())
+                .map(|&retry_in| LeasedLoad::Busy { index, retry_in })
+        })
+        .unwrap_or(LeasedLoad::Busy {
+            index: busy_at,
+            retry_in: Duration::ZERO,
+        }))
 }
 
 #[async_trait]
@@ -392,17 +808,7 @@ impl Storage for SqliteStorage {
         let now = now_millis();
         let mut found: HashMap<String, Record> = HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(LOAD_CHUNK) {
-            let mut sql =
-                String::with_capacity(self.inner.statements.load_head.len() + chunk.len() * 6);
-            sql.push_str(&self.inner.statements.load_head);
-            for index in 0..chunk.len() {
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('?');
-                sql.push_str(&(index + 2).to_string());
-            }
-            sql.push(')');
+            let sql = key_list(&self.inner.statements.load_head, 2, chunk.len());
             let mut query = sqlx::query(&sql).bind(now);
             for key in chunk {
                 query = query.bind(key.as_str());
@@ -432,30 +838,88 @@ impl Storage for SqliteStorage {
 
     #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len()))]
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        let now = now_millis();
-        let statements = &self.inner.statements;
-        match writes {
-            [] => Ok(Vec::new()),
-            // One statement commits by itself: no transaction to open.
-            [write] => {
-                let mut conn = self.inner.writer.acquire().await.map_err(storage_error)?;
-                Ok(vec![apply(&mut conn, statements, write, now).await?])
-            }
-            _ => {
-                let mut tx = self
-                    .inner
-                    .writer
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(storage_error)?;
-                let mut outcomes = Vec::with_capacity(writes.len());
-                for write in writes {
-                    outcomes.push(apply(&mut tx, statements, write, now).await?);
-                }
-                tx.commit().await.map_err(storage_error)?;
-                Ok(outcomes)
-            }
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(commit(inner, writes.to_vec(), Vec::new(), None)).await
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.leases.then_some(self as &dyn Leases)
+    }
+}
+
+/// Available whether or not [`cross_process_leases`](SqliteStorageBuilder::cross_process_leases)
+/// is on; the runtime uses it only when [`Storage::leases`] offers it.
+#[async_trait]
+impl Leases for SqliteStorage {
+    #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, keys = keys.len()))]
+    async fn acquire(
+        &self,
+        keys: &[StorageKey],
+        lease: Lease<'_>,
+    ) -> Result<LeasedLoad, StorageError> {
+        if keys.is_empty() {
+            return Ok(LeasedLoad::Acquired(Vec::new()));
+        }
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(acquire(
+            inner,
+            keys.to_vec(),
+            lease.owner.clone(),
+            lease.ttl,
+        ))
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len(), release = release.len()))]
+    async fn write_and_release(
+        &self,
+        writes: &[Write],
+        release: &[StorageKey],
+        owner: &LeaseOwner,
+    ) -> Result<Vec<WriteOutcome>, StorageError> {
+        if writes.is_empty() && release.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = Arc::clone(&self.inner);
+        run_to_completion(commit(
+            inner,
+            writes.to_vec(),
+            release.to_vec(),
+            Some(owner.clone()),
+        ))
+        .await
+    }
+
+    async fn renew(&self, keys: &[StorageKey], lease: Lease<'_>) -> Result<bool, StorageError> {
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let inner = Arc::clone(&self.inner);
+        let keys = keys.to_vec();
+        let owner = lease.owner.clone();
+        let until = now_millis().saturating_add(ttl_millis(lease.ttl));
+        run_to_completion(async move {
+            let distinct = distinct_sorted(&keys);
+            let mut renewed = 0;
+            let mut conn = inner.writer.acquire().await.map_err(storage_error)?;
+            for chunk in distinct.chunks(LOAD_CHUNK) {
+                let sql = key_list(&inner.statements.renew_head, 3, chunk.len());
+                let mut query = sqlx::query(&sql).bind(owner.as_str()).bind(until);
+                for key in chunk {
+                    query = query.bind(*key);
+                }
+                renewed += query
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(storage_error)?
+                    .rows_affected();
+            }
+            Ok(usize::try_from(renewed).is_ok_and(|renewed| renewed == distinct.len()))
+        })
+        .await
     }
 }
 
@@ -478,5 +942,6 @@ mod tests {
         let table = TableName::parse("bot_sessions", false).unwrap_or_else(|e| unreachable!("{e}"));
         let statements = Statements::new(&table);
         assert!(statements.update.starts_with("UPDATE \"bot_sessions\" SET"));
+        assert_eq!(key_list("IN (", 3, 2), "IN (?3, ?4)");
     }
 }

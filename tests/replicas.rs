@@ -102,10 +102,14 @@ impl Shared {
             Shared::Redis(url) => Arc::new(RedisStorage::connect(url).await.unwrap()),
             Shared::Cluster(urls) => Arc::new(RedisStorage::cluster(urls.clone()).await.unwrap()),
             Shared::Postgres(url) => Arc::new(PostgresStorage::connect(url).await.unwrap()),
-            // Issue 8: the SQLite storage shares leases across processes
-            // only when asked, with `.cross_process_leases(true)` on this
-            // builder, which the SQLite lease branch adds.
-            Shared::Sqlite(path) => Arc::new(SqliteStorage::builder(path).open().await.unwrap()),
+            // SQLite shares leases across processes only when asked.
+            Shared::Sqlite(path) => Arc::new(
+                SqliteStorage::builder(path)
+                    .cross_process_leases(true)
+                    .open()
+                    .await
+                    .unwrap(),
+            ),
         }
     }
 }

@@ -74,8 +74,18 @@ async fn ttl_expires_and_cleanup_removes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_writer_gets_conflict() {
-    // Two pools stand for two bot processes.
-    sql_cases::second_writer_gets_conflict(shared().await, shared().await).await;
+    // Two pools stand for two bot processes, without leases (opted out):
+    // the version check alone refuses the stale write. (With leases the
+    // second one waits instead: the suite and tests/replicas.rs show that.)
+    let without_leases = async || {
+        let storage = PostgresStorage::builder()
+            .cross_process_leases(false)
+            .connect(&SERVER.url())
+            .await
+            .unwrap();
+        Arc::new(storage) as SharedStorage
+    };
+    sql_cases::second_writer_gets_conflict(without_leases().await, without_leases().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

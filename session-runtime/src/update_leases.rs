@@ -100,15 +100,7 @@ impl UpdateLeases {
         let mut watch: Option<ReleaseWatch> = None;
         let mut poll = POLL_FIRST;
         loop {
-            // If this future is dropped while the call is in flight, the
-            // server may still take the leases: give them back then.
-            let in_flight = ReleaseOnDrop {
-                storage,
-                keys,
-                owner: lease.owner,
-            };
-            let acquired = leases.acquire(keys, lease).await;
-            std::mem::forget(in_flight);
+            let acquired = acquire_to_completion(storage, leases, keys, lease).await;
             let (index, retry_in) = match acquired {
                 Ok(LeasedLoad::Acquired(records)) if records.len() == keys.len() => {
                     self.hold(storage_index, storage, keys);
@@ -281,16 +273,66 @@ fn group_by_storage(mut held: Vec<Held>) -> Vec<(usize, SharedStorage, Vec<Stora
     groups
 }
 
-/// Releases the leases of an `acquire` call whose future was dropped.
-struct ReleaseOnDrop<'a> {
-    storage: &'a SharedStorage,
-    keys: &'a [StorageKey],
-    owner: &'a LeaseOwner,
+/// Runs one `acquire` call in a task of its own, so that an update dropped
+/// while the call is in flight (a cancelled handler, a timeout around it)
+/// does not leave the leases it took behind: the task gives them back when
+/// nobody is left to take its answer. Releasing from the dropped future
+/// instead could reach the storage before the acquire does.
+async fn acquire_to_completion(
+    storage: &SharedStorage,
+    leases: &dyn Leases,
+    keys: &[StorageKey],
+    lease: Lease<'_>,
+) -> Result<LeasedLoad, StorageError> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return leases.acquire(keys, lease).await;
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (storage, keys, owner, ttl) = (
+        Arc::clone(storage),
+        keys.to_vec(),
+        lease.owner.clone(),
+        lease.ttl,
+    );
+    runtime.spawn(async move {
+        let Some(leases) = storage.leases() else {
+            return;
+        };
+        let result = leases.acquire(&keys, Lease { owner: &owner, ttl }).await;
+        // Unread (the update was dropped before or after the send), the
+        // answer gives the leases back as it goes.
+        let _ = answer.send(Answer {
+            result: Some(result),
+            storage,
+            keys,
+            owner,
+        });
+    });
+    match answered.await {
+        Ok(mut answer) => answer
+            .result
+            .take()
+            .unwrap_or_else(|| Err(StorageError::other("the lease answer was already taken"))),
+        Err(_) => Err(StorageError::other(
+            "the task taking the leases ended without an answer (its runtime is shutting down)",
+        )),
+    }
 }
 
-impl Drop for ReleaseOnDrop<'_> {
+/// What the task of [`acquire_to_completion`] answers; dropped unread, it
+/// releases the leases the call may have taken.
+struct Answer {
+    result: Option<Result<LeasedLoad, StorageError>>,
+    storage: SharedStorage,
+    keys: Vec<StorageKey>,
+    owner: LeaseOwner,
+}
+
+impl Drop for Answer {
     fn drop(&mut self) {
-        release_later(self.storage, self.keys, self.owner);
+        if let Some(Ok(LeasedLoad::Acquired(_)) | Err(_)) = self.result {
+            release_later(&self.storage, &self.keys, &self.owner);
+        }
     }
 }
 

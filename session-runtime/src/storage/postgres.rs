@@ -128,6 +128,8 @@ struct Statements {
     release: String,
     renew: String,
     cleanup: String,
+    /// Locks the rows of a multi-statement commit in key order first.
+    lock_rows: String,
 }
 
 impl Statements {
@@ -136,6 +138,7 @@ impl Statements {
         let live = "s.value IS NOT NULL AND (s.expires_at IS NULL OR s.expires_at > now())";
         // `$n::bigint * interval`: a NULL TTL gives a NULL expiry (kept forever).
         Self {
+            lock_rows: format!("SELECT 1 FROM {t} WHERE key = ANY($1) ORDER BY key FOR UPDATE"),
             load: format!(
                 "SELECT key, value, version FROM {t} \
                  WHERE key = ANY($1) AND value IS NOT NULL \
@@ -782,6 +785,22 @@ async fn commit(
     let owner = owner.as_ref().map(LeaseOwner::as_str);
     if needs_transaction(&writes, &release_keys) {
         let mut tx = inner.pool.begin().await.map_err(storage_error)?;
+        // Take every row lock up front in key order, the order an acquire
+        // takes them in: a commit and an acquire over overlapping keys then
+        // never lock in opposite orders (a deadlock PostgreSQL would break
+        // by failing one of them).
+        let mut keys: Vec<&str> = writes
+            .iter()
+            .map(|write| write.key().as_str())
+            .chain(release_keys.iter().map(StorageKey::as_str))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query(&inner.statements.lock_rows)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage_error)?;
         let outcomes = apply_all(&mut tx, &inner, &writes, &release_keys, owner).await?;
         tx.commit().await.map_err(storage_error)?;
         Ok(outcomes)

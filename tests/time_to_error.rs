@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support {
+    #[cfg(feature = "postgres")]
+    pub mod postgres_server;
     pub mod redis_server;
 }
 
@@ -79,4 +81,68 @@ async fn updates_queued_on_a_stalled_redis_each_fail_within_the_timeout() {
     // Back up: the next update of that key works (after the fail-fast window).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     increment(manager.clone()).await.expect("redis is back");
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    //! The same over PostgreSQL, where another client holds the row lock.
+
+    use super::*;
+    use crate::support::postgres_server::PostgresServer;
+    use tg_session::PostgresStorage;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_queued_behind_a_row_lock_each_fail_within_the_lock_timeout() {
+        let server = PostgresServer::start();
+        let timeout = Duration::from_millis(800);
+        let storage = PostgresStorage::builder()
+            .lock_timeout(timeout)
+            .statement_timeout(Duration::from_secs(5))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let other_client = storage.pool().clone();
+        let manager = SessionManager::builder()
+            .storage(storage)
+            .lease_ttl(Duration::from_secs(2))
+            .register::<Counter>()
+            .build()
+            .unwrap();
+        increment(manager.clone()).await.expect("postgres up");
+
+        // Another client (a migration, an operator's psql) locks the row.
+        let mut holder = other_client.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM tg_sessions WHERE key = 'counter:7' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let updates: Vec<_> = (0..QUEUED)
+            .map(|_| {
+                let manager = manager.clone();
+                tokio::spawn(async move {
+                    let result = increment(manager).await;
+                    (result, started.elapsed())
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for update in updates {
+            let (result, took) = update.await.unwrap();
+            let error = result.expect_err("the row is locked");
+            assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+            times.push(took);
+        }
+        holder.rollback().await.unwrap();
+        times.sort();
+        println!(
+            "time to error, {QUEUED} updates queued behind a PostgreSQL row lock, lock_timeout \
+             {timeout:?}: {times:?}"
+        );
+        let bound = timeout.mul_f32(1.5);
+        assert!(
+            times.iter().all(|took| *took <= bound),
+            "every update fails within 1.5 x the lock timeout ({bound:?}): {times:?}"
+        );
+    }
 }

@@ -23,6 +23,40 @@ struct Counter {
 
 const QUEUED: usize = 12;
 
+/// Starts `QUEUED` updates of one key at once; answers how long each took to
+/// fail, sorted, after checking that each failed with a storage error.
+async fn time_to_error(manager: &SessionManager) -> Vec<Duration> {
+    let started = Instant::now();
+    let updates: Vec<_> = (0..QUEUED)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                let result = increment(manager).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for update in updates {
+        let (result, took) = update.await.unwrap();
+        let error = result.expect_err("the storage is stalled");
+        assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+        times.push(took);
+    }
+    times.sort();
+    times
+}
+
+/// Every update failed within 1.5 times the storage's timeout.
+fn assert_bounded(times: &[Duration], timeout: Duration, what: &str) {
+    println!("time to error, {QUEUED} updates queued on one key, {what} {timeout:?}: {times:?}");
+    let bound = timeout.mul_f32(1.5);
+    assert!(
+        times.iter().all(|took| *took <= bound),
+        "every update fails within 1.5 x the timeout ({bound:?}): {times:?}"
+    );
+}
+
 async fn increment(manager: SessionManager) -> Result<(), Error> {
     manager
         .run(UpdateIds::new().user(7).chat(7), |ctx| async move {
@@ -49,34 +83,9 @@ async fn updates_queued_on_a_stalled_redis_each_fail_within_the_timeout() {
     increment(manager.clone()).await.expect("redis up");
 
     server.pause();
-    let started = Instant::now();
-    let updates: Vec<_> = (0..QUEUED)
-        .map(|_| {
-            let manager = manager.clone();
-            tokio::spawn(async move {
-                let result = increment(manager).await;
-                (result, started.elapsed())
-            })
-        })
-        .collect();
-    let mut times = Vec::new();
-    for update in updates {
-        let (result, took) = update.await.unwrap();
-        let error = result.expect_err("redis is stalled");
-        assert!(matches!(error, Error::Storage { .. }), "{error:?}");
-        times.push(took);
-    }
+    let times = time_to_error(&manager).await;
     server.resume();
-    times.sort();
-    println!(
-        "time to error, {QUEUED} updates queued on one key, command timeout {timeout:?}: {:?}",
-        times
-    );
-    let bound = timeout.mul_f32(1.5);
-    assert!(
-        times.iter().all(|took| *took <= bound),
-        "every update fails within 1.5 x the timeout ({bound:?}): {times:?}"
-    );
+    assert_bounded(&times, timeout, "Redis stopped (SIGSTOP), command timeout");
 
     // Back up: the next update of that key works (after the fail-fast window).
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -116,33 +125,8 @@ mod postgres {
             .execute(&mut *holder)
             .await
             .unwrap();
-        let started = Instant::now();
-        let updates: Vec<_> = (0..QUEUED)
-            .map(|_| {
-                let manager = manager.clone();
-                tokio::spawn(async move {
-                    let result = increment(manager).await;
-                    (result, started.elapsed())
-                })
-            })
-            .collect();
-        let mut times = Vec::new();
-        for update in updates {
-            let (result, took) = update.await.unwrap();
-            let error = result.expect_err("the row is locked");
-            assert!(matches!(error, Error::Storage { .. }), "{error:?}");
-            times.push(took);
-        }
+        let times = time_to_error(&manager).await;
         holder.rollback().await.unwrap();
-        times.sort();
-        println!(
-            "time to error, {QUEUED} updates queued behind a PostgreSQL row lock, lock_timeout \
-             {timeout:?}: {times:?}"
-        );
-        let bound = timeout.mul_f32(1.5);
-        assert!(
-            times.iter().all(|took| *took <= bound),
-            "every update fails within 1.5 x the lock timeout ({bound:?}): {times:?}"
-        );
+        assert_bounded(&times, timeout, "a PostgreSQL row lock, lock_timeout");
     }
 }

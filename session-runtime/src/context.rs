@@ -298,8 +298,49 @@ impl Sessions {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let state = &*self.inner;
         let entries = std::mem::take(&mut *self.slots());
+        let state = Arc::clone(&self.inner);
+        let touched = entries
+            .iter()
+            .filter_map(|entry| entry.state.loaded())
+            .any(|slot| slot.maybe_touched());
+        if !touched && state.leases.get().is_none() {
+            // Read-only, nothing to release: nothing to send anywhere.
+            return Ok(());
+        }
+        // The writes run to completion in a task of their own, holding the
+        // keys until they are done: a caller that gives up on the commit
+        // (a timeout around the handler, a shutdown) must not let the next
+        // update of a key read it before the write it started lands.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(write_back(state, entries, outcome))
+                .await
+                .unwrap_or_else(|error| match error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(error) => Err(Error::Storage {
+                        session: "(every session of the update)",
+                        key: String::new(),
+                        storage: Arc::from("(the runtime)"),
+                        source: StorageError::other(format!(
+                            "the commit did not finish: {error} (the runtime is shutting down)"
+                        )),
+                    }),
+                }),
+            Err(_) => write_back(state, entries, outcome).await,
+        }
+    }
+}
+
+/// Writes what the update changed and gives back its leases (see
+/// [`Sessions::commit`]).
+async fn write_back(
+    state: Arc<UpdateState>,
+    entries: Vec<SlotEntry>,
+    outcome: HandlerOutcome,
+) -> Result<(), Error> {
+    {
+        let state = &*state;
         let save =
             outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
         let mut errors = Vec::new();

@@ -119,6 +119,9 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn meta(&self) -> &SlotMeta;
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Option<Write>, Error>;
+    /// Whether the session may have changed (it was borrowed mutably, or is
+    /// borrowed right now), so the commit has work to do.
+    fn maybe_touched(&self) -> bool;
 }
 
 pub(crate) struct TypedSlot<T> {
@@ -191,5 +194,9 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
             .try_lock()
             .map_err(|_| self.meta.already_borrowed())?;
         state.pending_write(&self.meta)
+    }
+
+    fn maybe_touched(&self) -> bool {
+        self.state.try_lock().map_or(true, |state| state.touched)
     }
 }

@@ -14,7 +14,7 @@ use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
 use tg_session::{
     HandlerOutcome, Lease, LeaseOwner, LeasedLoad, SessionManager, SharedStorage, SqliteStorage,
-    SqliteSynchronous, Storage, StorageErrorKind, UpdateIds, WriteOutcome,
+    SqliteSynchronous, Storage, StorageErrorKind, StorageKey, UpdateIds, Write, WriteOutcome,
 };
 
 /// The behaviour suite's storages: a new file each, in a directory emptied
@@ -454,4 +454,36 @@ async fn an_old_table_is_migrated() {
             .await
             .unwrap();
     assert_eq!(tables, ["tg_sessions"]);
+}
+
+#[tokio::test]
+async fn a_deleted_or_replaced_file_fails_writes_instead_of_losing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let key = StorageKey::new(None, None, "counter", "1");
+    let put = |expected_version| Write::Put {
+        key: key.clone(),
+        value: bytes::Bytes::from_static(b"{}"),
+        expected_version,
+        ttl: None,
+    };
+
+    let storage = SqliteStorage::open(&path).await.unwrap();
+    assert!(matches!(
+        storage.write(&[put(None)]).await.unwrap()[..],
+        [WriteOutcome::Written { .. }]
+    ));
+    std::fs::remove_file(&path).unwrap();
+    let error = storage.write(&[put(None)]).await.unwrap_err();
+    assert_eq!(error.kind(), StorageErrorKind::Unavailable);
+    assert!(error.to_string().contains("was deleted"), "{error}");
+
+    // Another file put in its place (a restore from backup) is not the one
+    // the storage has open.
+    let storage = SqliteStorage::open(&path).await.unwrap();
+    let other = dir.path().join("restored.db");
+    std::fs::copy(&path, &other).unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    let error = storage.write(&[put(None)]).await.unwrap_err();
+    assert!(error.to_string().contains("was replaced"), "{error}");
 }

@@ -120,6 +120,63 @@ struct Inner {
     writer: SqlitePool,
     statements: Statements,
     leases: bool,
+    /// The database file as opened, to notice it deleted or replaced.
+    file: OpenedFile,
+}
+
+/// Which file the storage opened: SQLite keeps writing to an open file
+/// descriptor after the file was deleted or replaced on disk, so writes
+/// would be acknowledged into a file nobody can open again.
+struct OpenedFile {
+    path: PathBuf,
+    /// Device and inode at open; `None` where the file has none to compare
+    /// (an in-memory database, a platform without inodes).
+    identity: Option<(u64, u64)>,
+}
+
+impl OpenedFile {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            identity: file_identity(path).ok(),
+        }
+    }
+
+    /// Fails when the file at the path is gone or is another file: one
+    /// `stat` per write, far below the cost of the write itself.
+    fn check(&self) -> Result<(), StorageError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        match file_identity(&self.path) {
+            Ok(now) if now == opened => Ok(()),
+            Ok(_) => Err(StorageError::unavailable(format!(
+                "the database file `{}` was replaced by another file while the storage had it \
+                 open; writes would go to the old one: open the storage again",
+                self.path.display()
+            ))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::unavailable(format!(
+                    "the database file `{}` was deleted while the storage had it open; writes \
+                     would be lost with it: put the file back or open the storage again",
+                    self.path.display()
+                )))
+            }
+            Err(error) => Err(StorageError::unavailable(error)),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    std::fs::metadata(path).map(|_| (0, 0))
 }
 
 /// Statements with a fixed shape; those taking a list of keys are built per
@@ -335,6 +392,7 @@ impl SqliteStorageBuilder {
                 readers,
                 writer,
                 leases: self.cross_process_leases,
+                file: OpenedFile::new(&self.path),
             }),
         })
     }
@@ -841,6 +899,7 @@ impl Storage for SqliteStorage {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        self.inner.file.check()?;
         let inner = Arc::clone(&self.inner);
         run_to_completion(commit(inner, writes.to_vec(), Vec::new(), None)).await
     }
@@ -863,6 +922,7 @@ impl Leases for SqliteStorage {
         if keys.is_empty() {
             return Ok(LeasedLoad::Acquired(Vec::new()));
         }
+        self.inner.file.check()?;
         let inner = Arc::clone(&self.inner);
         run_to_completion(acquire(
             inner,
@@ -882,6 +942,9 @@ impl Leases for SqliteStorage {
     ) -> Result<Vec<WriteOutcome>, StorageError> {
         if writes.is_empty() && release.is_empty() {
             return Ok(Vec::new());
+        }
+        if !writes.is_empty() {
+            self.inner.file.check()?;
         }
         let inner = Arc::clone(&self.inner);
         run_to_completion(commit(

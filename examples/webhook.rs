@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bot_api_stub::demo::{self, BoxError, Script};
+use bot_api_stub::local_redis::LocalRedis;
 use bot_api_stub::{BotApiStub, Chat, User};
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
@@ -208,7 +209,8 @@ async fn main() -> Result<(), BoxError> {
     let (_local, redis_url) = match std::env::var("REDIS_URL") {
         Ok(url) => (None, url),
         Err(_) => {
-            let (redis, url) = start_redis()?;
+            let redis = LocalRedis::start()?;
+            let url = redis.url().to_owned();
             (Some(redis), url)
         }
     };
@@ -465,55 +467,4 @@ async fn offline(redis_url: &str) -> Result<(), BoxError> {
         0 => Ok(()),
         _ => Err(format!("{wrong} users' counts differ from their messages").into()),
     }
-}
-
-/// A `redis-server` child process, killed on drop.
-struct LocalRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `redis-server` on a free port of 127.0.0.1 and waits until it
-/// says it accepts connections.
-fn start_redis() -> Result<(LocalRedis, String), BoxError> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|error| {
-            format!("REDIS_URL is not set and `redis-server` could not be started: {error}")
-        })?;
-    let stdout = child.stdout.take().ok_or("no stdout from redis-server")?;
-    let redis = LocalRedis { child, _dir: dir };
-    for line in BufReader::new(stdout).lines() {
-        if line?.contains("Ready to accept connections") {
-            println!(
-                "REDIS_URL is not set: started redis-server on 127.0.0.1:{port} (stopped at exit)"
-            );
-            return Ok((redis, format!("redis://127.0.0.1:{port}/")));
-        }
-    }
-    Err("redis-server exited before accepting connections".into())
 }

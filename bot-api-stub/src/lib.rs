@@ -20,6 +20,7 @@
 //! ```
 
 pub mod demo;
+pub mod local_redis;
 mod people;
 mod server;
 

@@ -13,7 +13,6 @@
 //! counts are read back from Redis at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use bot_api_stub::demo::{self, BoxError, Script};
 use bot_api_stub::local_redis::LocalRedis;
 use bot_api_stub::{Chat, User};

@@ -565,11 +565,8 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                 Err(LoadError::Leased { index: busy }) if keys.get(*busy) == Some(key) => {
                     EntryState::Failed(lease_timeout(manager, storage, registration.name, key))
                 }
-                Err(LoadError::Leased { index: busy }) => EntryState::Failed(Error::Storage {
-                    session: registration.name,
-                    key: key.to_string(),
-                    storage: Arc::clone(&storage.name),
-                    source: StorageError::new(
+                Err(LoadError::Leased { index: busy }) => {
+                    let source = StorageError::new(
                         crate::StorageErrorKind::Timeout,
                         format!(
                             "loaded in one batch with `{}`, which an update of another \
@@ -577,14 +574,15 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                             keys.get(*busy).map_or("?", StorageKey::as_str),
                             manager.lock_timeout
                         ),
-                    ),
-                }),
-                Err(LoadError::Storage(source)) => EntryState::Failed(Error::Storage {
-                    session: registration.name,
-                    key: key.to_string(),
-                    storage: Arc::clone(&storage.name),
-                    source: source.clone(),
-                }),
+                    );
+                    EntryState::Failed(storage_failed(storage, registration.name, key, source))
+                }
+                Err(LoadError::Storage(source)) => EntryState::Failed(storage_failed(
+                    storage,
+                    registration.name,
+                    key,
+                    source.clone(),
+                )),
             };
             entries.push(SlotEntry {
                 type_id: registration.type_id,
@@ -604,12 +602,21 @@ fn load_error(
 ) -> Error {
     match error {
         LoadError::Leased { .. } => lease_timeout(manager, storage, session, key),
-        LoadError::Storage(source) => Error::Storage {
-            session,
-            key: key.to_string(),
-            storage: Arc::clone(&storage.name),
-            source,
-        },
+        LoadError::Storage(source) => storage_failed(storage, session, key, source),
+    }
+}
+
+fn storage_failed(
+    storage: &StorageEntry,
+    session: &'static str,
+    key: &StorageKey,
+    source: StorageError,
+) -> Error {
+    Error::Storage {
+        session,
+        key: key.to_string(),
+        storage: Arc::clone(&storage.name),
+        source,
     }
 }
 

@@ -42,6 +42,7 @@ struct Inner {
     renewer: Mutex<Option<JoinHandle<()>>>,
 }
 
+#[derive(Clone)]
 struct Held {
     storage_index: usize,
     storage: SharedStorage,
@@ -197,18 +198,11 @@ impl UpdateLeases {
     /// gives back the rest when the update is dropped.
     pub(crate) fn for_release(&self) -> Vec<(usize, Vec<StorageKey>)> {
         self.inner.stop_renewing();
-        let held = self.inner.held();
-        let mut groups: Vec<(usize, Vec<StorageKey>)> = Vec::new();
-        for held in held.iter() {
-            match groups
-                .iter_mut()
-                .find(|(index, _)| *index == held.storage_index)
-            {
-                Some((_, keys)) => keys.push(held.key.clone()),
-                None => groups.push((held.storage_index, vec![held.key.clone()])),
-            }
-        }
-        groups
+        let held = self.inner.held().clone();
+        group_by_storage(held)
+            .into_iter()
+            .map(|(index, _, keys)| (index, keys))
+            .collect()
     }
 
     /// Forgets the leases of the storage at `storage_index`: the commit's
@@ -221,16 +215,7 @@ impl UpdateLeases {
 }
 
 async fn renew(inner: &Inner) {
-    let groups = {
-        let held = inner.held();
-        held.iter()
-            .map(|held| Held {
-                storage_index: held.storage_index,
-                storage: Arc::clone(&held.storage),
-                key: held.key.clone(),
-            })
-            .collect::<Vec<_>>()
-    };
+    let groups = inner.held().clone();
     let lease = Lease {
         owner: &inner.owner,
         ttl: inner.ttl,

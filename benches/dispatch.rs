@@ -4,7 +4,7 @@
 //! per update.
 //!
 //! ```text
-//! cargo bench --bench dispatch --features teloxide
+//! cargo bench -p tg-session-benches --bench dispatch
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

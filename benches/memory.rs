@@ -5,7 +5,7 @@
 //! `Dialogue::get_or_default` + `Dialogue::update` per session type
 //! (teloxide), cycling over 1,000 users, with 1 and 4 session types.
 //!
-//! `cargo bench --bench memory`
+//! `cargo bench -p tg-session-benches --bench memory`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;

@@ -14,11 +14,10 @@
 //! - `sqlx/select+update`: the floor, `SELECT value, version` then a
 //!   conditional `UPDATE` (an `INSERT` for a new user) on a `PgPool`.
 //!
-//! `cargo bench --features postgres --bench postgres`
+//! `cargo bench -p tg-session-benches --bench postgres`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-#[path = "../tests/support/postgres_server.rs"]
-mod postgres_server;
+use tg_session_test_kit::postgres_server;
 
 mod leased;
 mod workload;

@@ -15,11 +15,10 @@
 //! - `redis_update_64_in_flight`: 1,024 such updates with 64 in flight over
 //!   1,000 users; criterion reports updates per second.
 //!
-//! `cargo bench --features redis --bench redis`
+//! `cargo bench -p tg-session-benches --bench redis`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use tg_session_test_kit::redis_server;
 
 use std::hint::black_box;
 use std::sync::Arc;

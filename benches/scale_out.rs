@@ -10,14 +10,12 @@
 //! checks the stored total: with leases, replicas lose no update and meet
 //! no `Conflict`.
 //!
-//! `cargo bench --features redis,postgres --bench scale_out` (under `cargo
+//! `cargo bench -p tg-session-benches --bench scale_out` (under `cargo
 //! test`, a tenth of the work with the same checks).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-#[path = "../tests/support/postgres_server.rs"]
-mod postgres_server;
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
+use tg_session_test_kit::postgres_server;
+use tg_session_test_kit::redis_server;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};

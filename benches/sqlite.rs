@@ -22,7 +22,7 @@
 //! both through the single writer) against the same without leases
 //! (`tg_session/plain`: `Storage::load` on a reader + `Storage::write`).
 //!
-//! `cargo bench --features sqlite --bench sqlite`
+//! `cargo bench -p tg-session-benches --bench sqlite`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;

@@ -3,7 +3,7 @@
 //! The seed says the session plugin works "with any storage". Here is the
 //! whole contract in one file: batched load, batched conditional writes with
 //! versions, deletes, TTL. The test suite runs every behaviour test over this
-//! storage too (`tests/custom_storage.rs`).
+//! storage too (`integration-tests/tests/custom_storage.rs`).
 //!
 //! Run it: `cargo run --example custom_storage`.
 

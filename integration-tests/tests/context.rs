@@ -1,0 +1,273 @@
+//! Rules of the per-update context that do not depend on the storage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use tg_session_test_kit::suite;
+
+use std::time::Duration;
+
+use suite::types::*;
+use tg_session::{Error, HandlerOutcome, SessionManager, UpdateIds};
+
+fn user(id: u64) -> UpdateIds {
+    UpdateIds::new().user(id).chat(id as i64)
+}
+
+#[test]
+fn two_types_with_one_key_name_are_refused_at_build() {
+    let error = SessionManager::builder()
+        .register::<Counter>()
+        .register::<lenient::LenientCounter>()
+        .build()
+        .expect_err("both are named `counter`");
+    assert!(matches!(
+        error,
+        Error::DuplicateSession {
+            session: "counter",
+            ..
+        }
+    ));
+    let message = error.to_string();
+    assert!(
+        message.contains("Counter") && message.contains("LenientCounter"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_eager_type_must_be_registered() {
+    let manager = SessionManager::builder().build().unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let error = ctx.counter().map(|c| c.apple).expect_err("not registered");
+    assert!(matches!(
+        error,
+        Error::NotRegistered {
+            session: "counter",
+            ..
+        }
+    ));
+    assert!(error.to_string().contains(".register::<"), "{error}");
+    // `load` still works for it: it is loaded on demand.
+    assert_eq!(ctx.load::<Counter>().await.unwrap().apple, 1);
+}
+
+#[tokio::test]
+async fn one_session_cannot_be_borrowed_twice() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let first = ctx.counter().unwrap();
+    let error = ctx.counter().map(|c| c.apple).expect_err("still borrowed");
+    assert!(
+        matches!(
+            error,
+            Error::AlreadyBorrowed {
+                session: "counter",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    drop(first);
+    ctx.counter().unwrap().apple += 1;
+}
+
+#[tokio::test]
+async fn a_guard_alive_at_commit_is_reported_not_waited_for() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let mut leaked = ctx.counter().unwrap();
+    leaked.apple = 9;
+    let error = ctx
+        .commit(HandlerOutcome::Succeeded)
+        .await
+        .expect_err("guard alive");
+    assert!(matches!(error, Error::AlreadyBorrowed { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_committed_context_refuses_access() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let ctx = manager.begin(user(1)).await;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert!(matches!(
+        ctx.counter().map(|c| c.apple),
+        Err(Error::Finished { .. })
+    ));
+    assert!(matches!(
+        ctx.profile().await.map(|p| p.name.clone()),
+        Err(Error::Finished { .. })
+    ));
+    ctx.commit(HandlerOutcome::Succeeded)
+        .await
+        .expect("a second commit does nothing");
+}
+
+#[tokio::test]
+async fn a_held_key_times_out_a_lazy_waiter_but_not_other_keys() {
+    let manager = SessionManager::builder()
+        .lock_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let holder = manager.begin(user(1)).await;
+    let _held = holder.profile().await.unwrap();
+
+    let waiter = manager.begin(user(1)).await;
+    let error = waiter
+        .profile()
+        .await
+        .map(|p| p.name.clone())
+        .expect_err("key held");
+    assert!(
+        matches!(
+            error,
+            Error::LockTimeout {
+                session: "profile",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    let other = manager.begin(user(2)).await;
+    other.profile().await.expect("another key never waits").name = Some("Bob".into());
+    other.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+#[tokio::test]
+async fn run_commits_after_the_handler_and_passes_its_error() {
+    #[derive(Debug)]
+    enum AppError {
+        Session(Error),
+        Refused,
+    }
+    impl From<Error> for AppError {
+        fn from(error: Error) -> Self {
+            AppError::Session(error)
+        }
+    }
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let apples = manager
+        .run(user(1), |ctx| async move {
+            let mut counter = ctx.counter()?;
+            counter.apple += 1;
+            Ok::<_, AppError>(counter.apple)
+        })
+        .await
+        .unwrap();
+    assert_eq!(apples, 2);
+    let failed = manager
+        .run(user(1), |ctx| async move {
+            ctx.counter()?.apple += 100;
+            Err::<(), _>(AppError::Refused)
+        })
+        .await;
+    assert!(matches!(failed, Err(AppError::Refused)));
+    let after = manager
+        .run(user(1), |ctx| async move {
+            Ok::<_, AppError>(ctx.counter()?.apple)
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, 2, "the failed update saved nothing");
+    // A guard that outlives the handler makes the commit fail, as the handler's error type.
+    let escaped = manager
+        .run(
+            user(1),
+            |ctx| async move { Ok::<_, AppError>(ctx.counter()?) },
+        )
+        .await;
+    assert!(matches!(
+        escaped,
+        Err(AppError::Session(Error::AlreadyBorrowed { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn lazy_accessor_future_is_send() {
+    fn assert_send<T: Send>(value: T) -> T {
+        value
+    }
+    let manager = SessionManager::builder().build().unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let profile = assert_send(ctx.profile()).await.unwrap();
+    assert_eq!(profile.name, None);
+}
+
+#[tokio::test]
+async fn one_key_for_two_types_fails_at_once_naming_both() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .lock_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let ctx = manager.begin(user(1)).await;
+    let started = std::time::Instant::now();
+    let error = ctx
+        .load::<lenient::LenientCounter>()
+        .await
+        .map(|c| c.apple)
+        .expect_err("`counter:1` is taken by `Counter` in this update");
+    assert!(started.elapsed() < Duration::from_secs(1), "no self-wait");
+    assert!(matches!(error, Error::SameKeyTwice { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("suite::types::Counter") && message.contains("LenientCounter"),
+        "{message}"
+    );
+    // The eager session is untouched by the refused one.
+    assert_eq!(ctx.counter().unwrap().apple, 1);
+}
+
+#[tokio::test]
+async fn lazy_loads_in_opposite_orders_fail_at_once_instead_of_stalling() {
+    let manager = SessionManager::builder()
+        .lock_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let in_group = |user: u64| UpdateIds::new().user(user).chat(-10);
+    let first = manager.begin(in_group(1)).await;
+    let second = manager.begin(in_group(2)).await;
+    first
+        .load::<ThreadNote>()
+        .await
+        .unwrap()
+        .notes
+        .push("a".into());
+    second.load::<Stats>().await.unwrap().updates += 1;
+
+    // The first update waits for `stats` (held by the second) ...
+    let waiter = tokio::spawn({
+        let first = first.clone();
+        async move { first.load::<Stats>().await.map(|stats| stats.updates) }
+    });
+    tokio::task::yield_now().await;
+    // ... so the second asking for the note the first holds would close a cycle.
+    let started = std::time::Instant::now();
+    let error = second
+        .load::<ThreadNote>()
+        .await
+        .map(|note| note.notes.len())
+        .expect_err("cycle");
+    assert!(started.elapsed() < Duration::from_secs(1), "no stall");
+    assert!(matches!(error, Error::LockCycle { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("thread_note:-10:main") && message.contains("stats:global"),
+        "{message}"
+    );
+    // The second update ends; the first goes on with its committed value.
+    second.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 1);
+    first.commit(HandlerOutcome::Succeeded).await.unwrap();
+}

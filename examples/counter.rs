@@ -1,5 +1,6 @@
-//! The seed's apple counter as a teloxide bot: one eager session per user,
-//! in memory. Every message adds an apple and the bot answers with the count.
+//! GramIO's apple counter (the example its session plugin documents) as a
+//! teloxide bot: one eager session per user, in memory. Every message adds
+//! an apple and the bot answers with the count.
 //!
 //! ```text
 //! cargo run --example counter --features teloxide

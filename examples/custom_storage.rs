@@ -1,6 +1,6 @@
 //! Your own storage: sessions in a plain `HashMap` behind a mutex.
 //!
-//! The seed says the session plugin works "with any storage". Here is the
+//! GramIO's session plugin works "with any storage". Here is the
 //! whole contract in one file: batched load, batched conditional writes with
 //! versions, deletes, TTL. The test suite runs every behaviour test over this
 //! storage too (`integration-tests/tests/custom_storage.rs`).

@@ -1,4 +1,4 @@
-//! The seed's apple counter on Redis (GramIO: `storage: redisStorage()`):
+//! The apple counter on Redis (GramIO: `storage: redisStorage()`):
 //! the same bot as the `counter` example, with sessions that survive a
 //! restart and are shared by every process of the bot.
 //!

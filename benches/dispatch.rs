@@ -20,11 +20,10 @@ use teloxide::dispatching::UpdateHandler;
 use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
 use teloxide::dptree::di::DependencyMap;
 use teloxide::prelude::*;
+use tg_session::storage::Storage;
 use tg_session::storage::{Conflict, Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
-use tg_session::{
-    MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey,
-};
+use tg_session::{MemoryStorage, Session, SessionManager, Sessions, StorageError, StorageKey};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,7 +54,7 @@ struct HashMapStorage {
     records: Mutex<HashMap<String, Record>>,
 }
 
-#[tg_session::async_trait]
+#[tg_session::storage::async_trait]
 impl Storage for HashMapStorage {
     fn name(&self) -> &str {
         "hashmap"

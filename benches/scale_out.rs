@@ -24,9 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tg_session::{
-    Error, PostgresStorage, RedisStorage, Session, SessionManager, SharedStorage, UpdateIds,
-};
+use tg_session::storage::SharedStorage;
+use tg_session::{Error, PostgresStorage, RedisStorage, Session, SessionManager, UpdateIds};
 
 use postgres_server::PostgresServer;
 use redis_server::RedisServer;

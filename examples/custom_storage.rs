@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tg_session::storage::async_trait;
 use tg_session::storage::{Conflict, Record, Storage, Write, WriteOutcome};
-use tg_session::{Session, SessionManager, StorageError, StorageKey, UpdateIds, async_trait};
+use tg_session::{Session, SessionManager, StorageError, StorageKey, UpdateIds};
 
 /// Each record with the instant it expires, if it has a TTL.
 type Records = HashMap<String, (Record, Option<Instant>)>;

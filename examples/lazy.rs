@@ -19,11 +19,10 @@ use bot_api_stub::User;
 use bot_api_stub::demo::{self, BoxError, Script};
 use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
+use tg_session::storage::Storage;
 use tg_session::storage::{Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
-use tg_session::{
-    MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError, StorageKey,
-};
+use tg_session::{MemoryStorage, Session, SessionManager, Sessions, StorageError, StorageKey};
 
 /// GramIO: `session({ key: "sessionKey", lazy: true, initial: () => ({ count: 0 }) })`.
 #[derive(Session, Serialize, Deserialize, Default)]
@@ -39,7 +38,7 @@ struct CountingStorage {
     loads: Arc<AtomicUsize>,
 }
 
-#[tg_session::async_trait]
+#[tg_session::storage::async_trait]
 impl Storage for CountingStorage {
     fn name(&self) -> &str {
         "counting memory"

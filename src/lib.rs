@@ -6,9 +6,57 @@
     not(feature = "teloxide"),
     doc = "See the README (or the docs built with feature `teloxide`) for the guide."
 )]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The public API, listed: what a bot uses sits at the root; what a storage
+// implementer needs sits in `storage`, and codecs in `codec`.
 
 pub use tg_session_macros::Session;
-pub use tg_session_runtime::*;
+
+pub use tg_session_runtime::{
+    // Declaring session types.
+    Codec,
+    // Errors.
+    CodecError,
+    // Configuring the manager.
+    DEFAULT_LEASE_TTL,
+    DEFAULT_LOCK_TIMEOUT,
+    Error,
+    // One update's sessions.
+    HandlerOutcome,
+    Json,
+    KeyFn,
+    KeyStrategy,
+    LockHolder,
+    // The storages.
+    MemoryStorage,
+    OnDecodeError,
+    SavePolicy,
+    Scope,
+    Session,
+    SessionContext,
+    SessionManager,
+    SessionManagerBuilder,
+    SessionRef,
+    Sessions,
+    StorageError,
+    StorageErrorKind,
+    StorageKey,
+    UpdateIds,
+};
+
+#[cfg(feature = "msgpack")]
+pub use tg_session_runtime::MessagePack;
+#[cfg(feature = "redis")]
+pub use tg_session_runtime::RedisStorage;
+#[cfg(feature = "postgres")]
+pub use tg_session_runtime::{PostgresStorage, PostgresStorageBuilder};
+#[cfg(feature = "sqlite")]
+pub use tg_session_runtime::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
+
+#[cfg(feature = "teloxide")]
+pub use tg_session_runtime::teloxide;
+pub use tg_session_runtime::{codec, storage};
 
 /// What `#[derive(Session)]` expands to refers to; not a public API.
 #[doc(hidden)]

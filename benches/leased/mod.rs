@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tg_session::{Lease, LeaseOwner, LeasedLoad, Record, Storage, StorageKey, Write, WriteOutcome};
+use tg_session::StorageKey;
+use tg_session::storage::{Lease, LeaseOwner, LeasedLoad, Record, Storage, Write, WriteOutcome};
 
 /// The stored value, shaped like the workload's sessions.
 #[derive(Serialize, Deserialize, Default)]

@@ -13,7 +13,9 @@ struct JsonProfile {
 
 async fn stored_bytes(storage: &MemoryStorage, name: &str) -> Vec<u8> {
     let key = StorageKey::new(None, None, name, "1");
-    let records = tg_session::Storage::load(storage, &[key]).await.unwrap();
+    let records = tg_session::storage::Storage::load(storage, &[key])
+        .await
+        .unwrap();
     records[0].as_ref().expect("stored").value.to_vec()
 }
 

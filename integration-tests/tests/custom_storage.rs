@@ -8,7 +8,7 @@ use tg_session_test_kit::behaviour_suite;
 #[path = "../../examples/custom_storage.rs"]
 mod custom_storage;
 
-use tg_session::SharedStorage;
+use tg_session::storage::SharedStorage;
 
 async fn map() -> SharedStorage {
     std::sync::Arc::new(custom_storage::MapStorage::default())

@@ -3,7 +3,8 @@
 
 use tg_session_test_kit::behaviour_suite;
 
-use tg_session::{MemoryStorage, SharedStorage};
+use tg_session::MemoryStorage;
+use tg_session::storage::SharedStorage;
 
 async fn memory() -> SharedStorage {
     std::sync::Arc::new(MemoryStorage::new())
@@ -14,7 +15,8 @@ behaviour_suite!(memory);
 /// The same suite over the bounded (moka) backend.
 mod bounded {
     use super::behaviour_suite;
-    use tg_session::{MemoryStorage, SharedStorage};
+    use tg_session::MemoryStorage;
+    use tg_session::storage::SharedStorage;
 
     async fn bounded_memory() -> SharedStorage {
         std::sync::Arc::new(MemoryStorage::with_capacity(1_000_000))

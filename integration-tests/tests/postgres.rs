@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use postgres_server::PostgresServer;
 use sql_cases::{Counter, key, put, values, written};
-use tg_session::{
-    HandlerOutcome, Lease, LeaseOwner, LeasedLoad, PostgresStorage, SessionManager, SharedStorage,
-    Storage, StorageErrorKind, UpdateIds, WriteOutcome,
-};
+use tg_session::storage::{Lease, LeaseOwner, LeasedLoad, SharedStorage, Storage, WriteOutcome};
+use tg_session::{HandlerOutcome, PostgresStorage, SessionManager, StorageErrorKind, UpdateIds};
 
 /// One server for the tests that do not restart it; each test uses its own
 /// keys. Stopped when the test binary exits (see `PostgresServer`).

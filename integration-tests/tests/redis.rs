@@ -17,9 +17,10 @@ use tg_session::storage::{
     Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
     WriteOutcome,
 };
+use tg_session::storage::{SharedStorage, async_trait};
 use tg_session::{
-    Error, HandlerOutcome, RedisStorage, Session, SessionManager, SharedStorage, StorageError,
-    StorageErrorKind, StorageKey, UpdateIds, async_trait,
+    Error, HandlerOutcome, RedisStorage, Session, SessionManager, StorageError, StorageErrorKind,
+    StorageKey, UpdateIds,
 };
 use tg_session_test_kit::redis_server::{CommandCounter, RedisCluster, RedisServer};
 

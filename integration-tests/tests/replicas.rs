@@ -21,9 +21,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tg_session::storage::SharedStorage;
 use tg_session::{
-    Error, HandlerOutcome, PostgresStorage, RedisStorage, Session, SessionManager, SharedStorage,
-    SqliteStorage, UpdateIds,
+    Error, HandlerOutcome, PostgresStorage, RedisStorage, Session, SessionManager, SqliteStorage,
+    UpdateIds,
 };
 use tg_session_test_kit::postgres_server::PostgresServer;
 use tg_session_test_kit::redis_server::{RedisCluster, RedisServer};

@@ -11,9 +11,12 @@ use std::sync::{Arc, LazyLock};
 use sql_cases::{Counter, key, put, values, written};
 use sqlx::Connection as _;
 use sqlx::sqlite::SqliteConnection;
+use tg_session::storage::{
+    Lease, LeaseOwner, LeasedLoad, SharedStorage, Storage, Write, WriteOutcome,
+};
 use tg_session::{
-    HandlerOutcome, Lease, LeaseOwner, LeasedLoad, SessionManager, SharedStorage, SqliteStorage,
-    SqliteSynchronous, Storage, StorageErrorKind, StorageKey, UpdateIds, Write, WriteOutcome,
+    HandlerOutcome, SessionManager, SqliteStorage, SqliteSynchronous, StorageErrorKind, StorageKey,
+    UpdateIds,
 };
 
 /// The behaviour suite's storages: a new file each, in a directory emptied

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use suite::counting::CountingStorage;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
+use tg_session::storage::Storage;
 use tg_session::storage::{Record, Write, WriteOutcome};
 use tg_session::teloxide::SessionsHandlerExt;
 use tg_session::{
-    Error, HandlerOutcome, MemoryStorage, Session, SessionManager, Sessions, Storage, StorageError,
+    Error, HandlerOutcome, MemoryStorage, Session, SessionManager, Sessions, StorageError,
     StorageKey, UpdateIds,
 };
 
@@ -310,7 +311,7 @@ async fn the_allowed_updates_hint_lists_only_what_the_tree_handles() {
 /// A storage that loads nothing and refuses every write.
 struct RefusingStorage;
 
-#[tg_session::async_trait]
+#[tg_session::storage::async_trait]
 impl Storage for RefusingStorage {
     fn name(&self) -> &str {
         "refusing"

@@ -1,6 +1,7 @@
 //! [`Sessions`]: the sessions of one update, from load to commit.
 
 use std::any::TypeId;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use crate::error::{Error, LockHolder, StorageError};
 use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
 use crate::lock::{KeyLockGuard, LockError, Taker};
-use crate::manager::{ManagerInner, Registration, SavePolicy, StorageEntry};
+use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
@@ -441,6 +442,48 @@ async fn write_back(
     }
 }
 
+/// An update's lifecycle, started from the manager's configuration.
+impl SessionManager {
+    /// Starts the sessions of one update: takes the keys of the eager
+    /// sessions, then loads them in one batch per storage.
+    ///
+    /// This never fails: a session that could not be loaded (missing id,
+    /// storage down, undecodable bytes) reports its error from its accessor,
+    /// and the others keep working.
+    pub async fn begin(&self, ids: UpdateIds) -> Sessions {
+        Sessions::begin(Arc::clone(&self.inner), ids).await
+    }
+
+    /// Runs `handler` with the sessions of one update and commits them after
+    /// it (when it succeeded, or always per [`SavePolicy`]).
+    ///
+    /// A commit failure becomes the result when the handler succeeded; when
+    /// it failed, its own error wins and the commit error is logged.
+    pub async fn run<F, Fut, T, E>(&self, ids: UpdateIds, handler: F) -> Result<T, E>
+    where
+        F: FnOnce(Sessions) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let sessions = self.begin(ids).await;
+        let result = handler(sessions.clone()).await;
+        let outcome = match result {
+            Ok(_) => HandlerOutcome::Succeeded,
+            Err(_) => HandlerOutcome::Failed,
+        };
+        let committed = sessions.commit(outcome).await;
+        match (result, committed) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(error)) => Err(error.into()),
+            (Err(error), Ok(())) => Err(error),
+            (Err(error), Err(not_saved)) => {
+                tracing::warn!(error = %not_saved, "session not saved after a failed handler");
+                Err(error)
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
@@ -567,7 +610,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                 }
                 Err(LoadError::Leased { index: busy }) => {
                     let source = StorageError::new(
-                        crate::StorageErrorKind::Timeout,
+                        crate::error::StorageErrorKind::Timeout,
                         format!(
                             "loaded in one batch with `{}`, which an update of another \
                              process kept leased for more than {:?}",

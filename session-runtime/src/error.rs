@@ -5,13 +5,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A shareable error source (cloned when one failure is reported to several accessors).
-pub type BoxError = Arc<dyn StdError + Send + Sync + 'static>;
+/// The cause inside a [`StorageError`] or [`CodecError`]: shared, not boxed,
+/// because one failure is reported to every accessor it affects (the errors
+/// are `Clone`).
+type SharedSource = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Everything that can go wrong with a session.
 ///
-/// Each message names the session (its `key` name), the storage key and the
-/// storage involved, and says how to fix what can be fixed.
+/// Each message names the session (its `key` name) and says how to fix what
+/// can be fixed; errors from a storage call also name the storage key and the
+/// storage.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -251,7 +254,7 @@ fn conflict_cause(cause: crate::storage::Conflict) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct StorageError {
     kind: StorageErrorKind,
-    source: BoxError,
+    source: SharedSource,
 }
 
 /// The broad class of a [`StorageError`], for retry decisions.
@@ -328,7 +331,7 @@ impl StdError for StorageError {
 
 /// A codec failed to encode or decode a value.
 #[derive(Debug, Clone)]
-pub struct CodecError(BoxError);
+pub struct CodecError(SharedSource);
 
 impl CodecError {
     /// Wraps the codec library's error.

@@ -1,7 +1,9 @@
 //! The runtime of [tg-session](https://docs.rs/tg-session): storages, codecs,
 //! key scopes and the per-update session context.
 //!
-//! Use it through the `tg-session` crate, which adds `#[derive(Session)]`.
+//! Use it through the `tg-session` crate, which adds `#[derive(Session)]`
+//! and lists the public API; this crate's paths are not stable.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod error;
@@ -16,18 +18,16 @@ mod update_leases;
 pub mod codec;
 pub mod storage;
 
-pub use async_trait::async_trait;
 pub use codec::Codec;
 pub use codec::Json;
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use context::{HandlerOutcome, SessionContext, Sessions};
-pub use error::{BoxError, CodecError, Error, LockHolder, StorageError, StorageErrorKind};
+pub use error::{CodecError, Error, LockHolder, StorageError, StorageErrorKind};
 pub use guard::SessionRef;
 pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
 pub use manager::{
     DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
-    SharedStorage,
 };
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
@@ -37,9 +37,5 @@ pub use storage::postgres::{PostgresStorage, PostgresStorageBuilder};
 pub use storage::redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
-pub use storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
-    WriteOutcome,
-};
 #[cfg(feature = "teloxide")]
 pub mod teloxide;

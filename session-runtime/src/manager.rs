@@ -1,21 +1,18 @@
-//! [`SessionManager`]: the long-lived configuration every update starts from.
+//! [`SessionManager`]: the long-lived configuration every update starts from
+//! (the update's lifecycle, [`SessionManager::begin`] and [`SessionManager::run`],
+//! lives with the context).
 
 use std::any::TypeId;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::context::{HandlerOutcome, Sessions};
 use crate::error::Error;
 use crate::key::{KeyStrategy, StorageKey, UpdateIds};
 use crate::lock::KeyLocks;
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::memory::MemoryStorage;
-use crate::storage::{Record, Storage};
-
-/// A storage shared between the manager and session types.
-pub type SharedStorage = Arc<dyn Storage>;
+use crate::storage::{Record, SharedStorage, Storage};
 
 /// When sessions changed by a handler are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -136,45 +133,6 @@ impl SessionManager {
     /// Starts configuring a manager (memory storage unless told otherwise).
     pub fn builder() -> SessionManagerBuilder {
         SessionManagerBuilder::default()
-    }
-
-    /// Starts the sessions of one update: takes the keys of the eager
-    /// sessions, then loads them in one batch per storage.
-    ///
-    /// This never fails: a session that could not be loaded (missing id,
-    /// storage down, undecodable bytes) reports its error from its accessor,
-    /// and the others keep working.
-    pub async fn begin(&self, ids: UpdateIds) -> Sessions {
-        Sessions::begin(Arc::clone(&self.inner), ids).await
-    }
-
-    /// Runs `handler` with the sessions of one update and commits them after
-    /// it (when it succeeded, or always per [`SavePolicy`]).
-    ///
-    /// A commit failure becomes the result when the handler succeeded; when
-    /// it failed, its own error wins and the commit error is logged.
-    pub async fn run<F, Fut, T, E>(&self, ids: UpdateIds, handler: F) -> Result<T, E>
-    where
-        F: FnOnce(Sessions) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
-    {
-        let sessions = self.begin(ids).await;
-        let result = handler(sessions.clone()).await;
-        let outcome = match result {
-            Ok(_) => HandlerOutcome::Succeeded,
-            Err(_) => HandlerOutcome::Failed,
-        };
-        let committed = sessions.commit(outcome).await;
-        match (result, committed) {
-            (Ok(value), Ok(())) => Ok(value),
-            (Ok(_), Err(error)) => Err(error.into()),
-            (Err(error), Ok(())) => Err(error),
-            (Err(error), Err(not_saved)) => {
-                tracing::warn!(error = %not_saved, "session not saved after a failed handler");
-                Err(error)
-            }
-        }
     }
 }
 

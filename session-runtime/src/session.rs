@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
-use crate::key::KeyStrategy;
+use crate::key::{KeyStrategy, Scope};
 
 /// What to do when stored bytes no longer decode as the session type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -44,7 +44,7 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Load on first access instead of before the handler.
     const LAZY: bool = false;
     /// Which ids of the update make the key.
-    const KEY: KeyStrategy = KeyStrategy::Scope(crate::Scope::User);
+    const KEY: KeyStrategy = KeyStrategy::Scope(Scope::User);
     /// How long a stored session lives after its last write.
     const TTL: Option<Duration> = None;
     /// What to do with stored bytes that no longer decode.

@@ -27,7 +27,7 @@ pub(crate) struct SlotMeta {
 }
 
 impl SlotMeta {
-    pub(crate) fn storage_error(&self, source: crate::StorageError) -> Error {
+    pub(crate) fn storage_error(&self, source: crate::error::StorageError) -> Error {
         Error::Storage {
             session: self.session,
             key: self.key.to_string(),
@@ -56,10 +56,12 @@ impl SlotMeta {
         .map_err(|source| self.storage_error(source))?;
         match <[WriteOutcome; 1]>::try_from(outcomes) {
             Ok([outcome]) => Ok(outcome),
-            Err(outcomes) => Err(self.storage_error(crate::StorageError::other(format!(
-                "answered {} outcomes for one write",
-                outcomes.len()
-            )))),
+            Err(outcomes) => Err(
+                self.storage_error(crate::error::StorageError::other(format!(
+                    "answered {} outcomes for one write",
+                    outcomes.len()
+                ))),
+            ),
         }
     }
 

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StorageError;
@@ -34,8 +33,15 @@ pub mod sqlite;
 mod lease;
 mod version;
 
+/// The attribute [`Storage`] and [`Leases`] are written with: put
+/// `#[async_trait]` on your `impl Storage for …` block.
+pub use ::async_trait::async_trait;
 pub use lease::{Lease, LeaseOwner, LeasedLoad, Leases, ReleaseWatch};
 pub use version::version_for_new_record;
+
+/// A storage shared between the manager, session types registered in it and
+/// the tasks that write back and release leases.
+pub type SharedStorage = Arc<dyn Storage>;
 
 /// A stored session: its encoded bytes and the version they were written at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +148,7 @@ pub enum Conflict {
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
-/// use tg_session_runtime::async_trait;
+/// use tg_session_runtime::storage::async_trait;
 /// use tg_session_runtime::storage::{Conflict, Record, Storage, Write, WriteOutcome};
 /// use tg_session_runtime::{StorageError, StorageKey};
 ///

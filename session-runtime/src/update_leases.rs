@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::StorageError;
 use crate::key::StorageKey;
-use crate::manager::SharedStorage;
+use crate::storage::SharedStorage;
 use crate::storage::{Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch};
 
 /// The longest a waiter sleeps between two attempts when the storage wakes

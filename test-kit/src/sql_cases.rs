@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tg_session::{
-    Conflict, Error, HandlerOutcome, Lease, LeaseOwner, LeasedLoad, Leases, Record, Session,
-    SessionManager, SharedStorage, StorageKey, UpdateIds, Write, WriteOutcome,
+use tg_session::storage::{
+    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, SharedStorage, Write, WriteOutcome,
 };
+use tg_session::{Error, HandlerOutcome, Session, SessionManager, StorageKey, UpdateIds};
 
 /// A per-user counter.
 #[derive(Session, Serialize, Deserialize, Debug)]

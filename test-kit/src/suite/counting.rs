@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tg_session::storage::{
     Lease, LeaseOwner, LeasedLoad, Leases, Record, Storage, Write, WriteOutcome,
 };
-use tg_session::{SharedStorage, StorageError, StorageKey, async_trait};
+use tg_session::storage::{SharedStorage, async_trait};
+use tg_session::{StorageError, StorageKey};
 
 /// Counts the batches and records that go through to the wrapped storage,
 /// and forwards its leases (a lease taken with a load counts as a load, a
@@ -125,10 +126,10 @@ impl Leases for CountingStorage {
         self.inner_leases()?.renew(keys, lease).await
     }
 
-    fn watch(&self, key: &StorageKey) -> tg_session::ReleaseWatch {
+    fn watch(&self, key: &StorageKey) -> tg_session::storage::ReleaseWatch {
         match self.inner.leases() {
             Some(leases) => leases.watch(key),
-            None => tg_session::ReleaseWatch::poll(),
+            None => tg_session::storage::ReleaseWatch::poll(),
         }
     }
 }

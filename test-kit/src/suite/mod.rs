@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tg_session::storage::SharedStorage;
 use tg_session::storage::{Conflict, Write, WriteOutcome};
 use tg_session::{
-    Error, HandlerOutcome, SavePolicy, Session, SessionManager, SharedStorage, StorageKey,
-    UpdateIds,
+    Error, HandlerOutcome, SavePolicy, Session, SessionManager, StorageKey, UpdateIds,
 };
 
 use self::counting::CountingStorage;

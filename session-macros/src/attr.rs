@@ -2,6 +2,7 @@
 
 use proc_macro2::Span;
 use proc_macro2::{TokenStream, TokenTree};
+use quote::{ToTokens, quote};
 use syn::ext::IdentExt as _;
 use syn::meta::ParseNestedMeta;
 use syn::parse::discouraged::Speculative as _;
@@ -13,18 +14,106 @@ use crate::errors::Errors;
 
 const CONTAINER_KEYS: &str =
     "`key`, `lazy`, `scope`, `key_fn`, `initial`, `ttl`, `on_decode_error`, `codec`, `crate`";
-pub(crate) const SCOPES: [&str; 5] = ["user", "chat", "user_in_chat", "chat_thread", "global"];
+
+/// `scope = "..."`: which ids of the update make the storage key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScopeAttr {
+    User,
+    Chat,
+    UserInChat,
+    ChatThread,
+    Global,
+}
+
+impl ScopeAttr {
+    const ALL: [(&'static str, Self); 5] = [
+        ("user", Self::User),
+        ("chat", Self::Chat),
+        ("user_in_chat", Self::UserInChat),
+        ("chat_thread", Self::ChatThread),
+        ("global", Self::Global),
+    ];
+
+    fn from_lit(lit: &LitStr) -> syn::Result<Self> {
+        let text = lit.value();
+        match Self::ALL.iter().find(|(name, _)| *name == text) {
+            Some((_, scope)) => Ok(*scope),
+            None => Err(syn::Error::new(
+                lit.span(),
+                format_args!(
+                    "unknown scope `{text}`; expected one of {}",
+                    choices(Self::ALL.iter().map(|(name, _)| *name))
+                ),
+            )),
+        }
+    }
+}
+
+/// The variant of the runtime's `Scope`, relative to the hidden module:
+/// `#p::#scope` names it.
+impl ToTokens for ScopeAttr {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(match self {
+            Self::User => quote!(Scope::User),
+            Self::Chat => quote!(Scope::Chat),
+            Self::UserInChat => quote!(Scope::UserInChat),
+            Self::ChatThread => quote!(Scope::ChatThread),
+            Self::Global => quote!(Scope::Global),
+        });
+    }
+}
+
+/// `on_decode_error = "..."`: what a load does with bytes that do not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum DecodeErrorPolicy {
+    #[default]
+    Error,
+    Reset,
+}
+
+impl DecodeErrorPolicy {
+    const ALL: [(&'static str, Self); 2] = [("error", Self::Error), ("reset", Self::Reset)];
+
+    fn from_lit(lit: &LitStr) -> syn::Result<Self> {
+        let text = lit.value();
+        match Self::ALL.iter().find(|(name, _)| *name == text) {
+            Some((_, policy)) => Ok(*policy),
+            None => Err(syn::Error::new(
+                lit.span(),
+                format_args!("unknown on_decode_error `{text}`; expected `error` or `reset`"),
+            )),
+        }
+    }
+}
+
+/// The variant of the runtime's `OnDecodeError`, relative to the hidden module.
+impl ToTokens for DecodeErrorPolicy {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(match self {
+            Self::Error => quote!(OnDecodeError::Error),
+            Self::Reset => quote!(OnDecodeError::Reset),
+        });
+    }
+}
+
+/// "`a`, `b`, `c`" for an error message.
+fn choices<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The type-level `#[session(...)]` attributes.
 #[derive(Default)]
 pub(crate) struct Container {
     pub(crate) key: Option<Ident>,
     pub(crate) lazy: Option<Span>,
-    pub(crate) scope: Option<String>,
+    pub(crate) scope: Option<ScopeAttr>,
     pub(crate) key_fn: Option<Path>,
     pub(crate) initial: Option<Path>,
     pub(crate) ttl_secs: Option<u64>,
-    pub(crate) reset_on_decode_error: Option<bool>,
+    pub(crate) on_decode_error: Option<DecodeErrorPolicy>,
     pub(crate) codec: Option<Path>,
     pub(crate) krate: Option<Path>,
 }
@@ -118,16 +207,7 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         }
         "scope" => {
             let lit = lit_str(meta, "scope", "\"chat\"")?;
-            let scope = lit.value();
-            if !SCOPES.contains(&scope.as_str()) {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    format_args!(
-                        "unknown scope `{scope}`; expected one of `user`, `chat`, \
-                         `user_in_chat`, `chat_thread`, `global`"
-                    ),
-                ));
-            }
+            let scope = ScopeAttr::from_lit(&lit)?;
             set_once(&mut out.scope, scope, meta, "scope")
         }
         "key_fn" => {
@@ -154,24 +234,8 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         }
         "on_decode_error" => {
             let lit = lit_str(meta, "on_decode_error", "\"reset\"")?;
-            let reset = match lit.value().as_str() {
-                "error" => false,
-                "reset" => true,
-                other => {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        format_args!(
-                            "unknown on_decode_error `{other}`; expected `error` or `reset`"
-                        ),
-                    ));
-                }
-            };
-            set_once(
-                &mut out.reset_on_decode_error,
-                reset,
-                meta,
-                "on_decode_error",
-            )
+            let policy = DecodeErrorPolicy::from_lit(&lit)?;
+            set_once(&mut out.on_decode_error, policy, meta, "on_decode_error")
         }
         "codec" => {
             let path = path(meta, "codec")?;
@@ -372,7 +436,10 @@ mod tests {
     use quote::ToTokens as _;
     use syn::{Attribute, LitStr, parse_quote};
 
-    use super::{accessor_name, container, field_default, parse_ttl, variant_default};
+    use super::{
+        DecodeErrorPolicy, ScopeAttr, accessor_name, container, field_default, parse_ttl,
+        variant_default,
+    };
     use crate::errors::Errors;
 
     fn messages(errors: Errors) -> Vec<String> {
@@ -449,6 +516,36 @@ mod tests {
         assert!(messages[1].starts_with("`lazy` takes no value"));
         assert!(messages[2].starts_with("unknown scope `group`"));
         assert!(messages[3].starts_with("malformed ttl `1 h`"));
+    }
+
+    #[test]
+    fn scopes_and_policies_parse_once_into_their_runtime_variants() {
+        let attrs: Vec<Attribute> = vec![parse_quote!(
+            #[session(scope = "user_in_chat", on_decode_error = "reset")]
+        )];
+        let mut errors = Errors::default();
+        let parsed = container(&attrs, &mut errors);
+        assert!(messages(errors).is_empty());
+        assert_eq!(parsed.scope, Some(ScopeAttr::UserInChat));
+        assert_eq!(parsed.on_decode_error, Some(DecodeErrorPolicy::Reset));
+        let expanded: Vec<String> = ScopeAttr::ALL
+            .iter()
+            .map(|(_, scope)| scope.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            expanded,
+            [
+                "Scope :: User",
+                "Scope :: Chat",
+                "Scope :: UserInChat",
+                "Scope :: ChatThread",
+                "Scope :: Global"
+            ]
+        );
+        assert_eq!(
+            DecodeErrorPolicy::default().to_token_stream().to_string(),
+            "OnDecodeError :: Error"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Fields, Ident};
 
 use crate::ast::{Body, Input};
+use crate::attr::ScopeAttr;
 use crate::errors::Errors;
 use crate::{fallback, valid};
 
@@ -49,19 +50,12 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
     let accessor = accessor(input);
     let name = accessor.to_string();
     let lazy = attrs.lazy.is_some();
-    let key = match (&attrs.key_fn, &attrs.scope) {
+    let key = match (&attrs.key_fn, attrs.scope) {
         (Some(key_fn), _) => quote!(#p::KeyStrategy::Custom(#key_fn)),
-        (None, Some(scope)) => {
-            let variant = match scope.as_str() {
-                "chat" => quote!(Chat),
-                "user_in_chat" => quote!(UserInChat),
-                "chat_thread" => quote!(ChatThread),
-                "global" => quote!(Global),
-                _ => quote!(User),
-            };
-            quote!(#p::KeyStrategy::Scope(#p::Scope::#variant))
+        (None, scope) => {
+            let scope = scope.unwrap_or(ScopeAttr::User);
+            quote!(#p::KeyStrategy::Scope(#p::#scope))
         }
-        (None, None) => quote!(#p::KeyStrategy::Scope(#p::Scope::User)),
     };
     let ttl = match &attrs.ttl_secs {
         Some(secs) => {
@@ -69,10 +63,7 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
-    let on_decode_error = match attrs.reset_on_decode_error {
-        Some(true) => quote!(#p::OnDecodeError::Reset),
-        _ => quote!(#p::OnDecodeError::Error),
-    };
+    let on_decode_error = attrs.on_decode_error.unwrap_or_default();
     let codec = match &attrs.codec {
         Some(codec) => quote!(#codec),
         None => quote!(#p::Json),
@@ -89,7 +80,7 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
             const LAZY: bool = #lazy;
             const KEY: #p::KeyStrategy = #key;
             const TTL: ::core::option::Option<::core::time::Duration> = #ttl;
-            const ON_DECODE_ERROR: #p::OnDecodeError = #on_decode_error;
+            const ON_DECODE_ERROR: #p::OnDecodeError = #p::#on_decode_error;
             type Codec = #codec;
 
             fn initial() -> Self {

@@ -14,6 +14,7 @@ pub use tg_session_runtime::*;
 #[doc(hidden)]
 pub mod __private {
     pub use tg_session_runtime::{
-        Error, Json, KeyStrategy, OnDecodeError, Scope, Session, SessionContext, SessionRef,
+        Error, Json, KeyStrategy, MigrationError, OnDecodeError, Scope, Session, SessionContext,
+        SessionRef, decode_shape, step_from, step_with, unknown_version,
     };
 }

@@ -9,6 +9,7 @@ mod guard;
 mod key;
 mod lock;
 mod manager;
+mod migrate;
 mod session;
 mod slot;
 mod update_leases;
@@ -29,6 +30,9 @@ pub use manager::{
     DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
     SharedStorage,
 };
+pub use migrate::{MigrateFrom, MigrationError, MigrationOutput};
+#[doc(hidden)]
+pub use migrate::{decode_shape, step_from, step_with, unknown_version};
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
 #[cfg(feature = "postgres")]

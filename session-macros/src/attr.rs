@@ -8,12 +8,13 @@ use syn::meta::ParseNestedMeta;
 use syn::parse::discouraged::Speculative as _;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Attribute, Expr, Ident, LitStr, Path, Token};
+use syn::{Attribute, Expr, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::errors::Errors;
 
-const CONTAINER_KEYS: &str =
-    "`key`, `lazy`, `scope`, `key_fn`, `initial`, `ttl`, `on_decode_error`, `codec`, `crate`";
+const CONTAINER_KEYS: &str = "`key`, `lazy`, `scope`, `key_fn`, `initial`, `ttl`, \
+                              `on_decode_error`, `codec`, `version`, `migrate`, `crate`";
+const MIGRATE_KEYS: &str = "`from`, `version`, `with`";
 
 /// `scope = "..."`: which ids of the update make the storage key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +116,31 @@ pub(crate) struct Container {
     pub(crate) ttl_secs: Option<u64>,
     pub(crate) on_decode_error: Option<DecodeErrorPolicy>,
     pub(crate) codec: Option<Path>,
+    /// `version = N`: the schema version the type writes.
+    pub(crate) version: Option<SchemaVersion>,
+    /// `version = ...` was written but is not a valid version (already
+    /// reported), so rules that need the version stay quiet.
+    pub(crate) version_invalid: bool,
+    /// The `migrate(...)` entries, in the order written.
+    pub(crate) migrations: Vec<Migration>,
     pub(crate) krate: Option<Path>,
+}
+
+/// A schema version as written, with its span.
+#[derive(Clone, Copy)]
+pub(crate) struct SchemaVersion {
+    pub(crate) value: u32,
+    pub(crate) span: Span,
+}
+
+/// `migrate(from = Old, version = N, with = path::to::fn)`: a previous shape
+/// of the type and how it becomes the next one.
+pub(crate) struct Migration {
+    /// The `migrate` keyword.
+    pub(crate) span: Span,
+    pub(crate) from: Type,
+    pub(crate) version: SchemaVersion,
+    pub(crate) with: Option<Path>,
 }
 
 fn session_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
@@ -241,6 +266,17 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
             let path = path(meta, "codec")?;
             set_once(&mut out.codec, path, meta, "codec")
         }
+        "version" => {
+            let version = schema_version(meta, "version", "version = 2").inspect_err(|_| {
+                out.version_invalid = true;
+            })?;
+            set_once(&mut out.version, version, meta, "version")
+        }
+        "migrate" => {
+            let migration = migration(meta)?;
+            out.migrations.push(migration);
+            Ok(())
+        }
         "crate" => {
             let path = path(meta, "crate")?;
             set_once(&mut out.krate, path, meta, "crate")
@@ -251,6 +287,122 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         )),
         other => Err(meta.error(format_args!(
             "unknown session attribute `{other}`; expected one of {CONTAINER_KEYS}"
+        ))),
+    }
+}
+
+/// `version = N`, a whole number from 1.
+fn schema_version(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    example: &str,
+) -> syn::Result<SchemaVersion> {
+    let value = meta.value()?;
+    let lit = value.parse::<LitInt>().map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` takes a whole number: `{example}`"),
+        )
+    })?;
+    let number = lit.base10_parse::<u32>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format_args!("`{name}` takes a whole number from 1 to {}", u32::MAX),
+        )
+    })?;
+    if number == 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            format_args!(
+                "schema versions start at 1: `{name} = 0` is not one; the records written \
+                 before the type had a version are read as its oldest `migrate(...)` shape"
+            ),
+        ));
+    }
+    Ok(SchemaVersion {
+        value: number,
+        span: lit.span(),
+    })
+}
+
+/// A type written bare (`from = CounterV1`) or in a string.
+fn type_value(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<Type> {
+    let value = meta.value()?;
+    let parsed = match value.peek(LitStr) {
+        true => value.parse::<LitStr>()?.parse::<Type>(),
+        false => value.parse::<Type>(),
+    };
+    parsed.map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` must name a type, like `{name} = CounterV1`"),
+        )
+    })
+}
+
+/// `migrate(from = Old, version = N, with = path)`.
+fn migration(meta: &ParseNestedMeta<'_>) -> syn::Result<Migration> {
+    let usage = "`migrate` takes the previous shape and its version: \
+                 `migrate(from = CounterV1, version = 1)`";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(usage));
+    }
+    let mut from = None;
+    let mut version = None;
+    let mut with = None;
+    let mut errors = Errors::default();
+    meta.parse_nested_meta(|inner| {
+        if let Err(error) = migration_item(&inner, &mut from, &mut version, &mut with) {
+            errors.push(error);
+            skip_rest(inner.input);
+        }
+        Ok(())
+    })?;
+    errors.finish()?;
+    match (from, version) {
+        (Some(from), Some(version)) => Ok(Migration {
+            span: meta.path.span(),
+            from,
+            version,
+            with,
+        }),
+        (None, _) => Err(meta.error(format_args!(
+            "`migrate(...)` needs `from = OldType`, the previous shape; {usage}"
+        ))),
+        (Some(_), None) => Err(meta.error(format_args!(
+            "`migrate(...)` needs `version = N`, the version records of that shape were \
+             written with; {usage}"
+        ))),
+    }
+}
+
+fn migration_item(
+    inner: &ParseNestedMeta<'_>,
+    from: &mut Option<Type>,
+    version: &mut Option<SchemaVersion>,
+    with: &mut Option<Path>,
+) -> syn::Result<()> {
+    let Some(name) = inner.path.get_ident().map(Ident::to_string) else {
+        return Err(inner.error(format_args!(
+            "unknown key in `migrate(...)`; expected one of {MIGRATE_KEYS}"
+        )));
+    };
+    match name.as_str() {
+        "from" => {
+            let ty = type_value(inner, "from")?;
+            set_once(from, ty, inner, "migrate(from)")
+        }
+        "version" => {
+            let number =
+                schema_version(inner, "version", "migrate(from = CounterV1, version = 1)")?;
+            set_once(version, number, inner, "migrate(version)")
+        }
+        "with" => {
+            let path = path(inner, "with")?;
+            set_once(with, path, inner, "migrate(with)")
+        }
+        other => Err(inner.error(format_args!(
+            "unknown key `{other}` in `migrate(...)`; expected one of {MIGRATE_KEYS}"
         ))),
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod migrations;
 pub mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,7 @@ macro_rules! behaviour_suite {
             cancelled_updates_leave_the_storage_working,
             a_handler_longer_than_its_lease_keeps_it,
         );
+        $crate::migration_suite!($factory);
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
         $(

@@ -13,40 +13,23 @@
 
 pub use tg_session_macros::Session;
 
+// Declaring session types (and how they change).
 pub use tg_session_runtime::{
-    // Declaring session types.
-    Codec,
-    // Errors.
-    CodecError,
-    // Configuring the manager.
-    DEFAULT_LEASE_TTL,
-    DEFAULT_LOCK_TIMEOUT,
-    Error,
-    // One update's sessions.
-    HandlerOutcome,
-    Json,
-    KeyFn,
-    KeyStrategy,
-    LockHolder,
-    // The storages.
-    MemoryStorage,
-    OnDecodeError,
-    SavePolicy,
-    Scope,
-    Session,
-    SessionContext,
-    SessionManager,
-    SessionManagerBuilder,
-    SessionRef,
-    Sessions,
-    StorageError,
-    StorageErrorKind,
-    StorageKey,
-    UpdateIds,
+    Codec, Json, KeyFn, KeyStrategy, MigrateFrom, MigrationError, MigrationOutput, OnDecodeError,
+    Scope, Session, UpdateIds,
 };
-
+// Configuring the manager.
+pub use tg_session_runtime::{
+    DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
+};
+// One update's sessions.
+pub use tg_session_runtime::{HandlerOutcome, SessionContext, SessionRef, Sessions, StorageKey};
+// Errors.
 #[cfg(feature = "msgpack")]
 pub use tg_session_runtime::MessagePack;
+pub use tg_session_runtime::{CodecError, Error, LockHolder, StorageError, StorageErrorKind};
+// The storages.
+pub use tg_session_runtime::MemoryStorage;
 #[cfg(feature = "redis")]
 pub use tg_session_runtime::RedisStorage;
 #[cfg(feature = "postgres")]
@@ -62,6 +45,7 @@ pub use tg_session_runtime::{codec, storage};
 #[doc(hidden)]
 pub mod __private {
     pub use tg_session_runtime::{
-        Error, Json, KeyStrategy, OnDecodeError, Scope, Session, SessionContext, SessionRef,
+        Error, Json, KeyStrategy, MigrationError, OnDecodeError, Scope, Session, SessionContext,
+        SessionRef, decode_shape, step_from, step_with, unknown_version,
     };
 }

@@ -2,31 +2,145 @@
 
 use proc_macro2::Span;
 use proc_macro2::{TokenStream, TokenTree};
+use quote::{ToTokens, quote};
 use syn::ext::IdentExt as _;
 use syn::meta::ParseNestedMeta;
 use syn::parse::discouraged::Speculative as _;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned as _;
-use syn::{Attribute, Expr, Ident, LitStr, Path, Token};
+use syn::{Attribute, Expr, Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::errors::Errors;
 
-const CONTAINER_KEYS: &str =
-    "`key`, `lazy`, `scope`, `key_fn`, `initial`, `ttl`, `on_decode_error`, `codec`, `crate`";
-pub(crate) const SCOPES: [&str; 5] = ["user", "chat", "user_in_chat", "chat_thread", "global"];
+const CONTAINER_KEYS: &str = "`key`, `lazy`, `scope`, `key_fn`, `initial`, `ttl`, \
+                              `on_decode_error`, `codec`, `version`, `migrate`, `crate`";
+const MIGRATE_KEYS: &str = "`from`, `version`, `with`";
+
+/// `scope = "..."`: which ids of the update make the storage key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScopeAttr {
+    User,
+    Chat,
+    UserInChat,
+    ChatThread,
+    Global,
+}
+
+impl ScopeAttr {
+    const ALL: [(&'static str, Self); 5] = [
+        ("user", Self::User),
+        ("chat", Self::Chat),
+        ("user_in_chat", Self::UserInChat),
+        ("chat_thread", Self::ChatThread),
+        ("global", Self::Global),
+    ];
+
+    fn from_lit(lit: &LitStr) -> syn::Result<Self> {
+        let text = lit.value();
+        match Self::ALL.iter().find(|(name, _)| *name == text) {
+            Some((_, scope)) => Ok(*scope),
+            None => Err(syn::Error::new(
+                lit.span(),
+                format_args!(
+                    "unknown scope `{text}`; expected one of {}",
+                    choices(Self::ALL.iter().map(|(name, _)| *name))
+                ),
+            )),
+        }
+    }
+}
+
+/// The variant of the runtime's `Scope`, relative to the hidden module:
+/// `#p::#scope` names it.
+impl ToTokens for ScopeAttr {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(match self {
+            Self::User => quote!(Scope::User),
+            Self::Chat => quote!(Scope::Chat),
+            Self::UserInChat => quote!(Scope::UserInChat),
+            Self::ChatThread => quote!(Scope::ChatThread),
+            Self::Global => quote!(Scope::Global),
+        });
+    }
+}
+
+/// `on_decode_error = "..."`: what a load does with bytes that do not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum DecodeErrorPolicy {
+    #[default]
+    Error,
+    Reset,
+}
+
+impl DecodeErrorPolicy {
+    const ALL: [(&'static str, Self); 2] = [("error", Self::Error), ("reset", Self::Reset)];
+
+    fn from_lit(lit: &LitStr) -> syn::Result<Self> {
+        let text = lit.value();
+        match Self::ALL.iter().find(|(name, _)| *name == text) {
+            Some((_, policy)) => Ok(*policy),
+            None => Err(syn::Error::new(
+                lit.span(),
+                format_args!("unknown on_decode_error `{text}`; expected `error` or `reset`"),
+            )),
+        }
+    }
+}
+
+/// The variant of the runtime's `OnDecodeError`, relative to the hidden module.
+impl ToTokens for DecodeErrorPolicy {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        tokens.extend(match self {
+            Self::Error => quote!(OnDecodeError::Error),
+            Self::Reset => quote!(OnDecodeError::Reset),
+        });
+    }
+}
+
+/// "`a`, `b`, `c`" for an error message.
+fn choices<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The type-level `#[session(...)]` attributes.
 #[derive(Default)]
 pub(crate) struct Container {
     pub(crate) key: Option<Ident>,
     pub(crate) lazy: Option<Span>,
-    pub(crate) scope: Option<String>,
+    pub(crate) scope: Option<ScopeAttr>,
     pub(crate) key_fn: Option<Path>,
     pub(crate) initial: Option<Path>,
     pub(crate) ttl_secs: Option<u64>,
-    pub(crate) reset_on_decode_error: Option<bool>,
+    pub(crate) on_decode_error: Option<DecodeErrorPolicy>,
     pub(crate) codec: Option<Path>,
+    /// `version = N`: the schema version the type writes.
+    pub(crate) version: Option<SchemaVersion>,
+    /// `version = ...` was written but is not a valid version (already
+    /// reported), so rules that need the version stay quiet.
+    pub(crate) version_invalid: bool,
+    /// The `migrate(...)` entries, in the order written.
+    pub(crate) migrations: Vec<Migration>,
     pub(crate) krate: Option<Path>,
+}
+
+/// A schema version as written, with its span.
+#[derive(Clone, Copy)]
+pub(crate) struct SchemaVersion {
+    pub(crate) value: u32,
+    pub(crate) span: Span,
+}
+
+/// `migrate(from = Old, version = N, with = path::to::fn)`: a previous shape
+/// of the type and how it becomes the next one.
+pub(crate) struct Migration {
+    /// The `migrate` keyword.
+    pub(crate) span: Span,
+    pub(crate) from: Type,
+    pub(crate) version: SchemaVersion,
+    pub(crate) with: Option<Path>,
 }
 
 fn session_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
@@ -118,16 +232,7 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         }
         "scope" => {
             let lit = lit_str(meta, "scope", "\"chat\"")?;
-            let scope = lit.value();
-            if !SCOPES.contains(&scope.as_str()) {
-                return Err(syn::Error::new(
-                    lit.span(),
-                    format_args!(
-                        "unknown scope `{scope}`; expected one of `user`, `chat`, \
-                         `user_in_chat`, `chat_thread`, `global`"
-                    ),
-                ));
-            }
+            let scope = ScopeAttr::from_lit(&lit)?;
             set_once(&mut out.scope, scope, meta, "scope")
         }
         "key_fn" => {
@@ -154,28 +259,23 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         }
         "on_decode_error" => {
             let lit = lit_str(meta, "on_decode_error", "\"reset\"")?;
-            let reset = match lit.value().as_str() {
-                "error" => false,
-                "reset" => true,
-                other => {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        format_args!(
-                            "unknown on_decode_error `{other}`; expected `error` or `reset`"
-                        ),
-                    ));
-                }
-            };
-            set_once(
-                &mut out.reset_on_decode_error,
-                reset,
-                meta,
-                "on_decode_error",
-            )
+            let policy = DecodeErrorPolicy::from_lit(&lit)?;
+            set_once(&mut out.on_decode_error, policy, meta, "on_decode_error")
         }
         "codec" => {
             let path = path(meta, "codec")?;
             set_once(&mut out.codec, path, meta, "codec")
+        }
+        "version" => {
+            let version = schema_version(meta, "version", "version = 2").inspect_err(|_| {
+                out.version_invalid = true;
+            })?;
+            set_once(&mut out.version, version, meta, "version")
+        }
+        "migrate" => {
+            let migration = migration(meta)?;
+            out.migrations.push(migration);
+            Ok(())
         }
         "crate" => {
             let path = path(meta, "crate")?;
@@ -187,6 +287,122 @@ fn container_item(out: &mut Container, meta: &ParseNestedMeta<'_>) -> syn::Resul
         )),
         other => Err(meta.error(format_args!(
             "unknown session attribute `{other}`; expected one of {CONTAINER_KEYS}"
+        ))),
+    }
+}
+
+/// `version = N`, a whole number from 1.
+fn schema_version(
+    meta: &ParseNestedMeta<'_>,
+    name: &str,
+    example: &str,
+) -> syn::Result<SchemaVersion> {
+    let value = meta.value()?;
+    let lit = value.parse::<LitInt>().map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` takes a whole number: `{example}`"),
+        )
+    })?;
+    let number = lit.base10_parse::<u32>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format_args!("`{name}` takes a whole number from 1 to {}", u32::MAX),
+        )
+    })?;
+    if number == 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            format_args!(
+                "schema versions start at 1: `{name} = 0` is not one; the records written \
+                 before the type had a version are read as its oldest `migrate(...)` shape"
+            ),
+        ));
+    }
+    Ok(SchemaVersion {
+        value: number,
+        span: lit.span(),
+    })
+}
+
+/// A type written bare (`from = CounterV1`) or in a string.
+fn type_value(meta: &ParseNestedMeta<'_>, name: &str) -> syn::Result<Type> {
+    let value = meta.value()?;
+    let parsed = match value.peek(LitStr) {
+        true => value.parse::<LitStr>()?.parse::<Type>(),
+        false => value.parse::<Type>(),
+    };
+    parsed.map_err(|error| {
+        syn::Error::new(
+            error.span(),
+            format_args!("`{name}` must name a type, like `{name} = CounterV1`"),
+        )
+    })
+}
+
+/// `migrate(from = Old, version = N, with = path)`.
+fn migration(meta: &ParseNestedMeta<'_>) -> syn::Result<Migration> {
+    let usage = "`migrate` takes the previous shape and its version: \
+                 `migrate(from = CounterV1, version = 1)`";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(usage));
+    }
+    let mut from = None;
+    let mut version = None;
+    let mut with = None;
+    let mut errors = Errors::default();
+    meta.parse_nested_meta(|inner| {
+        if let Err(error) = migration_item(&inner, &mut from, &mut version, &mut with) {
+            errors.push(error);
+            skip_rest(inner.input);
+        }
+        Ok(())
+    })?;
+    errors.finish()?;
+    match (from, version) {
+        (Some(from), Some(version)) => Ok(Migration {
+            span: meta.path.span(),
+            from,
+            version,
+            with,
+        }),
+        (None, _) => Err(meta.error(format_args!(
+            "`migrate(...)` needs `from = OldType`, the previous shape; {usage}"
+        ))),
+        (Some(_), None) => Err(meta.error(format_args!(
+            "`migrate(...)` needs `version = N`, the version records of that shape were \
+             written with; {usage}"
+        ))),
+    }
+}
+
+fn migration_item(
+    inner: &ParseNestedMeta<'_>,
+    from: &mut Option<Type>,
+    version: &mut Option<SchemaVersion>,
+    with: &mut Option<Path>,
+) -> syn::Result<()> {
+    let Some(name) = inner.path.get_ident().map(Ident::to_string) else {
+        return Err(inner.error(format_args!(
+            "unknown key in `migrate(...)`; expected one of {MIGRATE_KEYS}"
+        )));
+    };
+    match name.as_str() {
+        "from" => {
+            let ty = type_value(inner, "from")?;
+            set_once(from, ty, inner, "migrate(from)")
+        }
+        "version" => {
+            let number =
+                schema_version(inner, "version", "migrate(from = CounterV1, version = 1)")?;
+            set_once(version, number, inner, "migrate(version)")
+        }
+        "with" => {
+            let path = path(inner, "with")?;
+            set_once(with, path, inner, "migrate(with)")
+        }
+        other => Err(inner.error(format_args!(
+            "unknown key `{other}` in `migrate(...)`; expected one of {MIGRATE_KEYS}"
         ))),
     }
 }
@@ -372,7 +588,10 @@ mod tests {
     use quote::ToTokens as _;
     use syn::{Attribute, LitStr, parse_quote};
 
-    use super::{accessor_name, container, field_default, parse_ttl, variant_default};
+    use super::{
+        DecodeErrorPolicy, ScopeAttr, accessor_name, container, field_default, parse_ttl,
+        variant_default,
+    };
     use crate::errors::Errors;
 
     fn messages(errors: Errors) -> Vec<String> {
@@ -449,6 +668,36 @@ mod tests {
         assert!(messages[1].starts_with("`lazy` takes no value"));
         assert!(messages[2].starts_with("unknown scope `group`"));
         assert!(messages[3].starts_with("malformed ttl `1 h`"));
+    }
+
+    #[test]
+    fn scopes_and_policies_parse_once_into_their_runtime_variants() {
+        let attrs: Vec<Attribute> = vec![parse_quote!(
+            #[session(scope = "user_in_chat", on_decode_error = "reset")]
+        )];
+        let mut errors = Errors::default();
+        let parsed = container(&attrs, &mut errors);
+        assert!(messages(errors).is_empty());
+        assert_eq!(parsed.scope, Some(ScopeAttr::UserInChat));
+        assert_eq!(parsed.on_decode_error, Some(DecodeErrorPolicy::Reset));
+        let expanded: Vec<String> = ScopeAttr::ALL
+            .iter()
+            .map(|(_, scope)| scope.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            expanded,
+            [
+                "Scope :: User",
+                "Scope :: Chat",
+                "Scope :: UserInChat",
+                "Scope :: ChatThread",
+                "Scope :: Global"
+            ]
+        );
+        assert_eq!(
+            DecodeErrorPolicy::default().to_token_stream().to_string(),
+            "OnDecodeError :: Error"
+        );
     }
 
     #[test]

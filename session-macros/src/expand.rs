@@ -1,11 +1,12 @@
 //! Code generation: the `Session` impl and the accessor extension trait.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{ToTokens as _, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{DeriveInput, Fields, Ident};
 
 use crate::ast::{Body, Input};
+use crate::attr::ScopeAttr;
 use crate::errors::Errors;
 use crate::{fallback, valid};
 
@@ -49,19 +50,12 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
     let accessor = accessor(input);
     let name = accessor.to_string();
     let lazy = attrs.lazy.is_some();
-    let key = match (&attrs.key_fn, &attrs.scope) {
+    let key = match (&attrs.key_fn, attrs.scope) {
         (Some(key_fn), _) => quote!(#p::KeyStrategy::Custom(#key_fn)),
-        (None, Some(scope)) => {
-            let variant = match scope.as_str() {
-                "chat" => quote!(Chat),
-                "user_in_chat" => quote!(UserInChat),
-                "chat_thread" => quote!(ChatThread),
-                "global" => quote!(Global),
-                _ => quote!(User),
-            };
-            quote!(#p::KeyStrategy::Scope(#p::Scope::#variant))
+        (None, scope) => {
+            let scope = scope.unwrap_or(ScopeAttr::User);
+            quote!(#p::KeyStrategy::Scope(#p::#scope))
         }
-        (None, None) => quote!(#p::KeyStrategy::Scope(#p::Scope::User)),
     };
     let ttl = match &attrs.ttl_secs {
         Some(secs) => {
@@ -69,15 +63,13 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
-    let on_decode_error = match attrs.reset_on_decode_error {
-        Some(true) => quote!(#p::OnDecodeError::Reset),
-        _ => quote!(#p::OnDecodeError::Error),
-    };
+    let on_decode_error = attrs.on_decode_error.unwrap_or_default();
     let codec = match &attrs.codec {
         Some(codec) => quote!(#codec),
         None => quote!(#p::Json),
     };
     let initial = initial(input);
+    let versions = versions(input, &p);
     let ext = ext_trait(input, &p);
     // The supertrait bounds are checked at the type's name, so a type that is
     // not `Serialize + DeserializeOwned` gets its error there.
@@ -89,16 +81,117 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
             const LAZY: bool = #lazy;
             const KEY: #p::KeyStrategy = #key;
             const TTL: ::core::option::Option<::core::time::Duration> = #ttl;
-            const ON_DECODE_ERROR: #p::OnDecodeError = #on_decode_error;
+            const ON_DECODE_ERROR: #p::OnDecodeError = #p::#on_decode_error;
             type Codec = #codec;
 
             fn initial() -> Self {
                 #initial
             }
+
+            #versions
         }
 
         #ext
     }
+}
+
+/// `SCHEMA_VERSION` and `migrate` for a type with `version = N`: one match
+/// arm per stored version, decoding that version's shape and converting it
+/// step by step up to `Self`. Each step's call is spanned on the `from` type
+/// (or the `with` path), so a missing `Deserialize` or `From` is reported
+/// there.
+fn versions(input: &Input<'_>, p: &TokenStream) -> TokenStream {
+    let Some(current) = input.attrs.version else {
+        return TokenStream::new();
+    };
+    let current = current.value;
+    let migrations = &input.attrs.migrations;
+    let some = quote!(::core::option::Option::Some);
+    let none = quote!(::core::option::Option::None);
+    let arms =
+        migrations.iter().enumerate().map(|(index, migration)| {
+            let version = migration.version.value;
+            let shape = &migration.from;
+            let decode = quote_spanned! {shape.span()=>
+                #p::decode_shape::<Self, #shape>(#version, __payload)?
+            };
+            let steps = migrations[index..].iter().enumerate().map(|(offset, step)| {
+            let from = &step.from;
+            let into = match migrations.get(index + offset + 1) {
+                Some(next) => next.from.to_token_stream(),
+                None => quote!(Self),
+            };
+            let step_version = step.version.value;
+            match &step.with {
+                Some(with) => quote_spanned! {with.span()=>
+                    let __value = #p::step_with::<#from, #into>(#step_version, #with(__value))?;
+                },
+                None => {
+                    // Every token of the call on the `from` type, so a missing
+                    // `From` is reported there and not on the derive.
+                    let call = respan(quote!(#p::step_from::<#from, #into>), from.span());
+                    quote_spanned! {from.span()=>
+                        let __value = #call(__value)?;
+                    }
+                }
+            }
+        });
+            // Records written before the type had a version are the oldest shape.
+            let pattern = match index {
+                0 => quote!(#none | #some(#version)),
+                _ => quote!(#some(#version)),
+            };
+            quote! {
+                #pattern => {
+                    let __value = #decode;
+                    #(#steps)*
+                    ::core::result::Result::Ok(__value)
+                }
+            }
+        });
+    let current_pattern = match migrations.is_empty() {
+        true => quote!(#none | #some(#current)),
+        false => quote!(#some(#current)),
+    };
+    let declared = migrations
+        .iter()
+        .map(|migration| migration.version.value)
+        .chain([current])
+        .map(|version| version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    quote! {
+        const SCHEMA_VERSION: ::core::option::Option<::core::primitive::u32> = #some(#current);
+
+        fn migrate(
+            __stored: ::core::option::Option<::core::primitive::u32>,
+            __payload: &[::core::primitive::u8],
+        ) -> ::core::result::Result<Self, #p::MigrationError> {
+            match __stored {
+                #(#arms)*
+                #current_pattern => #p::decode_shape::<Self, Self>(#current, __payload),
+                #some(__version) => ::core::result::Result::Err(
+                    #p::unknown_version::<Self>(__version, #declared),
+                ),
+            }
+        }
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            }
+            tree.set_span(span);
+            tree
+        })
+        .collect()
 }
 
 fn initial(input: &Input<'_>) -> TokenStream {

@@ -3,7 +3,10 @@
 use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 
+use quote::ToTokens as _;
+
 use crate::ast::{Body, Input};
+use crate::attr::Container;
 use crate::errors::Errors;
 
 pub(crate) fn validate(input: &Input<'_>, errors: &mut Errors) {
@@ -23,6 +26,7 @@ pub(crate) fn validate(input: &Input<'_>, errors: &mut Errors) {
              remove one of them",
         );
     }
+    migrations(attrs, errors);
     match &input.body {
         Body::Struct { fields, defaults } => {
             let with_default: Vec<String> = fields
@@ -69,6 +73,70 @@ pub(crate) fn validate(input: &Input<'_>, errors: &mut Errors) {
                 }
                 seen = seen.or(Some(span));
             }
+        }
+    }
+}
+
+/// The version chain: a current version above every previous shape's, each
+/// previous shape once, listed oldest first.
+fn migrations(attrs: &Container, errors: &mut Errors) {
+    let Some(version) = attrs.version else {
+        if let (Some(first), false) = (attrs.migrations.first(), attrs.version_invalid) {
+            errors.spanned(
+                first.span,
+                "`migrate(...)` needs the type's current schema version: add `version = N` \
+                 to `#[session(...)]`, greater than every `migrate(version = ...)`",
+            );
+        }
+        return;
+    };
+    for migration in &attrs.migrations {
+        if migration.version.value >= version.value {
+            errors.spanned(
+                migration.version.span,
+                format_args!(
+                    "a previous shape's version must be lower than the type's \
+                     `version = {}`, but this one is {}; raise the type's `version`",
+                    version.value, migration.version.value
+                ),
+            );
+        }
+    }
+    for pair in attrs.migrations.windows(2) {
+        let [earlier, later] = pair else { continue };
+        if later.version.value == earlier.version.value {
+            errors.spanned(
+                later.version.span,
+                format_args!(
+                    "duplicate migrate version {}: each previous shape has a version of its own",
+                    later.version.value
+                ),
+            );
+        } else if later.version.value < earlier.version.value {
+            errors.spanned(
+                later.version.span,
+                format_args!(
+                    "migrate versions must increase in the order they are written, but \
+                     version {} comes after version {}; list the oldest shape first (each \
+                     shape converts into the one after it)",
+                    later.version.value, earlier.version.value
+                ),
+            );
+        }
+    }
+    let mut seen: Vec<(String, u32)> = Vec::new();
+    for migration in &attrs.migrations {
+        let name = migration.from.to_token_stream().to_string();
+        if let Some((_, version)) = seen.iter().find(|(seen, _)| *seen == name) {
+            errors.spanned(
+                migration.from.span(),
+                format_args!(
+                    "`{name}` is already the shape of version {version}: each previous type \
+                     appears in one `migrate(...)`"
+                ),
+            );
+        } else {
+            seen.push((name, migration.version.value));
         }
     }
 }

@@ -126,6 +126,60 @@ pub enum Error {
         source: CodecError,
     },
 
+    /// A record of an older schema version (or one written before the type
+    /// had a version) did not migrate to the current type: the old shape does
+    /// not decode, or a conversion failed. The stored data is left untouched,
+    /// whatever the type's `on_decode_error` says.
+    #[error(
+        "session `{session}` (key `{key}`): the record stored in `{storage}` {} did not \
+         migrate to `{type_name}` version {target_version}: {source}; the stored data was \
+         left in place: fix the migration (the `migrate(...)` shapes and conversions of \
+         `{type_name}`) or delete the record",
+        stored_as(*stored_version)
+    )]
+    Migration {
+        /// The session's key name.
+        session: &'static str,
+        /// The storage key.
+        key: String,
+        /// The storage's name.
+        storage: Arc<str>,
+        /// The Rust type of the session.
+        type_name: &'static str,
+        /// The version the record carries; `None` if it has no version tag.
+        stored_version: Option<u32>,
+        /// The type's current version.
+        target_version: u32,
+        /// Which step failed and why (boxed: it is rare, and the error
+        /// type stays small).
+        #[source]
+        source: Box<crate::migrate::MigrationError>,
+    },
+
+    /// The record was written with a schema version newer than this type
+    /// knows (a rolled-back build reading what a newer build wrote). The
+    /// stored data is left untouched.
+    #[error(
+        "session `{session}` (key `{key}`): the record stored in `{storage}` has schema \
+         version {stored_version}, newer than `{type_name}` here knows ({}); it was left in \
+         place: run the build that wrote it, or declare version {stored_version} in this one",
+        known_as(*known_version)
+    )]
+    NewerSchema {
+        /// The session's key name.
+        session: &'static str,
+        /// The storage key.
+        key: String,
+        /// The storage's name.
+        storage: Arc<str>,
+        /// The Rust type of the session.
+        type_name: &'static str,
+        /// The version the record carries.
+        stored_version: u32,
+        /// The type's current version; `None` if it declares none.
+        known_version: Option<u32>,
+    },
+
     /// The session value could not be encoded (e.g. a map with non-string keys in JSON).
     #[error(
         "session `{session}` (key `{key}`): the value does not encode with the {codec} codec: {source}"
@@ -227,6 +281,20 @@ impl fmt::Display for LockHolder {
                  holding it blocks the key until the lease expires)"
             ),
         }
+    }
+}
+
+fn stored_as(version: Option<u32>) -> String {
+    match version {
+        Some(version) => format!("with schema version {version}"),
+        None => "with no version tag (read as the oldest declared shape)".to_owned(),
+    }
+}
+
+fn known_as(version: Option<u32>) -> String {
+    match version {
+        Some(version) => format!("up to version {version}"),
+        None => "no versions: it declares no `#[session(version = N)]`".to_owned(),
     }
 }
 

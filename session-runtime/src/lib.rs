@@ -11,6 +11,7 @@ mod guard;
 mod key;
 mod lock;
 mod manager;
+mod migrate;
 mod session;
 mod slot;
 mod update_leases;
@@ -29,6 +30,9 @@ pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
 pub use manager::{
     DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
 };
+pub use migrate::{MigrateFrom, MigrationError, MigrationOutput};
+#[doc(hidden)]
+pub use migrate::{decode_shape, step_from, step_with, unknown_version};
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
 #[cfg(feature = "postgres")]

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
 use crate::key::{KeyStrategy, Scope};
+use crate::migrate::MigrationError;
 
 /// What to do when stored bytes no longer decode as the session type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -17,6 +18,12 @@ pub enum OnDecodeError {
     Error,
     /// Log a warning and start from the initial value; the stored bytes are
     /// replaced only if the handler changes the session.
+    ///
+    /// For a type with a schema version, this applies only to a record of
+    /// the current version (or one a newer build wrote, never): a record of
+    /// an older version that does not migrate is an
+    /// [`Error::Migration`](crate::Error::Migration) and is kept, whatever
+    /// this policy says, since a migration exists to keep that data.
     Reset,
 }
 
@@ -24,6 +31,21 @@ pub enum OnDecodeError {
 ///
 /// Hand-written implementations are possible: everything but `NAME`,
 /// `Codec` and `initial` has a default.
+///
+/// # Schema versions
+///
+/// A type that sets [`SCHEMA_VERSION`](Session::SCHEMA_VERSION) writes its
+/// records in an envelope that carries the version (see
+/// [`codec::split_schema_version`](crate::codec::split_schema_version)).
+/// A load then reads the version instead of guessing:
+///
+/// - the current version is decoded as `Self`;
+/// - an older one, or a record with no envelope (written before the type had
+///   a version), goes through [`migrate`](Session::migrate); the migrated
+///   value is written back by the update's commit (or its `save()`), even if
+///   the handler changes nothing;
+/// - a newer one (a rolled-back build reading what a newer build wrote) is an
+///   [`Error::NewerSchema`](crate::Error::NewerSchema), and the record is kept.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -49,9 +71,31 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
     const TTL: Option<Duration> = None;
     /// What to do with stored bytes that no longer decode.
     const ON_DECODE_ERROR: OnDecodeError = OnDecodeError::Error;
+    /// The schema version this type writes into its records, or `None` to
+    /// write the codec's bytes alone (the default). Set by
+    /// `#[session(version = N)]`; versions start at 1.
+    const SCHEMA_VERSION: Option<u32> = None;
     /// How the value becomes bytes.
     type Codec: Codec;
 
     /// The value of a session that was never stored (or was cleared).
     fn initial() -> Self;
+
+    /// Reads a record of an older schema version as the current type.
+    ///
+    /// Called only for types with a [`SCHEMA_VERSION`](Session::SCHEMA_VERSION),
+    /// with the version the record carries (`None` for a record written
+    /// before the type had one, which is read as the oldest shape) and the
+    /// codec's payload, the envelope removed.
+    ///
+    /// `#[derive(Session)]` generates it from the `migrate(...)` attributes:
+    /// it decodes the payload as the shape declared for that version and
+    /// converts it step by step into `Self`. The default, for a type with no
+    /// previous shapes, decodes the payload as `Self`.
+    fn migrate(stored_version: Option<u32>, payload: &[u8]) -> Result<Self, MigrationError> {
+        crate::migrate::decode_shape::<Self, Self>(
+            stored_version.or(Self::SCHEMA_VERSION).unwrap_or(0),
+            payload,
+        )
+    }
 }

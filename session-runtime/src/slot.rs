@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use crate::codec::Codec;
-use crate::error::Error;
+use crate::codec::{self, Codec};
+use crate::error::{CodecError, Error};
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
 use crate::session::{OnDecodeError, Session};
@@ -89,11 +89,15 @@ impl<T: Session> SlotState<T> {
             return Ok(None);
         }
         let encode = |value: &T| {
-            T::Codec::encode(value).map_err(|source| Error::Encode {
+            let payload = T::Codec::encode(value).map_err(|source| Error::Encode {
                 session: meta.session,
                 key: meta.key.to_string(),
                 codec: T::Codec::NAME,
                 source,
+            })?;
+            Ok::<_, Error>(match T::SCHEMA_VERSION {
+                Some(version) => codec::with_schema_version(version, &payload),
+                None => payload,
             })
         };
         let bytes = encode(&self.value)?;
@@ -132,43 +136,20 @@ pub(crate) struct TypedSlot<T> {
 }
 
 impl<T: Session> TypedSlot<T> {
-    /// A slot from what the storage returned, decoding it per the type's policy.
+    /// A slot from what the storage returned, decoding it per the type's
+    /// policy; a record of an older schema version is migrated and marked
+    /// touched, so the commit writes it back in the current shape.
     pub(crate) fn open(meta: SlotMeta, record: Option<Record>) -> Result<Self, Error> {
-        let value = match &record {
-            None => T::initial(),
-            Some(record) => match T::Codec::decode::<T>(&record.value) {
-                Ok(value) => value,
-                Err(source) => match T::ON_DECODE_ERROR {
-                    OnDecodeError::Error => {
-                        return Err(Error::Decode {
-                            session: meta.session,
-                            key: meta.key.to_string(),
-                            storage: Arc::clone(&meta.storage_name),
-                            type_name: std::any::type_name::<T>(),
-                            codec: T::Codec::NAME,
-                            source,
-                        });
-                    }
-                    OnDecodeError::Reset => {
-                        tracing::warn!(
-                            session = meta.session,
-                            key = %meta.key,
-                            storage = %meta.storage_name,
-                            error = %source,
-                            "stored session does not decode; starting from its initial value \
-                             (on_decode_error = \"reset\")"
-                        );
-                        T::initial()
-                    }
-                },
-            },
+        let (value, touched) = match &record {
+            None => (T::initial(), false),
+            Some(record) => decode::<T>(&meta, &record.value)?,
         };
         Ok(Self {
             meta,
             state: Arc::new(Mutex::new(SlotState {
                 value,
                 stored: record,
-                touched: false,
+                touched,
             })),
         })
     }
@@ -200,5 +181,88 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
 
     fn maybe_touched(&self) -> bool {
         self.state.try_lock().map_or(true, |state| state.touched)
+    }
+}
+
+/// Decodes stored bytes as `T`: `(value, migrated)`.
+fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error> {
+    let (tag, payload) = codec::split_schema_version(bytes);
+    let Some(current) = T::SCHEMA_VERSION else {
+        // A type without versions writes no envelope, and a codec of its own
+        // may well start a payload with the tag byte: the bytes are the
+        // payload. Only if they fail to decode does a tag explain why.
+        return match T::Codec::decode::<T>(bytes) {
+            Ok(value) => Ok((value, false)),
+            Err(source) => match tag {
+                Some(stored_version) => Err(newer_schema::<T>(meta, stored_version)),
+                None => decode_failed(meta, source).map(|value| (value, false)),
+            },
+        };
+    };
+    match tag {
+        Some(stored) if stored == current => match T::Codec::decode::<T>(payload) {
+            Ok(value) => Ok((value, false)),
+            Err(source) => decode_failed(meta, source).map(|value| (value, false)),
+        },
+        Some(stored) if stored > current => Err(newer_schema::<T>(meta, stored)),
+        stored_version => match T::migrate(stored_version, payload) {
+            Ok(value) => {
+                tracing::info!(
+                    session = meta.session,
+                    key = %meta.key,
+                    storage = %meta.storage_name,
+                    from = ?stored_version,
+                    to = current,
+                    "stored session migrated; the commit writes it back"
+                );
+                Ok((value, true))
+            }
+            Err(source) => Err(Error::Migration {
+                session: meta.session,
+                key: meta.key.to_string(),
+                storage: Arc::clone(&meta.storage_name),
+                type_name: std::any::type_name::<T>(),
+                stored_version,
+                target_version: current,
+                source: Box::new(source),
+            }),
+        },
+    }
+}
+
+/// Bytes of the type's own version (or of a type without versions) that do
+/// not decode: an error, or the initial value if the type opted in.
+fn decode_failed<T: Session>(meta: &SlotMeta, source: CodecError) -> Result<T, Error> {
+    match T::ON_DECODE_ERROR {
+        OnDecodeError::Error => Err(Error::Decode {
+            session: meta.session,
+            key: meta.key.to_string(),
+            storage: Arc::clone(&meta.storage_name),
+            type_name: std::any::type_name::<T>(),
+            codec: T::Codec::NAME,
+            source,
+        }),
+        OnDecodeError::Reset => {
+            tracing::warn!(
+                session = meta.session,
+                key = %meta.key,
+                storage = %meta.storage_name,
+                error = %source,
+                "stored session does not decode; starting from its initial value \
+                 (on_decode_error = \"reset\")"
+            );
+            Ok(T::initial())
+        }
+    }
+}
+
+fn newer_schema<T: Session>(meta: &SlotMeta, stored_version: u32) -> Error {
+    Error::NewerSchema {
+        session: meta.session,
+        key: meta.key.to_string(),
+        storage: Arc::clone(&meta.storage_name),
+        type_name: std::any::type_name::<T>(),
+        stored_version,
+        known_version: T::SCHEMA_VERSION,
     }
 }

@@ -5,6 +5,7 @@
 //! hand out one shared server or database to all of them.
 
 pub mod counting;
+pub mod migrations;
 pub mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,7 @@ macro_rules! behaviour_suite {
             cancelled_updates_leave_the_storage_working,
             a_handler_longer_than_its_lease_keeps_it,
         );
+        $crate::migration_suite!($factory);
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
         $(

@@ -60,6 +60,44 @@ mod user {
         Ask(u8),
     }
 
+    #[derive(Deserialize)]
+    pub struct OldV1 {
+        pub r#ref: u8,
+    }
+
+    #[derive(Deserialize)]
+    pub struct OldV2 {
+        pub r#ref: u16,
+    }
+
+    impl ::core::convert::From<OldV1> for OldV2 {
+        fn from(old: OldV1) -> Self {
+            OldV2 {
+                r#ref: u16::from(old.r#ref),
+            }
+        }
+    }
+
+    fn from_v2(old: OldV2) -> ::core::result::Result<Versioned, ::std::num::TryFromIntError> {
+        ::core::result::Result::Ok(Versioned {
+            r#ref: u8::try_from(old.r#ref)?,
+        })
+    }
+
+    /// Migrations under the same shadowed names.
+    #[derive(Session, Serialize, Deserialize)]
+    #[session(
+        crate = "renamed",
+        key = "versioned",
+        lazy,
+        version = 3,
+        migrate(from = OldV1, version = 1),
+        migrate(from = OldV2, version = 2, with = from_v2)
+    )]
+    pub struct Versioned {
+        pub r#ref: u8,
+    }
+
     /// Derived on a private type whose accessor is never called: still no
     /// unused-code warning.
     #[derive(Session, Serialize, Deserialize)]
@@ -81,6 +119,9 @@ mod user {
         assert_eq!(Hygiene::NAME, "sessionKey");
         assert_eq!(Step::NAME, "lazyKey");
         assert!(matches!(Step::initial(), Step::r#Start));
+        assert_eq!(Versioned::SCHEMA_VERSION, ::core::option::Option::Some(3));
+        let migrated = Versioned::migrate(::core::option::Option::None, br#"{"ref":4}"#);
+        assert!(matches!(migrated, ::core::result::Result::Ok(Versioned { r#ref: 4 })));
     }
 }
 

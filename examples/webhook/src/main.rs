@@ -3,8 +3,8 @@
 //! that outgrew one process.
 //!
 //! ```text
-//! cargo run --example webhook --features teloxide,redis
-//! REPLICAS=3 cargo run --example webhook --features teloxide,redis
+//! cargo run -p tg-session-example-webhook
+//! REPLICAS=3 cargo run -p tg-session-example-webhook
 //! ```
 //!
 //! Uses the Redis server in `REDIS_URL`; without it, starts a private

@@ -25,20 +25,18 @@ pub use tg_session_runtime::{
 // One update's sessions.
 pub use tg_session_runtime::{HandlerOutcome, SessionContext, SessionRef, Sessions, StorageKey};
 // Errors.
-#[cfg(feature = "msgpack")]
-pub use tg_session_runtime::MessagePack;
 pub use tg_session_runtime::{CodecError, Error, LockHolder, StorageError, StorageErrorKind};
 // The storages.
 pub use tg_session_runtime::MemoryStorage;
-#[cfg(feature = "redis")]
-pub use tg_session_runtime::RedisStorage;
-#[cfg(feature = "postgres")]
-pub use tg_session_runtime::{PostgresStorage, PostgresStorageBuilder};
-#[cfg(feature = "sqlite")]
-pub use tg_session_runtime::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
+// Behind features (`msgpack`: `MessagePack`; `redis`: `RedisStorage`;
+// `sqlite`: `SqliteStorage`, `SqliteStorageBuilder`, `SqliteSynchronous`;
+// `postgres`: `PostgresStorage`, `PostgresStorageBuilder`; `teloxide`: the
+// `teloxide` module). The runtime lists them in one module, so each is here
+// exactly when the runtime was built with its feature, whichever crate of the
+// build turned it on. (Empty, hence unused, without any feature.)
+#[allow(unused_imports)]
+pub use tg_session_runtime::feature_gated::*;
 
-#[cfg(feature = "teloxide")]
-pub use tg_session_runtime::teloxide;
 pub use tg_session_runtime::{codec, storage};
 
 /// What `#[derive(Session)]` expands to refers to; not a public API.

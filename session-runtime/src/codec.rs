@@ -84,7 +84,7 @@ pub const SCHEMA_HEADER_LEN: usize = 5;
 /// JSON) calls this first and decodes the payload with the session's codec:
 ///
 /// ```
-/// use tg_session_runtime::codec::{split_schema_version, with_schema_version};
+/// use tg_session::codec::{split_schema_version, with_schema_version};
 ///
 /// let record = with_schema_version(3, br#"{"apple":2}"#);
 /// assert_eq!(split_schema_version(&record), (Some(3), &br#"{"apple":2}"#[..]));

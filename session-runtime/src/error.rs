@@ -96,7 +96,7 @@ pub enum Error {
         session: &'static str,
         /// The storage key.
         key: String,
-        /// The storage's name, from [`Storage::name`](crate::Storage::name).
+        /// The storage's name, from [`Storage::name`](crate::storage::Storage::name).
         storage: Arc<str>,
         /// What the storage reported.
         #[source]
@@ -318,7 +318,7 @@ fn conflict_cause(cause: crate::storage::Conflict) -> &'static str {
     }
 }
 
-/// What a [`Storage`](crate::Storage) reports when it fails.
+/// What a [`Storage`](crate::storage::Storage) reports when it fails.
 #[derive(Debug, Clone)]
 pub struct StorageError {
     kind: StorageErrorKind,

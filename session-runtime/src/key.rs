@@ -8,7 +8,7 @@ use std::fmt;
 /// the setters:
 ///
 /// ```
-/// use tg_session_runtime::UpdateIds;
+/// use tg_session::UpdateIds;
 /// let ids = UpdateIds::new().user(42).chat(-100123).thread(7);
 /// assert_eq!(ids.user_id(), Some(42));
 /// ```

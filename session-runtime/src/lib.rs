@@ -43,3 +43,20 @@ pub use storage::redis::RedisStorage;
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
 #[cfg(feature = "teloxide")]
 pub mod teloxide;
+
+/// The items behind a cargo feature, gathered in one place so the facade
+/// re-exports each of them exactly when this crate was built with its
+/// feature (whichever crate turned the feature on). Not a public API.
+#[doc(hidden)]
+pub mod feature_gated {
+    #[cfg(feature = "msgpack")]
+    pub use crate::codec::MessagePack;
+    #[cfg(feature = "postgres")]
+    pub use crate::storage::postgres::{PostgresStorage, PostgresStorageBuilder};
+    #[cfg(feature = "redis")]
+    pub use crate::storage::redis::RedisStorage;
+    #[cfg(feature = "sqlite")]
+    pub use crate::storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
+    #[cfg(feature = "teloxide")]
+    pub use crate::teloxide;
+}

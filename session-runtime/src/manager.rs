@@ -36,21 +36,25 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 /// Configuration shared by every update: storages, key layout, save policy and
 /// the session types loaded before the handler.
 ///
-/// Build one at start-up and start a [`Sessions`] context per update with
+/// Build one at start-up and start a [`Sessions`](crate::Sessions) context per update with
 /// [`SessionManager::begin`] (framework glue does this for you). Cloning is cheap.
 ///
 /// ```
-/// # use serde::{Deserialize, Serialize};
-/// # use tg_session_runtime::{Json, Session, SessionManager, MemoryStorage};
-/// # #[derive(Serialize, Deserialize)] struct Counter { apple: u32 }
-/// # impl Session for Counter { const NAME: &'static str = "counter"; type Codec = Json;
-/// #     fn initial() -> Self { Counter { apple: 1 } } }
+/// use serde::{Deserialize, Serialize};
+/// use tg_session::{MemoryStorage, Session, SessionManager};
+///
+/// #[derive(Session, Serialize, Deserialize)]
+/// #[session(key = "counter")]
+/// struct Counter {
+///     apple: u32,
+/// }
+///
 /// let manager = SessionManager::builder()
 ///     .storage(MemoryStorage::new())
 ///     .prefix("my_bot")
 ///     .register::<Counter>()
 ///     .build()?;
-/// # Ok::<(), tg_session_runtime::Error>(())
+/// # Ok::<(), tg_session::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct SessionManager {

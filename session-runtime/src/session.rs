@@ -49,7 +49,7 @@ pub enum OnDecodeError {
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
-/// use tg_session_runtime::{Json, Session};
+/// use tg_session::{Json, Session};
 ///
 /// #[derive(Serialize, Deserialize)]
 /// struct Counter { apple: u32 }

@@ -7,17 +7,21 @@
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
 //! use teloxide::prelude::*;
-//! use tg_session_runtime::teloxide::SessionsHandlerExt;
-//! use tg_session_runtime::{Json, Session, SessionManager, Sessions};
+//! use tg_session::teloxide::SessionsHandlerExt;
+//! use tg_session::{Session, SessionManager, Sessions};
 //!
-//! # #[derive(Serialize, Deserialize)] struct Counter { apple: u32 }
-//! # impl Session for Counter { const NAME: &'static str = "counter"; type Codec = Json;
-//! #     fn initial() -> Self { Counter { apple: 1 } } }
+//! #[derive(Session, Serialize, Deserialize)]
+//! #[session(key = "counter")]
+//! struct Counter {
+//!     #[session(default = 1)]
+//!     apple: u32,
+//! }
+//!
 //! type HandlerResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 //!
 //! async fn on_message(bot: Bot, msg: Message, ctx: Sessions) -> HandlerResult {
 //!     let apples = {
-//!         let mut counter = ctx.get::<Counter>()?; // `ctx.counter()?` with the derive
+//!         let mut counter = ctx.counter()?;
 //!         counter.apple += 1;
 //!         counter.apple
 //!     };
@@ -25,7 +29,7 @@
 //!     Ok(())
 //! }
 //!
-//! # async fn run() -> Result<(), tg_session_runtime::Error> {
+//! # async fn run() -> Result<(), tg_session::Error> {
 //! let manager = SessionManager::builder().register::<Counter>().build()?;
 //! let handler = Update::filter_message()
 //!     .enter_sessions(manager)

@@ -108,7 +108,7 @@ pub enum LeasedLoad {
 }
 
 /// Cross-process leases on session keys, offered by a storage that several
-/// processes share (see [`Storage::leases`](crate::Storage::leases)).
+/// processes share (see [`Storage::leases`](crate::storage::Storage::leases)).
 ///
 /// Inside one process, the updates of one key wait for each other on an
 /// in-process lock; processes cannot see that lock, so a shared storage keeps
@@ -119,9 +119,9 @@ pub enum LeasedLoad {
 /// the lease, and the version check refuses a late write anyway.
 ///
 /// The runtime calls [`acquire`](Leases::acquire) instead of
-/// [`Storage::load`](crate::Storage::load) and
+/// [`Storage::load`](crate::storage::Storage::load) and
 /// [`write_and_release`](Leases::write_and_release) instead of
-/// [`Storage::write`](crate::Storage::write); each should cost what the call
+/// [`Storage::write`](crate::storage::Storage::write); each should cost what the call
 /// it replaces costs (one round trip).
 #[async_trait]
 pub trait Leases: Send + Sync {
@@ -138,7 +138,7 @@ pub trait Leases: Send + Sync {
         lease: Lease<'_>,
     ) -> Result<LeasedLoad, StorageError>;
 
-    /// Applies `writes` as [`Storage::write`](crate::Storage::write) does,
+    /// Applies `writes` as [`Storage::write`](crate::storage::Storage::write) does,
     /// each also refused with [`Conflict::LeaseLost`] while another owner
     /// holds its key's lease, then releases `owner`'s leases on every key of
     /// `release`. Leases of other owners are left alone.

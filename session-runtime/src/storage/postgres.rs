@@ -17,10 +17,11 @@ use crate::key::StorageKey;
 use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
     collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
-    storage_error, ttl_millis, version_to_sql,
+    scan_page, spawn_restore, storage_error, ttl_millis, version_to_sql,
 };
 use crate::storage::{
-    Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write, WriteOutcome, sql,
+    KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
+    RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome, page_limit, sql,
 };
 
 /// Sessions in a PostgreSQL table.
@@ -129,6 +130,12 @@ struct Statements {
     cleanup: String,
     /// Locks the rows of a multi-statement commit in key order first.
     lock_rows: String,
+    /// Live records matching `$1` (a `LIKE` prefix) after `$2` (the
+    /// cursor), at most `$3`, with values if `$4`.
+    scan: String,
+    /// A record as it is (`$1` key, `$2` value, `$3` version, `$4` TTL ms),
+    /// unless its row holds that version or a newer one or a live lease.
+    restore: String,
 }
 
 impl Statements {
@@ -224,6 +231,24 @@ impl Statements {
                  AND (lease_until IS NULL OR lease_until <= now()) \
                  LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  AND (lease_until IS NULL OR lease_until <= now())"
+            ),
+            // `LIKE` rather than a key range: under a database's collation
+            // the keys of one prefix need not follow each other, while
+            // `key > $2` and `ORDER BY key` always agree.
+            scan: format!(
+                "SELECT key, CASE WHEN $4 THEN value END, version, \
+                 ceil(extract(epoch from expires_at - now()) * 1000)::bigint FROM {t} \
+                 WHERE key > $2 AND key LIKE $1 ESCAPE '\\' AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now()) ORDER BY key LIMIT $3"
+            ),
+            restore: format!(
+                "INSERT INTO {t} AS s (key, value, version, expires_at) \
+                 VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond') \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at \
+                 WHERE s.version < excluded.version \
+                 AND (s.lease_owner IS NULL OR s.lease_until <= now()) \
+                 RETURNING 1"
             ),
         }
     }
@@ -748,6 +773,35 @@ impl Dialect for Postgres {
     ) -> Result<(), StorageError> {
         release(conn, &self.inner, keys, owner).await
     }
+
+    async fn restore(
+        &self,
+        conn: &mut PgConnection,
+        restore: &Restore,
+    ) -> Result<bool, StorageError> {
+        let stored = sqlx::query(&self.inner.statements.restore)
+            .bind(restore.key.as_str())
+            .bind(restore.record.value.as_ref())
+            .bind(version_to_sql(restore.record.version)?)
+            .bind(restore.ttl.map(ttl_millis))
+            .fetch_optional(conn)
+            .await;
+        Ok(stored.map_err(storage_error)?.is_some())
+    }
+}
+
+/// `text` as a `LIKE` pattern matching every string that starts with it
+/// (with `\` as the escape character).
+fn like_prefix(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Gives back `owner`'s leases on `keys` (sorted), waking their waiters.
@@ -799,6 +853,32 @@ impl Storage for PostgresStorage {
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.watchers.as_ref().map(|_| self as &dyn Leases)
+    }
+
+    /// Keyset pagination in key order: the cursor is the last key of the
+    /// page before, so a page starts from the primary key's index however
+    /// far the scan has gone.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query(&self.inner.statements.scan)
+            .bind(like_prefix(&prefix.full_text()))
+            .bind(cursor.map_or("", ScanCursor::as_str))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(with_values)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(storage_error)?;
+        scan_page(rows, prefix, limit)
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        spawn_restore(self.dialect(), records).await
     }
 }
 
@@ -902,6 +982,12 @@ impl Leases for PostgresStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_prefix("a_b%c\\d:"), "a\\_b\\%c\\\\d:%");
+        assert_eq!(like_prefix(""), "%");
+    }
 
     #[test]
     fn the_watch_map_forgets_keys_nobody_waits_on() {

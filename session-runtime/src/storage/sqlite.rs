@@ -20,10 +20,11 @@ use crate::key::StorageKey;
 use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
     collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
-    storage_error, ttl_millis, version_to_sql,
+    scan_page, spawn_restore, storage_error, ttl_millis, version_to_sql,
 };
 use crate::storage::{
-    Lease, LeaseOwner, LeasedLoad, Leases, Record, Storage, Write, WriteOutcome, sql,
+    KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, Restore, RestoreOutcome, ScanCursor,
+    ScanPage, Storage, Write, WriteOutcome, page_limit, sql,
 };
 
 /// Keys per `SELECT … IN (…)`, well under SQLite's limit on bound parameters.
@@ -202,6 +203,12 @@ struct Statements {
     /// Leases of owner `?1` among keys `?3`…, until `?2`.
     renew_head: String,
     cleanup: String,
+    /// Live records from `?1` (the prefix) after `?2` (the cursor), at
+    /// most `?4`, with values if `?5`; `?3` now.
+    scan: String,
+    /// A record as it is (`?1` key, `?2` value, `?3` version, `?4` expiry),
+    /// unless its row holds that version or a newer one or a lease live at `?5`.
+    restore: String,
 }
 
 impl Statements {
@@ -276,6 +283,21 @@ impl Statements {
                 "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
                  WHERE (expires_at <= ?1 OR value IS NULL) \
                  AND (lease_until IS NULL OR lease_until <= ?1) LIMIT ?2)"
+            ),
+            // Keys compare as bytes: the prefix's keys follow each other
+            // from the prefix on, and the first one past them ends the scan.
+            scan: format!(
+                "SELECT key, CASE WHEN ?5 THEN value END, version, expires_at - ?3 FROM {t} \
+                 WHERE key >= ?1 AND key > ?2 AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key LIMIT ?4"
+            ),
+            restore: format!(
+                "INSERT INTO {t} (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at \
+                 WHERE {t}.version < excluded.version \
+                 AND ({t}.lease_owner IS NULL OR {t}.lease_until <= ?5) \
+                 RETURNING 1"
             ),
         }
     }
@@ -670,6 +692,22 @@ impl Dialect for Sqlite {
     ) -> Result<(), StorageError> {
         release(conn, self.statements(), keys, owner).await
     }
+
+    async fn restore(
+        &self,
+        conn: &mut SqliteConnection,
+        restore: &Restore,
+    ) -> Result<bool, StorageError> {
+        let stored = sqlx::query(&self.statements().restore)
+            .bind(restore.key.as_str())
+            .bind(restore.record.value.as_ref())
+            .bind(version_to_sql(restore.record.version)?)
+            .bind(expires_at(self.now, restore.ttl))
+            .bind(self.now)
+            .fetch_optional(conn)
+            .await;
+        Ok(stored.map_err(storage_error)?.is_some())
+    }
 }
 
 /// Gives back `owner`'s leases on `keys`: lease-only rows go, the others
@@ -803,6 +841,36 @@ impl Storage for SqliteStorage {
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.leases.then_some(self as &dyn Leases)
+    }
+
+    /// Keyset pagination in key order: the cursor is the last key of the
+    /// page before, so a page costs an index range read however far the
+    /// scan has gone.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query(&self.inner.statements.scan)
+            .bind(prefix.full_text())
+            .bind(cursor.map_or("", ScanCursor::as_str))
+            .bind(now_millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(with_values)
+            .fetch_all(&self.inner.readers)
+            .await
+            .map_err(storage_error)?;
+        scan_page(rows, prefix, limit)
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        if !records.is_empty() {
+            self.inner.file.check()?;
+        }
+        spawn_restore(Sqlite::new(&self.inner), records).await
     }
 }
 

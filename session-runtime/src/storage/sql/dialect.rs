@@ -21,7 +21,10 @@ use super::{
 };
 use crate::error::StorageError;
 use crate::key::StorageKey;
-use crate::storage::{Conflict, LeaseOwner, LeasedLoad, Record, Write, WriteOutcome};
+use crate::storage::{
+    Conflict, KeyPrefix, LeaseOwner, LeasedLoad, Record, Restore, RestoreOutcome, ScanCursor,
+    ScanPage, ScannedRecord, Write, WriteOutcome,
+};
 
 /// The connection type of a dialect's database.
 pub(crate) type Conn<D> = <<D as Dialect>::Db as Database>::Connection;
@@ -114,6 +117,84 @@ pub(crate) trait Dialect: Sync + Sized {
         keys: &[&str],
         owner: &str,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Stores `restore` as it is, unless its row holds the same or a newer
+    /// version or a live lease; whether it was stored.
+    fn restore(
+        &self,
+        conn: &mut Conn<Self>,
+        restore: &Restore,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+}
+
+/// Restores `records` in one transaction, run to completion in a task of
+/// its own (see [`run_to_completion`]).
+pub(crate) async fn spawn_restore<D>(
+    dialect: D,
+    records: &[Restore],
+) -> Result<Vec<RestoreOutcome>, StorageError>
+where
+    D: Dialect + Send + 'static,
+{
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = records.to_vec();
+    run_to_completion(async move {
+        let mut tx = dialect.begin().await?;
+        let dialect = dialect.for_batch();
+        let mut outcomes = Vec::with_capacity(records.len());
+        for restore in &records {
+            outcomes.push(match dialect.restore(&mut tx, restore).await? {
+                true => RestoreOutcome::Restored,
+                false => RestoreOutcome::Skipped,
+            });
+        }
+        tx.commit().await.map_err(storage_error)?;
+        Ok(outcomes)
+    })
+    .await
+}
+
+/// A page of a scan from the rows of a keyset query (`key, value` or NULL,
+/// `version, ms left` or NULL), in key order after the cursor, asked for
+/// `limit` rows: the rows past the prefix end the scan, a full page says
+/// the scan goes on after its last key.
+pub(crate) fn scan_page<R: SqlRow>(
+    rows: Vec<R>,
+    prefix: &KeyPrefix,
+    limit: usize,
+) -> Result<ScanPage, StorageError> {
+    let text = prefix.full_text();
+    let full = rows.len() >= limit;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut past_prefix = false;
+    for row in rows {
+        let key = row.text(0)?;
+        if !key.starts_with(&text) {
+            past_prefix = true;
+            break;
+        }
+        let record = match row.bytes(1)? {
+            Some(value) => record_from_row(Some(value), row.int(2)?, true)?,
+            None => None,
+        };
+        let ttl = row
+            .opt_int(3)?
+            .map(|millis| Duration::from_millis(millis.max(0).unsigned_abs()));
+        entries.push(ScannedRecord {
+            key: prefix.key_of(&key),
+            ttl: ttl.filter(|_| record.is_some()),
+            record,
+        });
+    }
+    let next = match full && !past_prefix {
+        true => entries
+            .last()
+            .map(|entry| ScanCursor::new(entry.key.as_str())),
+        false => None,
+    };
+    Ok(ScanPage { entries, next })
 }
 
 /// [`commit`] run to completion in a task of its own (see
@@ -260,6 +341,8 @@ pub(crate) trait SqlRow {
     fn bytes(&self, index: usize) -> Result<Option<Vec<u8>>, StorageError>;
     /// A 64-bit integer column (a version, milliseconds).
     fn int(&self, index: usize) -> Result<i64, StorageError>;
+    /// A nullable 64-bit integer column.
+    fn opt_int(&self, index: usize) -> Result<Option<i64>, StorageError>;
     /// A boolean expression.
     fn flag(&self, index: usize) -> Result<bool, StorageError>;
 }
@@ -281,6 +364,10 @@ where
     }
 
     fn int(&self, index: usize) -> Result<i64, StorageError> {
+        self.try_get(index).map_err(storage_error)
+    }
+
+    fn opt_int(&self, index: usize) -> Result<Option<i64>, StorageError> {
         self.try_get(index).map_err(storage_error)
     }
 

@@ -28,7 +28,7 @@ mod dialect;
 
 pub(crate) use dialect::{
     Dialect, Put, SqlRow, busy_answer, busy_row, cleanup_in_chunks, collect_loaded, in_batch_order,
-    index_statements, leased_row, spawn_commit,
+    index_statements, leased_row, scan_page, spawn_commit, spawn_restore,
 };
 
 /// The table sessions go in unless told otherwise.

@@ -14,6 +14,7 @@ mod slot;
 mod update_leases;
 
 pub mod codec;
+pub mod data;
 pub mod storage;
 
 pub use async_trait::async_trait;

@@ -10,6 +10,7 @@ async fn memory() -> SharedStorage {
 }
 
 behaviour_suite!(memory);
+data_suite!(memory);
 
 /// The same suite over the bounded (moka) backend.
 mod bounded {
@@ -21,4 +22,5 @@ mod bounded {
     }
 
     crate::behaviour_suite!(bounded_memory);
+    crate::data_suite!(bounded_memory);
 }

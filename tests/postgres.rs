@@ -31,6 +31,7 @@ async fn shared() -> SharedStorage {
 }
 
 behaviour_suite!(shared);
+data_suite!(shared);
 
 #[tokio::test]
 async fn batches_keep_order() {

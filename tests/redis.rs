@@ -19,8 +19,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use support::redis_server::{CommandCounter, RedisCluster, RedisServer};
 use tg_session::storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
-    WriteOutcome,
+    Conflict, KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
+    RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome,
 };
 use tg_session::{
     Error, HandlerOutcome, RedisStorage, Session, SessionManager, SharedStorage, StorageError,
@@ -51,6 +51,20 @@ impl Storage for ServedStorage {
     fn leases(&self) -> Option<&dyn Leases> {
         self.storage.leases()
     }
+
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        self.storage.scan(prefix, cursor, limit, with_values).await
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        self.storage.restore(records).await
+    }
 }
 
 async fn redis_storage() -> SharedStorage {
@@ -63,6 +77,7 @@ async fn redis_storage() -> SharedStorage {
 }
 
 behaviour_suite!(redis_storage);
+data_suite!(redis_storage);
 
 #[derive(Session, Serialize, Deserialize, Debug)]
 #[session(key = "counter")]

@@ -32,6 +32,7 @@ async fn suite_storage() -> SharedStorage {
 }
 
 behaviour_suite!(suite_storage);
+data_suite!(suite_storage);
 
 /// A directory of database files, removed when the test ends.
 struct Dir(tempfile::TempDir);

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod data;
 pub mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};

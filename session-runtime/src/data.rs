@@ -248,7 +248,11 @@ pub async fn copy(
                 })
             })
             .collect();
-        match to.restore(&records).await {
+        let restored = match records.is_empty() {
+            true => Ok(Vec::new()),
+            false => to.restore(&records).await,
+        };
+        match restored {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     match outcome {

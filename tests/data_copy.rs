@@ -42,7 +42,7 @@ fn records(prefix: &str) -> Vec<Restore> {
                 "thread_note",
                 format!(
                     "-100:{}",
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         "main".to_owned()
                     } else {
                         i.to_string()
@@ -54,7 +54,7 @@ fn records(prefix: &str) -> Vec<Restore> {
     (0..60u64)
         .flat_map(|i| {
             scopes(i).into_iter().map(move |(name, scope)| {
-                let ttl = (i % 3 == 0).then(|| Duration::from_secs(7200 + i));
+                let ttl = i.is_multiple_of(3).then(|| Duration::from_secs(7200 + i));
                 Restore {
                     key: StorageKey::new(Some(prefix), None, name, &scope),
                     record: Record {
@@ -186,7 +186,7 @@ async fn copies_between_every_kind_keep_values_versions_and_ttls() {
 async fn a_storage_without_scans_says_so() {
     let storage = custom_storage::MapStorage::default();
     let mut scanner = Scanner::new(&storage, KeyPrefix::all());
-    let error = scanner.next_page().await.err().expect("no scan in a map");
+    let error = scanner.next_page().await.expect_err("no scan in a map");
     assert_eq!(error.kind(), StorageErrorKind::Unsupported);
     assert!(
         error.to_string().contains("does not support scan"),
@@ -212,8 +212,7 @@ async fn a_storage_without_scans_says_so() {
         .unwrap();
     let failed = copy(&memory, &storage, CopyOptions::default())
         .await
-        .err()
-        .expect("no restore");
+        .expect_err("no restore");
     assert_eq!(failed.error.kind(), StorageErrorKind::Unsupported);
     assert_eq!(failed.report.failed, 1);
     assert_eq!(

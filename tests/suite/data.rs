@@ -317,7 +317,9 @@ pub async fn copies_keep_values_versions_and_ttls_and_resume(
     let mut expected: BTreeMap<String, (Record, Option<Duration>)> = BTreeMap::new();
     for i in 0..23u32 {
         let key = StorageKey::new(Some(&prefix), None, "profile", &format!("-100:{i}"));
-        let ttl = (i % 2 == 0).then(|| Duration::from_secs(3600 + u64::from(i)));
+        let ttl = i
+            .is_multiple_of(2)
+            .then(|| Duration::from_secs(3600 + u64::from(i)));
         let value = format!("{{\"name\":\"user {i}\"}}");
         let version = put(&*storage, &key, &value, ttl).await;
         let record = Record {

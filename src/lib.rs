@@ -37,7 +37,7 @@ pub use tg_session_runtime::MemoryStorage;
 #[allow(unused_imports)]
 pub use tg_session_runtime::feature_gated::*;
 
-pub use tg_session_runtime::{codec, storage};
+pub use tg_session_runtime::{codec, data, storage};
 
 /// What `#[derive(Session)]` expands to refers to; not a public API.
 #[doc(hidden)]

@@ -1,7 +1,7 @@
 //! The behaviour suite over the embedded memory storage.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tg_session_test_kit::behaviour_suite;
+use tg_session_test_kit::{behaviour_suite, data_suite};
 
 use tg_session::MemoryStorage;
 use tg_session::storage::SharedStorage;
@@ -11,10 +11,11 @@ async fn memory() -> SharedStorage {
 }
 
 behaviour_suite!(memory);
+data_suite!(memory);
 
 /// The same suite over the bounded (moka) backend.
 mod bounded {
-    use super::behaviour_suite;
+    use super::{behaviour_suite, data_suite};
     use tg_session::MemoryStorage;
     use tg_session::storage::SharedStorage;
 
@@ -23,4 +24,5 @@ mod bounded {
     }
 
     behaviour_suite!(bounded_memory);
+    data_suite!(bounded_memory);
 }

@@ -2,9 +2,9 @@
 //! (`initdb` in a temporary directory, a free loopback port) and stops.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tg_session_test_kit::behaviour_suite;
 use tg_session_test_kit::postgres_server;
 use tg_session_test_kit::sql_cases;
+use tg_session_test_kit::{behaviour_suite, data_suite};
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ async fn shared() -> SharedStorage {
 }
 
 behaviour_suite!(shared);
+data_suite!(shared);
 
 #[tokio::test]
 async fn batches_keep_order() {

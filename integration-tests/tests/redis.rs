@@ -5,7 +5,7 @@
 //! waiters woken through pub/sub), tested through the `Leases` trait.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tg_session_test_kit::behaviour_suite;
+use tg_session_test_kit::{behaviour_suite, data_suite};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tg_session::storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
-    WriteOutcome,
+    Conflict, KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
+    RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome,
 };
 use tg_session::storage::{SharedStorage, async_trait};
 use tg_session::{
@@ -48,6 +48,20 @@ impl Storage for ServedStorage {
     fn leases(&self) -> Option<&dyn Leases> {
         self.storage.leases()
     }
+
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        self.storage.scan(prefix, cursor, limit, with_values).await
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        self.storage.restore(records).await
+    }
 }
 
 async fn redis_storage() -> SharedStorage {
@@ -60,6 +74,7 @@ async fn redis_storage() -> SharedStorage {
 }
 
 behaviour_suite!(redis_storage);
+data_suite!(redis_storage);
 
 #[derive(Session, Serialize, Deserialize, Debug)]
 #[session(key = "counter")]

@@ -1,8 +1,8 @@
 //! The SQLite storage on real database files in a temporary directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tg_session_test_kit::behaviour_suite;
 use tg_session_test_kit::sql_cases;
+use tg_session_test_kit::{behaviour_suite, data_suite};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,7 @@ async fn suite_storage() -> SharedStorage {
 }
 
 behaviour_suite!(suite_storage);
+data_suite!(suite_storage);
 
 /// A directory of database files, removed when the test ends.
 struct Dir(tempfile::TempDir);

@@ -335,6 +335,9 @@ pub enum StorageErrorKind {
     Timeout,
     /// The storage answered with an error, or held something it should not.
     Other,
+    /// The storage does not offer the operation (a storage without
+    /// [`Storage::scan`](crate::Storage::scan), for instance).
+    Unsupported,
 }
 
 impl StorageError {
@@ -386,6 +389,7 @@ impl fmt::Display for StorageError {
             StorageErrorKind::Unavailable => "unavailable",
             StorageErrorKind::Timeout => "timed out",
             StorageErrorKind::Other => "error",
+            StorageErrorKind::Unsupported => "not supported",
         };
         write!(f, "{kind}: {}", self.source)
     }

@@ -202,6 +202,50 @@ impl StorageKey {
         key
     }
 
+    /// A key from its namespace (`[prefix:][bot_id:]name:`, as
+    /// [`StorageKey::namespace`] gives it) and its scope key.
+    pub fn from_parts(namespace: &str, scope_key: &str) -> Self {
+        let mut full = String::with_capacity(namespace.len() + scope_key.len());
+        full.push_str(namespace);
+        full.push_str(scope_key);
+        Self {
+            full,
+            scope_start: namespace.len(),
+        }
+    }
+
+    /// A key from its whole text, as a storage that keeps keys as text
+    /// (SQL, memory) gives it back, telling the namespace from the scope
+    /// key by the shape of the built-in scopes: the scope key is the last
+    /// part and the parts before it that are numbers, `main` or `global`
+    /// (`counter:-100:42` is `counter:` and `-100:42`).
+    ///
+    /// A [`KeyFn`] key with `:` and other text in it cannot be told apart
+    /// this way (`counter:a:b` reads as `counter:a:` and `b`); it matters
+    /// only to Redis, which keeps the scope key apart: select such keys by
+    /// their whole namespace ([`KeyPrefix::scope`](crate::storage::KeyPrefix::scope)).
+    pub fn parse(full: &str) -> Self {
+        let scope_like = |part: &str| {
+            matches!(part, "main" | "global")
+                || (!part.is_empty()
+                    && part
+                        .trim_start_matches('-')
+                        .bytes()
+                        .all(|b| b.is_ascii_digit()))
+        };
+        let Some(mut start) = full.rfind(':').map(|colon| colon + 1) else {
+            return Self::from_parts("", full);
+        };
+        // The first part always stays in the namespace (it is the name at least).
+        while let Some(colon) = full[..start - 1].rfind(':') {
+            if !scope_like(&full[colon + 1..start - 1]) {
+                break;
+            }
+            start = colon + 1;
+        }
+        Self::from_parts(&full[..start], &full[start..])
+    }
+
     /// Builds the key of session `name` for the update `ids`, or says which id is missing.
     pub(crate) fn for_update(
         prefix: Option<&str>,
@@ -280,6 +324,24 @@ mod tests {
         assert_eq!(key.namespace(), "app:7:counter:");
         assert_eq!(key.scope_key(), "-1:42");
         assert_eq!(StorageKey::new(None, None, "c", "1").as_str(), "c:1");
+    }
+
+    #[test]
+    fn whole_keys_split_by_the_scope_shapes() {
+        for (full, namespace) in [
+            ("counter:42", "counter:"),
+            ("app:7:counter:-100:42", "app:7:counter:"),
+            ("topic:-100:main", "topic:"),
+            ("stats:global", "stats:"),
+            ("custom:abc", "custom:"),
+            ("1:2", "1:"),
+            ("bare", ""),
+        ] {
+            let key = StorageKey::parse(full);
+            assert_eq!((key.as_str(), key.namespace()), (full, namespace));
+        }
+        let built = StorageKey::new(Some("p"), Some(9), "c", "-1:2");
+        assert_eq!(StorageKey::parse(built.as_str()), built);
     }
 
     #[test]

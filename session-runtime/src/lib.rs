@@ -17,6 +17,7 @@ mod slot;
 mod update_leases;
 
 pub mod codec;
+pub mod data;
 pub mod storage;
 
 pub use codec::Codec;

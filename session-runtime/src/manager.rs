@@ -128,6 +128,11 @@ impl ManagerInner {
         StorageKey::for_update(self.prefix.as_deref(), bot_id, name, strategy, ids).map_err(missing)
     }
 
+    /// The key prefix every key starts with, if any.
+    pub(crate) fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
     pub(crate) fn registration(&self, type_id: TypeId) -> Option<&Registration> {
         self.registrations.iter().find(|r| r.type_id == type_id)
     }

@@ -31,12 +31,16 @@ mod sql;
 pub mod sqlite;
 
 mod lease;
+mod scan;
 mod version;
 
 /// The attribute [`Storage`] and [`Leases`] are written with: put
 /// `#[async_trait]` on your `impl Storage for …` block.
 pub use ::async_trait::async_trait;
 pub use lease::{Lease, LeaseOwner, LeasedLoad, Leases, ReleaseWatch};
+pub use scan::{
+    KeyPrefix, MAX_SCAN_PAGE, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
+};
 pub use version::version_for_new_record;
 
 /// A storage shared between the manager, session types registered in it and
@@ -148,9 +152,9 @@ pub enum Conflict {
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
-/// use tg_session_runtime::storage::async_trait;
-/// use tg_session_runtime::storage::{Conflict, Record, Storage, Write, WriteOutcome};
-/// use tg_session_runtime::{StorageError, StorageKey};
+/// use tg_session::storage::async_trait;
+/// use tg_session::storage::{Conflict, Record, Storage, Write, WriteOutcome};
+/// use tg_session::{StorageError, StorageKey};
 ///
 /// /// Sessions in a plain map (no TTL): the smallest complete storage.
 /// #[derive(Default)]
@@ -209,6 +213,44 @@ pub trait Storage: Send + Sync + 'static {
     fn leases(&self) -> Option<&dyn Leases> {
         None
     }
+
+    /// One page of the keys selected by `prefix`, in an order of the
+    /// storage's choosing, each once over a whole scan (a key written or
+    /// removed while the scan runs may or may not be seen); with
+    /// `with_values`, each with its record and remaining TTL. Start with
+    /// `cursor` `None`, then pass the page's [`ScanPage::next`] until it is
+    /// `None`. At most `limit` entries a page (at least 1, at most
+    /// [`MAX_SCAN_PAGE`]); memory stays bounded by the page, whatever the
+    /// number of keys. Expired records and the storage's own bookkeeping
+    /// (leases) are never listed.
+    ///
+    /// The default answers an error of kind
+    /// [`Unsupported`](crate::StorageErrorKind::Unsupported), so a storage
+    /// written before scans existed still compiles; the data operations
+    /// ([`crate::data`]) need it.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let _ = (prefix, cursor, limit, with_values);
+        Err(scan::unsupported(self.name(), "scan"))
+    }
+
+    /// Writes each record with its own version and TTL, unless its key
+    /// holds (or held) the same or a newer version, or an update holds the
+    /// key's lease ([`RestoreOutcome::Skipped`]): copying between storages
+    /// and putting a backup back keep every record as it was, and running
+    /// a copy again changes nothing.
+    ///
+    /// The default answers an error of kind
+    /// [`Unsupported`](crate::StorageErrorKind::Unsupported).
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        let _ = records;
+        Err(scan::unsupported(self.name(), "restore"))
+    }
 }
 
 #[async_trait]
@@ -228,4 +270,23 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     fn leases(&self) -> Option<&dyn Leases> {
         (**self).leases()
     }
+
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        (**self).scan(prefix, cursor, limit, with_values).await
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        (**self).restore(records).await
+    }
+}
+
+/// `limit` within 1 and [`MAX_SCAN_PAGE`].
+pub(crate) fn page_limit(limit: usize) -> usize {
+    limit.clamp(1, MAX_SCAN_PAGE)
 }

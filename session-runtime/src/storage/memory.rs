@@ -1,5 +1,6 @@
 //! The embedded default storage: encoded bytes in a concurrent map.
 
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,10 @@ use moka::sync::Cache;
 
 use crate::error::StorageError;
 use crate::key::StorageKey;
-use crate::storage::{Conflict, Record, Storage, Write, WriteOutcome};
+use crate::storage::{
+    Conflict, KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
+    Storage, Write, WriteOutcome, page_limit,
+};
 
 /// Sessions in this process's memory, lost on restart.
 ///
@@ -297,6 +301,89 @@ impl MemoryStorage {
     }
 }
 
+/// The first `limit` keys after the cursor, in key order, gathered in one
+/// pass over the map: memory for `limit` entries, whatever the map holds.
+struct PageCollector<'a> {
+    prefix: &'a str,
+    after: Option<&'a str>,
+    limit: usize,
+    now: Instant,
+    /// A max-heap: the largest key kept is dropped first.
+    kept: BinaryHeap<ByKey>,
+    /// More keys than `limit` were found.
+    more: bool,
+}
+
+struct ByKey(String, Stored);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl PageCollector<'_> {
+    fn offer(&mut self, key: &str, stored: &Stored) {
+        if !key.starts_with(self.prefix)
+            || self.after.is_some_and(|after| key <= after)
+            || !stored.live(self.now)
+        {
+            return;
+        }
+        if self.kept.len() == self.limit {
+            match self.kept.peek() {
+                Some(largest) if largest.0.as_str() > key => {
+                    self.kept.pop();
+                }
+                _ => {
+                    self.more = true;
+                    return;
+                }
+            }
+            self.more = true;
+        }
+        self.kept.push(ByKey(key.to_owned(), stored.clone()));
+    }
+
+    fn page(self, prefix: &KeyPrefix, with_values: bool) -> ScanPage {
+        let now = self.now;
+        let entries: Vec<ScannedRecord> = self
+            .kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|ByKey(key, stored)| ScannedRecord {
+                key: prefix.key_of(&key),
+                ttl: stored
+                    .expires_at
+                    .filter(|_| with_values)
+                    .map(|at| at.saturating_duration_since(now)),
+                record: with_values.then_some(stored.record),
+            })
+            .collect();
+        let next = match self.more {
+            true => entries
+                .last()
+                .map(|entry| ScanCursor::new(entry.key.as_str())),
+            false => None,
+        };
+        ScanPage { entries, next }
+    }
+}
+
 impl Default for MemoryStorage {
     fn default() -> Self {
         Self::new()
@@ -329,6 +416,84 @@ impl Storage for MemoryStorage {
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
         let now = Instant::now();
         let outcomes = writes.iter().map(|write| self.apply(write, now)).collect();
+        self.sweep_if_due(now);
+        Ok(outcomes)
+    }
+
+    /// One pass over the map per page, keeping the `limit` first keys after
+    /// the cursor (the cursor is the last key of the page before).
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let text = prefix.full_text();
+        let mut collector = PageCollector {
+            prefix: &text,
+            after: cursor.map(ScanCursor::as_str),
+            limit: page_limit(limit),
+            now: Instant::now(),
+            kept: BinaryHeap::new(),
+            more: false,
+        };
+        match &self.records {
+            Records::Unbounded(unbounded) => {
+                for entry in unbounded.map.iter() {
+                    collector.offer(entry.key(), entry.value());
+                }
+            }
+            Records::Bounded(cache) => {
+                for (key, stored) in cache.iter() {
+                    collector.offer(&key, &stored);
+                }
+            }
+        }
+        Ok(collector.page(prefix, with_values))
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        let now = Instant::now();
+        let newer = |current: Option<&Stored>, restore: &Restore| {
+            current.is_none_or(|stored| stored.record.version < restore.record.version)
+        };
+        let outcomes = records
+            .iter()
+            .map(|restore| {
+                let stored = Stored::new(restore.record.clone(), restore.ttl, now);
+                match &self.records {
+                    Records::Unbounded(unbounded) => {
+                        match unbounded.map.entry(restore.key.as_str().to_owned()) {
+                            Entry::Occupied(mut entry) if newer(Some(entry.get()), restore) => {
+                                entry.insert(stored);
+                                RestoreOutcome::Restored
+                            }
+                            Entry::Occupied(_) => RestoreOutcome::Skipped,
+                            Entry::Vacant(entry) => {
+                                entry.insert(stored);
+                                RestoreOutcome::Restored
+                            }
+                        }
+                    }
+                    Records::Bounded(cache) => {
+                        let mut outcome = RestoreOutcome::Skipped;
+                        cache
+                            .entry_by_ref(restore.key.as_str())
+                            .and_compute_with(|current| {
+                                let current = current.map(|entry| entry.into_value());
+                                if newer(current.as_ref(), restore) {
+                                    outcome = RestoreOutcome::Restored;
+                                    Op::Put(stored)
+                                } else {
+                                    Op::Nop
+                                }
+                            });
+                        outcome
+                    }
+                }
+            })
+            .collect();
         self.sweep_if_due(now);
         Ok(outcomes)
     }

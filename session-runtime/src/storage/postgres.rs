@@ -1,13 +1,13 @@
 //! Sessions in PostgreSQL, beside the data many bots already keep there.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use sqlx::Row;
+use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -15,13 +15,13 @@ use tokio::task::JoinHandle;
 use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::storage::sql::{
-    CLEANUP_CHUNK, DEFAULT_TABLE, RowState, TableName, conflict_cause, distinct_sorted,
-    leased_records, needs_transaction, record_from_row, run_to_completion, still_to_release,
-    storage_error, ttl_millis, version_from_sql, version_to_sql,
+    CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
+    collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
+    scan_page, spawn_restore, storage_error, ttl_millis, version_to_sql,
 };
 use crate::storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
-    WriteOutcome, sql,
+    KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
+    RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome, page_limit, sql,
 };
 
 /// Sessions in a PostgreSQL table.
@@ -57,9 +57,9 @@ use crate::storage::{
 /// Cloning is cheap and shares the pool.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), tg_session_runtime::StorageError> {
+/// # async fn run() -> Result<(), tg_session::StorageError> {
 /// use std::time::Duration;
-/// use tg_session_runtime::{PostgresStorage, SessionManager};
+/// use tg_session::{PostgresStorage, SessionManager};
 ///
 /// let storage = PostgresStorage::connect("postgres://bot@localhost/bot").await?;
 /// let _cleanup = storage.spawn_cleanup(Duration::from_secs(600));
@@ -130,6 +130,12 @@ struct Statements {
     cleanup: String,
     /// Locks the rows of a multi-statement commit in key order first.
     lock_rows: String,
+    /// Live records matching `$1` (a `LIKE` prefix) after `$2` (the
+    /// cursor), at most `$3`, with values if `$4`.
+    scan: String,
+    /// A record as it is (`$1` key, `$2` value, `$3` version, `$4` TTL ms),
+    /// unless its row holds that version or a newer one or a live lease.
+    restore: String,
 }
 
 impl Statements {
@@ -225,6 +231,24 @@ impl Statements {
                  AND (lease_until IS NULL OR lease_until <= now()) \
                  LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  AND (lease_until IS NULL OR lease_until <= now())"
+            ),
+            // `LIKE` rather than a key range: under a database's collation
+            // the keys of one prefix need not follow each other, while
+            // `key > $2` and `ORDER BY key` always agree.
+            scan: format!(
+                "SELECT key, CASE WHEN $4 THEN value END, version, \
+                 ceil(extract(epoch from expires_at - now()) * 1000)::bigint FROM {t} \
+                 WHERE key > $2 AND key LIKE $1 ESCAPE '\\' AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > now()) ORDER BY key LIMIT $3"
+            ),
+            restore: format!(
+                "INSERT INTO {t} AS s (key, value, version, expires_at) \
+                 VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond') \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at \
+                 WHERE s.version < excluded.version \
+                 AND (s.lease_owner IS NULL OR s.lease_until <= now()) \
+                 RETURNING 1"
             ),
         }
     }
@@ -518,6 +542,12 @@ impl PostgresStorage {
         self.inner.table.as_str()
     }
 
+    fn dialect(&self) -> Postgres {
+        Postgres {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// The pool the storage uses.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
@@ -540,19 +570,12 @@ impl PostgresStorage {
     /// Rows go a thousand per statement, skipping rows an update holds, so
     /// it never makes updates wait. Several processes may run it at once.
     pub async fn cleanup_expired(&self) -> Result<u64, StorageError> {
-        let mut removed = 0;
-        loop {
-            let done = sqlx::query(&self.inner.statements.cleanup)
-                .bind(CLEANUP_CHUNK)
-                .execute(&self.inner.pool)
-                .await
-                .map_err(storage_error)?
-                .rows_affected();
-            removed += done;
-            if done < CLEANUP_CHUNK.unsigned_abs() {
-                return Ok(removed);
-            }
-        }
+        sql::cleanup_in_chunks(|| async {
+            let query = sqlx::query(&self.inner.statements.cleanup).bind(CLEANUP_CHUNK);
+            let done = query.execute(&self.inner.pool).await;
+            Ok(done.map_err(storage_error)?.rows_affected())
+        })
+        .await
     }
 
     /// Runs [`cleanup_expired`](Self::cleanup_expired) every `period` (at
@@ -562,10 +585,9 @@ impl PostgresStorage {
     /// Must be called inside a Tokio runtime. Dropping the handle leaves the
     /// task running; [`JoinHandle::abort`] stops it.
     pub fn spawn_cleanup(&self, period: Duration) -> JoinHandle<()> {
-        let storage = self.clone();
-        sql::spawn_cleanup(self.inner.name.clone(), period, move || {
-            let storage = storage.clone();
-            async move { storage.cleanup_expired().await }
+        let name = self.inner.name.clone();
+        sql::spawn_cleanup(self.clone(), name, period, |storage: Self| async move {
+            storage.cleanup_expired().await
         })
     }
 }
@@ -623,16 +645,7 @@ async fn create_in(conn: &mut PgConnection, table: &TableName) -> Result<(), Sto
         .await
         .map_err(storage_error)?;
     }
-    for statement in [
-        format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at) WHERE expires_at IS NOT NULL",
-            table.index()
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {t} (lease_until) WHERE value IS NULL",
-            table.lease_index()
-        ),
-    ] {
+    for statement in sql::index_statements(table) {
         sqlx::query(&statement)
             .execute(&mut *conn)
             .await
@@ -649,109 +662,146 @@ impl std::fmt::Debug for PostgresStorage {
     }
 }
 
-/// Applies one write, fenced by `owner`'s lease (`None`: any live lease
-/// refuses it); a put with `release` also clears the owner's lease.
-async fn apply(
-    conn: &mut PgConnection,
-    inner: &Inner,
-    write: &Write,
-    owner: Option<&str>,
-    release: bool,
-) -> Result<WriteOutcome, StorageError> {
-    let statements = &inner.statements;
-    match write {
-        Write::Put {
-            key,
-            value,
-            expected_version,
-            ttl,
-        } => {
-            let ttl = ttl.map(ttl_millis);
-            let query = match expected_version {
-                Some(expected) => sqlx::query(&statements.update)
-                    .bind(value.as_ref())
-                    .bind(ttl)
-                    .bind(key.as_str())
-                    .bind(version_to_sql(*expected)?)
-                    .bind(owner)
-                    .bind(release)
-                    .bind(&inner.channel),
-                None => sqlx::query(&statements.insert)
-                    .bind(value.as_ref())
-                    .bind(ttl)
-                    .bind(key.as_str())
-                    .bind(owner)
-                    .bind(release)
-                    .bind(&inner.channel),
-            };
-            let written = query
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(storage_error)?;
-            match written {
-                Some(row) => Ok(WriteOutcome::Written {
-                    version: version_from_sql(row.try_get(0).map_err(storage_error)?)?,
-                }),
-                None => {
-                    let row = row_state(conn, statements, key, owner).await?;
-                    Ok(WriteOutcome::Conflict(conflict_cause(
-                        row,
-                        *expected_version,
-                    )))
-                }
-            }
+/// PostgreSQL's side of the shared commit ([`sql::spawn_commit`]): its statements
+/// on the pool, with the channel that wakes lease waiters.
+struct Postgres {
+    inner: Arc<Inner>,
+}
+
+impl Dialect for Postgres {
+    type Db = sqlx::Postgres;
+
+    fn for_batch(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
         }
-        Write::Delete { key } => {
-            let deleted = sqlx::query(&statements.delete_unleased)
-                .bind(key.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(storage_error)?;
-            if deleted.rows_affected() > 0 {
-                return Ok(WriteOutcome::Deleted);
-            }
-            if owner.is_some() {
-                let cleared = sqlx::query(&statements.delete_leased)
-                    .bind(key.as_str())
-                    .bind(owner)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(storage_error)?;
-                if cleared.rows_affected() > 0 {
-                    return Ok(WriteOutcome::Deleted);
-                }
-            }
-            let row = row_state(conn, statements, key, owner).await?;
-            Ok(match row {
-                Some(row) if row.leased_by_other => WriteOutcome::Conflict(Conflict::LeaseLost),
-                _ => WriteOutcome::Deleted,
-            })
-        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, sqlx::Postgres>, StorageError> {
+        self.inner.pool.begin().await.map_err(storage_error)
+    }
+
+    async fn connection(&self) -> Result<PoolConnection<sqlx::Postgres>, StorageError> {
+        self.inner.pool.acquire().await.map_err(storage_error)
+    }
+
+    /// Takes every row lock up front in key order, the order an acquire
+    /// takes them in: a commit and an acquire over overlapping keys then
+    /// never lock in opposite orders (a deadlock PostgreSQL would break by
+    /// failing one of them).
+    async fn lock_rows(&self, conn: &mut PgConnection, keys: &[&str]) -> Result<(), StorageError> {
+        let query = sqlx::query(&self.inner.statements.lock_rows).bind(keys);
+        query.execute(conn).await.map_err(storage_error)?;
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        conn: &mut PgConnection,
+        put: Put<'_>,
+    ) -> Result<Option<i64>, StorageError> {
+        let statements = &self.inner.statements;
+        let ttl = put.ttl.map(ttl_millis);
+        let query = match put.expected {
+            Some(expected) => sqlx::query(&statements.update)
+                .bind(put.value)
+                .bind(ttl)
+                .bind(put.key)
+                .bind(version_to_sql(expected)?),
+            None => sqlx::query(&statements.insert)
+                .bind(put.value)
+                .bind(ttl)
+                .bind(put.key),
+        };
+        let query = query
+            .bind(put.owner)
+            .bind(put.release)
+            .bind(&self.inner.channel);
+        let written = query.fetch_optional(conn).await.map_err(storage_error)?;
+        written.map(|row| row.int(0)).transpose()
+    }
+
+    async fn delete_unleased(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+    ) -> Result<bool, StorageError> {
+        let query = sqlx::query(&self.inner.statements.delete_unleased).bind(key);
+        Ok(query
+            .execute(conn)
+            .await
+            .map_err(storage_error)?
+            .rows_affected()
+            > 0)
+    }
+
+    async fn delete_leased(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        owner: &str,
+    ) -> Result<bool, StorageError> {
+        let query = sqlx::query(&self.inner.statements.delete_leased)
+            .bind(key)
+            .bind(owner);
+        Ok(query
+            .execute(conn)
+            .await
+            .map_err(storage_error)?
+            .rows_affected()
+            > 0)
+    }
+
+    async fn row_state(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<RowState>, StorageError> {
+        let query = sqlx::query(&self.inner.statements.row_state)
+            .bind(key)
+            .bind(owner);
+        let row = query.fetch_optional(conn).await.map_err(storage_error)?;
+        row.map(|row| RowState::from_row(&row)).transpose()
+    }
+
+    async fn release(
+        &self,
+        conn: &mut PgConnection,
+        keys: &[&str],
+        owner: &str,
+    ) -> Result<(), StorageError> {
+        release(conn, &self.inner, keys, owner).await
+    }
+
+    async fn restore(
+        &self,
+        conn: &mut PgConnection,
+        restore: &Restore,
+    ) -> Result<bool, StorageError> {
+        let stored = sqlx::query(&self.inner.statements.restore)
+            .bind(restore.key.as_str())
+            .bind(restore.record.value.as_ref())
+            .bind(version_to_sql(restore.record.version)?)
+            .bind(restore.ttl.map(ttl_millis))
+            .fetch_optional(conn)
+            .await;
+        Ok(stored.map_err(storage_error)?.is_some())
     }
 }
 
-/// The key's row, read to tell why a write was refused.
-async fn row_state(
-    conn: &mut PgConnection,
-    statements: &Statements,
-    key: &StorageKey,
-    owner: Option<&str>,
-) -> Result<Option<RowState>, StorageError> {
-    let row = sqlx::query(&statements.row_state)
-        .bind(key.as_str())
-        .bind(owner)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(storage_error)?;
-    row.map(|row| {
-        Ok(RowState {
-            has_value: row.try_get(0).map_err(storage_error)?,
-            version: row.try_get(1).map_err(storage_error)?,
-            expired: row.try_get(2).map_err(storage_error)?,
-            leased_by_other: row.try_get(3).map_err(storage_error)?,
-        })
-    })
-    .transpose()
+/// `text` as a `LIKE` pattern matching every string that starts with it
+/// (with `\` as the escape character).
+fn like_prefix(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Gives back `owner`'s leases on `keys` (sorted), waking their waiters.
@@ -774,71 +824,6 @@ async fn release(
     Ok(())
 }
 
-/// Applies `writes` and releases `owner`'s leases on `release`, in one
-/// transaction when it takes more than one statement.
-async fn commit(
-    inner: Arc<Inner>,
-    writes: Vec<Write>,
-    release_keys: Vec<StorageKey>,
-    owner: Option<LeaseOwner>,
-) -> Result<Vec<WriteOutcome>, StorageError> {
-    let owner = owner.as_ref().map(LeaseOwner::as_str);
-    if needs_transaction(&writes, &release_keys) {
-        let mut tx = inner.pool.begin().await.map_err(storage_error)?;
-        // Take every row lock up front in key order, the order an acquire
-        // takes them in: a commit and an acquire over overlapping keys then
-        // never lock in opposite orders (a deadlock PostgreSQL would break
-        // by failing one of them).
-        let mut keys: Vec<&str> = writes
-            .iter()
-            .map(|write| write.key().as_str())
-            .chain(release_keys.iter().map(StorageKey::as_str))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        sqlx::query(&inner.statements.lock_rows)
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage_error)?;
-        let outcomes = apply_all(&mut tx, &inner, &writes, &release_keys, owner).await?;
-        tx.commit().await.map_err(storage_error)?;
-        Ok(outcomes)
-    } else {
-        let mut conn = inner.pool.acquire().await.map_err(storage_error)?;
-        apply_all(&mut conn, &inner, &writes, &release_keys, owner).await
-    }
-}
-
-async fn apply_all(
-    conn: &mut PgConnection,
-    inner: &Inner,
-    writes: &[Write],
-    release_keys: &[StorageKey],
-    owner: Option<&str>,
-) -> Result<Vec<WriteOutcome>, StorageError> {
-    let releasing: HashSet<&str> = match owner {
-        Some(_) => release_keys.iter().map(StorageKey::as_str).collect(),
-        None => HashSet::new(),
-    };
-    let mut outcomes = Vec::with_capacity(writes.len());
-    let mut released = HashSet::new();
-    for write in writes {
-        let key = write.key().as_str();
-        let release_this = matches!(write, Write::Put { .. }) && releasing.contains(key);
-        let outcome = apply(conn, inner, write, owner, release_this).await?;
-        if release_this && matches!(outcome, WriteOutcome::Written { .. }) {
-            released.insert(key);
-        }
-        outcomes.push(outcome);
-    }
-    if let Some(owner) = owner {
-        let rest = still_to_release(release_keys, &released);
-        release(conn, inner, &rest, owner).await?;
-    }
-    Ok(outcomes)
-}
-
 #[async_trait]
 impl Storage for PostgresStorage {
     fn name(&self) -> &str {
@@ -857,35 +842,43 @@ impl Storage for PostgresStorage {
             .await
             .map_err(storage_error)?;
         let mut found: HashMap<String, Record> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get(0).map_err(storage_error)?;
-            let value: Vec<u8> = row.try_get(1).map_err(storage_error)?;
-            let version = version_from_sql(row.try_get(2).map_err(storage_error)?)?;
-            found.insert(
-                key,
-                Record {
-                    value: Bytes::from(value),
-                    version,
-                },
-            );
-        }
-        Ok(keys
-            .iter()
-            .map(|key| found.get(key.as_str()).cloned())
-            .collect())
+        collect_loaded(&mut found, rows)?;
+        Ok(in_batch_order(keys, &found))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len()))]
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = Arc::clone(&self.inner);
-        run_to_completion(commit(inner, writes.to_vec(), Vec::new(), None)).await
+        sql::spawn_commit(self.dialect(), writes, &[], None).await
     }
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.watchers.as_ref().map(|_| self as &dyn Leases)
+    }
+
+    /// Keyset pagination in key order: the cursor is the last key of the
+    /// page before, so a page starts from the primary key's index however
+    /// far the scan has gone.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query(&self.inner.statements.scan)
+            .bind(like_prefix(&prefix.full_text()))
+            .bind(cursor.map_or("", ScanCursor::as_str))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(with_values)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(storage_error)?;
+        scan_page(rows, prefix, limit)
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        spawn_restore(self.dialect(), records).await
     }
 }
 
@@ -916,12 +909,8 @@ impl Leases for PostgresStorage {
                 .map_err(storage_error)?;
             let mut taken = HashMap::with_capacity(rows.len());
             for row in rows {
-                let record = record_from_row(
-                    row.try_get(1).map_err(storage_error)?,
-                    row.try_get(2).map_err(storage_error)?,
-                    row.try_get(3).map_err(storage_error)?,
-                )?;
-                taken.insert(row.try_get::<String, _>(0).map_err(storage_error)?, record);
+                let (key, record) = leased_row(&row)?;
+                taken.insert(key, record);
             }
             let busy_at = match leased_records(&keys, &taken) {
                 Ok(records) => return Ok(LeasedLoad::Acquired(records)),
@@ -943,24 +932,10 @@ impl Leases for PostgresStorage {
                 .map_err(storage_error)?;
             let mut remaining = HashMap::with_capacity(rows.len());
             for row in rows {
-                let key: String = row.try_get(0).map_err(storage_error)?;
-                let millis: i64 = row.try_get(1).map_err(storage_error)?;
-                remaining.insert(key, Duration::from_millis(millis.unsigned_abs()));
+                let (key, retry_in) = busy_row(&row)?;
+                remaining.insert(key, retry_in);
             }
-            // The first key still busy; if its holder released meanwhile,
-            // the key first found busy, to retry at once.
-            Ok(keys
-                .iter()
-                .enumerate()
-                .find_map(|(index, key)| {
-                    remaining
-                        .get(key.as_str())
-                        .map(|&retry_in| LeasedLoad::Busy { index, retry_in })
-                })
-                .unwrap_or(LeasedLoad::Busy {
-                    index: busy_at,
-                    retry_in: Duration::ZERO,
-                }))
+            Ok(busy_answer(&keys, &remaining, busy_at))
         })
         .await
     }
@@ -972,17 +947,7 @@ impl Leases for PostgresStorage {
         release: &[StorageKey],
         owner: &LeaseOwner,
     ) -> Result<Vec<WriteOutcome>, StorageError> {
-        if writes.is_empty() && release.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = Arc::clone(&self.inner);
-        run_to_completion(commit(
-            inner,
-            writes.to_vec(),
-            release.to_vec(),
-            Some(owner.clone()),
-        ))
-        .await
+        sql::spawn_commit(self.dialect(), writes, release, Some(owner)).await
     }
 
     async fn renew(&self, keys: &[StorageKey], lease: Lease<'_>) -> Result<bool, StorageError> {
@@ -1017,6 +982,12 @@ impl Leases for PostgresStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_prefix("a_b%c\\d:"), "a\\_b\\%c\\\\d:%");
+        assert_eq!(like_prefix(""), "%");
+    }
 
     #[test]
     fn the_watch_map_forgets_keys_nobody_waits_on() {

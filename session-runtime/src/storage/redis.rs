@@ -51,10 +51,11 @@ use tracing::Instrument as _;
 use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
 use crate::storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Storage, Write,
-    WriteOutcome,
+    Conflict, KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
+    RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome,
 };
 
+mod data;
 mod release;
 mod scripts;
 
@@ -112,12 +113,16 @@ const HEADER: usize = 8;
 /// ```no_run
 /// use std::time::Duration;
 /// # use serde::{Deserialize, Serialize};
-/// use tg_session_runtime::storage::redis::RedisStorage;
-/// use tg_session_runtime::{HandlerOutcome, SessionManager, UpdateIds};
-/// # use tg_session_runtime::{Json, Session};
-/// # #[derive(Serialize, Deserialize)] struct Counter { apple: u32 }
-/// # impl Session for Counter { const NAME: &'static str = "counter"; type Codec = Json;
-/// #     fn initial() -> Self { Counter { apple: 1 } } }
+/// use tg_session::RedisStorage;
+/// use tg_session::{HandlerOutcome, SessionManager, UpdateIds};
+/// use tg_session::Session;
+///
+/// #[derive(Session, Serialize, Deserialize)]
+/// #[session(key = "counter")]
+/// struct Counter {
+///     #[session(default = 1)]
+///     apple: u32,
+/// }
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let storage = RedisStorage::connect("redis://127.0.0.1:6379/0")
@@ -626,6 +631,29 @@ impl Storage for RedisStorage {
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.leases.then_some(self as &dyn Leases)
+    }
+
+    /// `SCAN … MATCH` on the server, or on every primary of a cluster in
+    /// turn. A page may run a little over `limit` (`SCAN`'s `COUNT` is a
+    /// hint), and a key may be listed twice if Redis resizes its table
+    /// during the scan (Redis's own guarantee); a copy skips it the second time.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let span = tracing::debug_span!("redis.scan", storage = %self.name, limit);
+        self.scan_page(prefix, cursor, limit, with_values)
+            .instrument(span)
+            .await
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        let span =
+            tracing::debug_span!("redis.restore", storage = %self.name, records = records.len());
+        self.restore_all(records).instrument(span).await
     }
 }
 

@@ -1,14 +1,14 @@
 //! Sessions in an SQLite file: the embedded persistent storage for a bot on
 //! one machine.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use sqlx::Row;
+use sqlx::Transaction;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous as SqlxSynchronous,
@@ -18,12 +18,13 @@ use tokio::task::JoinHandle;
 use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::storage::sql::{
-    CLEANUP_CHUNK, DEFAULT_TABLE, RowState, TableName, conflict_cause, distinct_sorted,
-    leased_records, needs_transaction, record_from_row, run_to_completion, still_to_release,
-    storage_error, ttl_millis, version_from_sql, version_to_sql,
+    CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
+    collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
+    scan_page, spawn_restore, storage_error, ttl_millis, version_to_sql,
 };
 use crate::storage::{
-    Conflict, Lease, LeaseOwner, LeasedLoad, Leases, Record, Storage, Write, WriteOutcome, sql,
+    KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, Restore, RestoreOutcome, ScanCursor,
+    ScanPage, Storage, Write, WriteOutcome, page_limit, sql,
 };
 
 /// Keys per `SELECT … IN (…)`, well under SQLite's limit on bound parameters.
@@ -94,17 +95,17 @@ impl SqliteSynchronous {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), tg_session_runtime::StorageError> {
+/// # async fn main() -> Result<(), tg_session::StorageError> {
 /// # let dir = std::env::temp_dir().join(format!("tg-session-doc-{}", std::process::id()));
-/// # std::fs::create_dir_all(&dir).map_err(tg_session_runtime::StorageError::other)?;
+/// # std::fs::create_dir_all(&dir).map_err(tg_session::StorageError::other)?;
 /// use std::time::Duration;
-/// use tg_session_runtime::{SessionManager, SqliteStorage};
+/// use tg_session::{SessionManager, SqliteStorage};
 ///
 /// let storage = SqliteStorage::open(dir.join("sessions.db")).await?;
 /// let _cleanup = storage.spawn_cleanup(Duration::from_secs(600));
 /// let manager = SessionManager::builder().storage(storage).build();
 /// # assert!(manager.is_ok());
-/// # std::fs::remove_dir_all(&dir).map_err(tg_session_runtime::StorageError::other)?;
+/// # std::fs::remove_dir_all(&dir).map_err(tg_session::StorageError::other)?;
 /// # Ok(())
 /// # }
 /// ```
@@ -202,6 +203,12 @@ struct Statements {
     /// Leases of owner `?1` among keys `?3`…, until `?2`.
     renew_head: String,
     cleanup: String,
+    /// Live records from `?1` (the prefix) after `?2` (the cursor), at
+    /// most `?4`, with values if `?5`; `?3` now.
+    scan: String,
+    /// A record as it is (`?1` key, `?2` value, `?3` version, `?4` expiry),
+    /// unless its row holds that version or a newer one or a lease live at `?5`.
+    restore: String,
 }
 
 impl Statements {
@@ -276,6 +283,21 @@ impl Statements {
                 "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
                  WHERE (expires_at <= ?1 OR value IS NULL) \
                  AND (lease_until IS NULL OR lease_until <= ?1) LIMIT ?2)"
+            ),
+            // Keys compare as bytes: the prefix's keys follow each other
+            // from the prefix on, and the first one past them ends the scan.
+            scan: format!(
+                "SELECT key, CASE WHEN ?5 THEN value END, version, expires_at - ?3 FROM {t} \
+                 WHERE key >= ?1 AND key > ?2 AND value IS NOT NULL \
+                 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key LIMIT ?4"
+            ),
+            restore: format!(
+                "INSERT INTO {t} (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, expires_at = excluded.expires_at \
+                 WHERE {t}.version < excluded.version \
+                 AND ({t}.lease_owner IS NULL OR {t}.lease_until <= ?5) \
+                 RETURNING 1"
             ),
         }
     }
@@ -445,8 +467,8 @@ async fn create_in(tx: &mut SqliteConnection, table: &TableName) -> Result<(), S
     .bind(table.as_str().to_owned())
     .fetch_one(&mut *tx)
     .await
-    .and_then(|row| row.try_get(0))
-    .map_err(storage_error)?;
+    .map_err(storage_error)?
+    .flag(0)?;
     if outdated {
         let rebuild = table.rebuild();
         for statement in [
@@ -462,22 +484,10 @@ async fn create_in(tx: &mut SqliteConnection, table: &TableName) -> Result<(), S
             execute(tx, &statement).await?;
         }
     }
-    execute(
-        tx,
-        &format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {t} (expires_at) WHERE expires_at IS NOT NULL",
-            table.index()
-        ),
-    )
-    .await?;
-    execute(
-        tx,
-        &format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {t} (lease_until) WHERE value IS NULL",
-            table.lease_index()
-        ),
-    )
-    .await
+    for statement in sql::index_statements(table) {
+        execute(tx, &statement).await?;
+    }
+    Ok(())
 }
 
 async fn execute(conn: &mut SqliteConnection, statement: &str) -> Result<(), StorageError> {
@@ -522,20 +532,15 @@ impl SqliteStorage {
         let inner = Arc::clone(&self.inner);
         run_to_completion(async move {
             let now = now_millis();
-            let mut removed = 0;
-            loop {
+            sql::cleanup_in_chunks(|| async {
                 let done = sqlx::query(&inner.statements.cleanup)
                     .bind(now)
                     .bind(CLEANUP_CHUNK)
                     .execute(&inner.writer)
-                    .await
-                    .map_err(storage_error)?
-                    .rows_affected();
-                removed += done;
-                if done < CLEANUP_CHUNK.unsigned_abs() {
-                    return Ok(removed);
-                }
-            }
+                    .await;
+                Ok(done.map_err(storage_error)?.rows_affected())
+            })
+            .await
         })
         .await
     }
@@ -547,10 +552,9 @@ impl SqliteStorage {
     /// Must be called inside a Tokio runtime. Dropping the handle leaves the
     /// task running; [`JoinHandle::abort`] stops it.
     pub fn spawn_cleanup(&self, period: Duration) -> JoinHandle<()> {
-        let storage = self.clone();
-        sql::spawn_cleanup(self.inner.name.clone(), period, move || {
-            let storage = storage.clone();
-            async move { storage.cleanup_expired().await }
+        let name = self.inner.name.clone();
+        sql::spawn_cleanup(self.clone(), name, period, |storage: Self| async move {
+            storage.cleanup_expired().await
         })
     }
 
@@ -583,105 +587,127 @@ impl std::fmt::Debug for SqliteStorage {
     }
 }
 
-/// Applies one write, fenced by `owner`'s lease (`None`: any live lease
-/// refuses it); a put with `release` also clears the owner's lease.
-async fn apply(
-    conn: &mut SqliteConnection,
-    statements: &Statements,
-    write: &Write,
-    owner: Option<&str>,
-    release: bool,
+/// SQLite's side of the shared commit ([`sql::spawn_commit`]): its statements on
+/// the single writer, compared against one reading of the clock per batch.
+struct Sqlite {
+    inner: Arc<Inner>,
     now: i64,
-) -> Result<WriteOutcome, StorageError> {
-    match write {
-        Write::Put {
-            key,
-            value,
-            expected_version,
-            ttl,
-        } => {
-            let (sql, version) = match expected_version {
-                Some(expected) => (&statements.update, *expected),
-                None => (&statements.insert, Write::next_version(None)),
-            };
-            let written = sqlx::query(sql)
-                .bind(value.as_ref())
-                .bind(expires_at(now, *ttl))
-                .bind(key.as_str())
-                .bind(version_to_sql(version)?)
-                .bind(owner)
-                .bind(release)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(storage_error)?;
-            match written {
-                Some(row) => Ok(WriteOutcome::Written {
-                    version: version_from_sql(row.try_get(0).map_err(storage_error)?)?,
-                }),
-                None => {
-                    let row = row_state(conn, statements, key, owner, now).await?;
-                    Ok(WriteOutcome::Conflict(conflict_cause(
-                        row,
-                        *expected_version,
-                    )))
-                }
-            }
+}
+
+impl Sqlite {
+    fn new(inner: &Arc<Inner>) -> Self {
+        Self {
+            inner: Arc::clone(inner),
+            now: now_millis(),
         }
-        Write::Delete { key } => {
-            let deleted = sqlx::query(&statements.delete_unleased)
-                .bind(key.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(storage_error)?;
-            if deleted.rows_affected() > 0 {
-                return Ok(WriteOutcome::Deleted);
-            }
-            if owner.is_some() {
-                let cleared = sqlx::query(&statements.delete_leased)
-                    .bind(key.as_str())
-                    .bind(owner)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(storage_error)?;
-                if cleared.rows_affected() > 0 {
-                    return Ok(WriteOutcome::Deleted);
-                }
-            }
-            let row = row_state(conn, statements, key, owner, now).await?;
-            Ok(match row {
-                Some(row) if row.leased_by_other => WriteOutcome::Conflict(Conflict::LeaseLost),
-                _ => WriteOutcome::Deleted,
-            })
-        }
+    }
+
+    fn statements(&self) -> &Statements {
+        &self.inner.statements
     }
 }
 
-/// The key's row, read to tell why a write was refused.
-async fn row_state(
-    conn: &mut SqliteConnection,
-    statements: &Statements,
-    key: &StorageKey,
-    owner: Option<&str>,
-    now: i64,
-) -> Result<Option<RowState>, StorageError> {
-    let row = sqlx::query(&statements.row_state)
-        .bind(key.as_str())
-        .bind(owner)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(storage_error)?;
-    row.map(|row| {
-        Ok(RowState {
-            has_value: row.try_get(0).map_err(storage_error)?,
-            version: row.try_get(1).map_err(storage_error)?,
-            expired: row.try_get(2).map_err(storage_error)?,
-            leased_by_other: row.try_get(3).map_err(storage_error)?,
-        })
-    })
-    .transpose()
+impl Dialect for Sqlite {
+    type Db = sqlx::Sqlite;
+
+    fn for_batch(&self) -> Self {
+        Self::new(&self.inner)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, sqlx::Sqlite>, StorageError> {
+        self.inner
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(storage_error)
+    }
+
+    async fn connection(&self) -> Result<PoolConnection<sqlx::Sqlite>, StorageError> {
+        self.inner.writer.acquire().await.map_err(storage_error)
+    }
+
+    async fn put(
+        &self,
+        conn: &mut SqliteConnection,
+        put: Put<'_>,
+    ) -> Result<Option<i64>, StorageError> {
+        let statements = self.statements();
+        let (sql, version) = match put.expected {
+            Some(expected) => (&statements.update, expected),
+            None => (&statements.insert, Write::next_version(None)),
+        };
+        let written = sqlx::query(sql)
+            .bind(put.value)
+            .bind(expires_at(self.now, put.ttl))
+            .bind(put.key)
+            .bind(version_to_sql(version)?)
+            .bind(put.owner)
+            .bind(put.release)
+            .bind(self.now)
+            .fetch_optional(conn)
+            .await
+            .map_err(storage_error)?;
+        written.map(|row| row.int(0)).transpose()
+    }
+
+    async fn delete_unleased(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &str,
+    ) -> Result<bool, StorageError> {
+        let query = sqlx::query(&self.statements().delete_unleased);
+        let done = query.bind(key).bind(self.now).execute(conn).await;
+        Ok(done.map_err(storage_error)?.rows_affected() > 0)
+    }
+
+    async fn delete_leased(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &str,
+        owner: &str,
+    ) -> Result<bool, StorageError> {
+        let query = sqlx::query(&self.statements().delete_leased);
+        let done = query.bind(key).bind(owner).execute(conn).await;
+        Ok(done.map_err(storage_error)?.rows_affected() > 0)
+    }
+
+    async fn row_state(
+        &self,
+        conn: &mut SqliteConnection,
+        key: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<RowState>, StorageError> {
+        let query = sqlx::query(&self.statements().row_state).bind(key);
+        let row = query.bind(owner).bind(self.now).fetch_optional(conn).await;
+        row.map_err(storage_error)?
+            .map(|row| RowState::from_row(&row))
+            .transpose()
+    }
+
+    async fn release(
+        &self,
+        conn: &mut SqliteConnection,
+        keys: &[&str],
+        owner: &str,
+    ) -> Result<(), StorageError> {
+        release(conn, self.statements(), keys, owner).await
+    }
+
+    async fn restore(
+        &self,
+        conn: &mut SqliteConnection,
+        restore: &Restore,
+    ) -> Result<bool, StorageError> {
+        let stored = sqlx::query(&self.statements().restore)
+            .bind(restore.key.as_str())
+            .bind(restore.record.value.as_ref())
+            .bind(version_to_sql(restore.record.version)?)
+            .bind(expires_at(self.now, restore.ttl))
+            .bind(self.now)
+            .fetch_optional(conn)
+            .await;
+        Ok(stored.map_err(storage_error)?.is_some())
+    }
 }
 
 /// Gives back `owner`'s leases on `keys`: lease-only rows go, the others
@@ -703,60 +729,6 @@ async fn release(
         }
     }
     Ok(())
-}
-
-/// Applies `writes` and releases `owner`'s leases on `release`, in one
-/// `BEGIN IMMEDIATE` transaction when it takes more than one statement.
-async fn commit(
-    inner: Arc<Inner>,
-    writes: Vec<Write>,
-    release_keys: Vec<StorageKey>,
-    owner: Option<LeaseOwner>,
-) -> Result<Vec<WriteOutcome>, StorageError> {
-    let owner = owner.as_ref().map(LeaseOwner::as_str);
-    if needs_transaction(&writes, &release_keys) {
-        let mut tx = inner
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(storage_error)?;
-        let outcomes = apply_all(&mut tx, &inner, &writes, &release_keys, owner).await?;
-        tx.commit().await.map_err(storage_error)?;
-        Ok(outcomes)
-    } else {
-        let mut conn = inner.writer.acquire().await.map_err(storage_error)?;
-        apply_all(&mut conn, &inner, &writes, &release_keys, owner).await
-    }
-}
-
-async fn apply_all(
-    conn: &mut SqliteConnection,
-    inner: &Inner,
-    writes: &[Write],
-    release_keys: &[StorageKey],
-    owner: Option<&str>,
-) -> Result<Vec<WriteOutcome>, StorageError> {
-    let now = now_millis();
-    let releasing: HashSet<&str> = match owner {
-        Some(_) => release_keys.iter().map(StorageKey::as_str).collect(),
-        None => HashSet::new(),
-    };
-    let mut outcomes = Vec::with_capacity(writes.len());
-    let mut released = HashSet::new();
-    for write in writes {
-        let key = write.key().as_str();
-        let release_this = matches!(write, Write::Put { .. }) && releasing.contains(key);
-        let outcome = apply(conn, &inner.statements, write, owner, release_this, now).await?;
-        if release_this && matches!(outcome, WriteOutcome::Written { .. }) {
-            released.insert(key);
-        }
-        outcomes.push(outcome);
-    }
-    if let Some(owner) = owner {
-        let rest = still_to_release(release_keys, &released);
-        release(conn, &inner.statements, &rest, owner).await?;
-    }
-    Ok(outcomes)
 }
 
 /// Takes the leases of `distinct` keys (sorted) and reads what they hold;
@@ -784,12 +756,8 @@ async fn take_leases(
             query = query.bind(*key);
         }
         for row in query.fetch_all(&mut *conn).await.map_err(storage_error)? {
-            let record = record_from_row(
-                row.try_get(1).map_err(storage_error)?,
-                row.try_get(2).map_err(storage_error)?,
-                row.try_get(3).map_err(storage_error)?,
-            )?;
-            taken.insert(row.try_get::<String, _>(0).map_err(storage_error)?, record);
+            let (key, record) = leased_row(&row)?;
+            taken.insert(key, record);
         }
     }
     Ok(taken)
@@ -806,11 +774,8 @@ async fn acquire(
     let now = now_millis();
     let until = now.saturating_add(ttl_millis(ttl));
     let taken = if distinct.len() > LOAD_CHUNK {
-        let mut tx = inner
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(storage_error)?;
+        let dialect = Sqlite::new(&inner);
+        let mut tx = dialect.begin().await?;
         let taken = take_leases(&mut tx, statements, &distinct, owner.as_str(), until, now).await?;
         tx.commit().await.map_err(storage_error)?;
         taken
@@ -834,25 +799,11 @@ async fn acquire(
             query = query.bind(*key);
         }
         for row in query.fetch_all(&mut *conn).await.map_err(storage_error)? {
-            let key: String = row.try_get(0).map_err(storage_error)?;
-            let millis: i64 = row.try_get(1).map_err(storage_error)?;
-            remaining.insert(key, Duration::from_millis(millis.unsigned_abs()));
+            let (key, retry_in) = busy_row(&row)?;
+            remaining.insert(key, retry_in);
         }
     }
-    // The first key still busy; if its holder released meanwhile, the key
-    // first found busy, to retry at once.
-    Ok(keys
-        .iter()
-        .enumerate()
-        .find_map(|(index, key)| {
-            remaining
-                .get(key.as_str())
-                .map(|&retry_in| LeasedLoad::Busy { index, retry_in })
-        })
-        .unwrap_or(LeasedLoad::Busy {
-            index: busy_at,
-            retry_in: Duration::ZERO,
-        }))
+    Ok(busy_answer(&keys, &remaining, busy_at))
 }
 
 #[async_trait]
@@ -875,37 +826,51 @@ impl Storage for SqliteStorage {
                 .fetch_all(&self.inner.readers)
                 .await
                 .map_err(storage_error)?;
-            for row in rows {
-                let key: String = row.try_get(0).map_err(storage_error)?;
-                let value: Vec<u8> = row.try_get(1).map_err(storage_error)?;
-                let version = version_from_sql(row.try_get(2).map_err(storage_error)?)?;
-                found.insert(
-                    key,
-                    Record {
-                        value: Bytes::from(value),
-                        version,
-                    },
-                );
-            }
+            collect_loaded(&mut found, rows)?;
         }
-        Ok(keys
-            .iter()
-            .map(|key| found.get(key.as_str()).cloned())
-            .collect())
+        Ok(in_batch_order(keys, &found))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(storage = %self.inner.name, writes = writes.len()))]
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
+        if !writes.is_empty() {
+            self.inner.file.check()?;
         }
-        self.inner.file.check()?;
-        let inner = Arc::clone(&self.inner);
-        run_to_completion(commit(inner, writes.to_vec(), Vec::new(), None)).await
+        sql::spawn_commit(Sqlite::new(&self.inner), writes, &[], None).await
     }
 
     fn leases(&self) -> Option<&dyn Leases> {
         self.inner.leases.then_some(self as &dyn Leases)
+    }
+
+    /// Keyset pagination in key order: the cursor is the last key of the
+    /// page before, so a page costs an index range read however far the
+    /// scan has gone.
+    async fn scan(
+        &self,
+        prefix: &KeyPrefix,
+        cursor: Option<&ScanCursor>,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<ScanPage, StorageError> {
+        let limit = page_limit(limit);
+        let rows = sqlx::query(&self.inner.statements.scan)
+            .bind(prefix.full_text())
+            .bind(cursor.map_or("", ScanCursor::as_str))
+            .bind(now_millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(with_values)
+            .fetch_all(&self.inner.readers)
+            .await
+            .map_err(storage_error)?;
+        scan_page(rows, prefix, limit)
+    }
+
+    async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
+        if !records.is_empty() {
+            self.inner.file.check()?;
+        }
+        spawn_restore(Sqlite::new(&self.inner), records).await
     }
 }
 
@@ -940,20 +905,10 @@ impl Leases for SqliteStorage {
         release: &[StorageKey],
         owner: &LeaseOwner,
     ) -> Result<Vec<WriteOutcome>, StorageError> {
-        if writes.is_empty() && release.is_empty() {
-            return Ok(Vec::new());
-        }
         if !writes.is_empty() {
             self.inner.file.check()?;
         }
-        let inner = Arc::clone(&self.inner);
-        run_to_completion(commit(
-            inner,
-            writes.to_vec(),
-            release.to_vec(),
-            Some(owner.clone()),
-        ))
-        .await
+        sql::spawn_commit(Sqlite::new(&self.inner), writes, release, Some(owner)).await
     }
 
     async fn renew(&self, keys: &[StorageKey], lease: Lease<'_>) -> Result<bool, StorageError> {

@@ -5,6 +5,7 @@
 //! hand out one shared server or database to all of them.
 
 pub mod counting;
+pub mod data;
 pub mod migrations;
 pub mod types;
 

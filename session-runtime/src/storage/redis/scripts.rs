@@ -181,9 +181,73 @@ pub(super) static WRITE: LazyLock<Script> =
 /// [`RENEW_BODY`].
 pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_BODY));
 
+/// Reads records for a scan: for each of `KEYS`, its value (`false` when
+/// gone, or when it is not a string) and its `PTTL`.
+const READ_BODY: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then
+    value = false
+  end
+  out[2 * i - 1] = value
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+";
+
+/// Writes records with their own version and TTL. `KEYS[2i-1]`, `KEYS[2i]`:
+/// record `i` and its lease; `ARGV[2i-1]`, `ARGV[2i]`: its stored bytes
+/// (8-byte version first) and TTL in milliseconds (`0`: none). A record is
+/// written unless its key holds the same or a newer version, a value that
+/// is not a session record, or a lease. Returns 1 (written) or 0 per record.
+///
+/// Versions are compared byte by byte: big-endian, so that is their order,
+/// and exact where a Lua number would not be.
+const RESTORE_BODY: &str = r"
+local function older(stored, new)
+  for i = 1, 8 do
+    local a, b = string.byte(stored, i), string.byte(new, i)
+    if a ~= b then
+      return a < b
+    end
+  end
+  return false
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local record, ttl = ARGV[2 * i - 1], ARGV[2 * i]
+  local stored = redis.pcall('GETRANGE', key, 0, 7)
+  local free = redis.call('EXISTS', lease) == 0
+  if type(stored) ~= 'string' then
+    free = false
+  elseif string.len(stored) > 0 and (string.len(stored) < 8 or not older(stored, record)) then
+    free = false
+  end
+  if free then
+    if ttl == '0' then
+      redis.call('SET', key, record)
+    else
+      redis.call('SET', key, record, 'PX', ttl)
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// [`READ_BODY`].
+pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::new(READ_BODY));
+
+/// [`RESTORE_BODY`].
+pub(super) static RESTORE: LazyLock<Script> = LazyLock::new(|| Script::new(RESTORE_BODY));
+
 /// Every script, for loading them all when the storage connects.
-pub(super) fn all() -> [&'static Script; 3] {
-    [&ACQUIRE, &WRITE, &RENEW]
+pub(super) fn all() -> [&'static Script; 5] {
+    [&ACQUIRE, &WRITE, &RENEW, &READ, &RESTORE]
 }
 
 /// What the write script answers for one write.

@@ -1,7 +1,9 @@
 //! What the SQL storages share: the checked table name, version and TTL
-//! conversions, the mapping of `sqlx` errors to [`StorageError`], and the
-//! dialect-free half of leases (decoding what a statement returned, telling
-//! why a write was refused, running a commit to completion).
+//! conversions, the mapping of `sqlx` errors to [`StorageError`], the
+//! dialect-free half of leases (telling why a write was refused, running a
+//! commit to completion), and in [`dialect`] the whole commit written once
+//! over a [`Dialect`] with the decoding of the rows both dialects return.
+//! `sqlite.rs` and `postgres.rs` keep their SQL text and what only they do.
 //!
 //! # The lease schema, for both dialects
 //!
@@ -18,11 +20,16 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
 use crate::storage::{Conflict, Record, Write};
+
+mod dialect;
+
+pub(crate) use dialect::{
+    Dialect, Put, SqlRow, busy_answer, busy_row, cleanup_in_chunks, collect_loaded, in_batch_order,
+    index_statements, leased_row, scan_page, spawn_commit, spawn_restore,
+};
 
 /// The table sessions go in unless told otherwise.
 pub(crate) const DEFAULT_TABLE: &str = "tg_sessions";
@@ -184,22 +191,6 @@ pub(crate) fn storage_error(error: sqlx::Error) -> StorageError {
     StorageError::new(kind, error)
 }
 
-/// A record as a lease statement returned it: `None` for a lease-only row
-/// (`value` NULL) or an expired record (`live` false).
-pub(crate) fn record_from_row(
-    value: Option<Vec<u8>>,
-    version: i64,
-    live: bool,
-) -> Result<Option<Record>, StorageError> {
-    match value {
-        Some(value) if live => Ok(Some(Record {
-            value: Bytes::from(value),
-            version: version_from_sql(version)?,
-        })),
-        _ => Ok(None),
-    }
-}
-
 /// The distinct keys of a batch, sorted: the order every statement takes
 /// row locks in, so two updates leasing overlapping keys cannot deadlock
 /// (and an upsert never meets one key twice).
@@ -296,28 +287,31 @@ where
         .map_err(|error| StorageError::other(format!("a session storage task failed: {error}")))?
 }
 
-/// Runs `cleanup` every `period` (at least a second) in a Tokio task,
-/// logging what it removed or why it failed, until the task is aborted.
-pub(crate) fn spawn_cleanup<F, Fut>(
-    storage: String,
+/// Runs `cleanup` of `storage` every `period` (at least a second) in a
+/// Tokio task, logging what it removed or why it failed, until the task is
+/// aborted.
+pub(crate) fn spawn_cleanup<S, F, Fut>(
+    storage: S,
+    name: String,
     period: Duration,
     cleanup: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<u64, StorageError>> + Send,
+    S: Clone + Send + 'static,
+    F: Fn(S) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<u64, StorageError>> + Send,
 {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period.max(Duration::from_secs(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match cleanup().await {
+            match cleanup(storage.clone()).await {
                 Ok(removed) => {
-                    tracing::debug!(storage = %storage, removed, "expired sessions removed");
+                    tracing::debug!(storage = %name, removed, "expired sessions removed");
                 }
                 Err(error) => {
-                    tracing::warn!(storage = %storage, %error, "session cleanup failed");
+                    tracing::warn!(storage = %name, %error, "session cleanup failed");
                 }
             }
         }

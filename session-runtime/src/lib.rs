@@ -11,6 +11,7 @@ mod guard;
 mod key;
 mod lock;
 mod manager;
+mod metrics;
 mod migrate;
 mod session;
 mod slot;

@@ -178,14 +178,15 @@ impl KeyLocks {
             taker,
             held: None,
         };
-        let wait = LockWait::start(taker.session, Lock::InProcess);
-        let held = tokio::time::timeout(timeout, mutex.lock_owned())
-            .await
-            .map_err(|_| {
-                wait.timed_out();
-                LockError::Timeout
-            })?;
-        drop(wait);
+        let held = {
+            let wait = LockWait::start(taker.session, Lock::InProcess);
+            tokio::time::timeout(timeout, mutex.lock_owned())
+                .await
+                .map_err(|_| {
+                    wait.timed_out();
+                    LockError::Timeout
+                })?
+        };
         let mut table = self.table();
         table.waiting.remove(&taker.update);
         let failed = match table.entries.get_mut(&claim.key) {

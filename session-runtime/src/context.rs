@@ -14,6 +14,7 @@ use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
 use crate::lock::{KeyLockGuard, LockError, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
+use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
@@ -84,34 +85,47 @@ impl UpdateState {
             .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
     }
 
-    fn taker(&self, type_name: &'static str) -> Taker {
+    fn taker(&self, session: &'static str, type_name: &'static str) -> Taker {
         Taker {
             update: self.id,
+            session,
             type_name,
         }
     }
 
-    /// Loads `keys` from the storage at `storage_index`: through its leases
-    /// when it has them (waiting for other processes until `deadline`),
-    /// else with a plain load.
+    /// Loads `keys` (of the sessions named in `sessions`) from the storage
+    /// at `storage_index`: through its leases when it has them (waiting for
+    /// other processes until `deadline`), else with a plain load.
     async fn load(
         &self,
         storage_index: usize,
         keys: &[StorageKey],
+        sessions: &[&'static str],
         deadline: Instant,
     ) -> Result<(Vec<Option<Record>>, Option<LeaseOwner>), LoadError> {
         let storage = &self.manager.storages[storage_index];
         let span = tracing::debug_span!("session.load", storage = %storage.name, keys = keys.len());
+        let timer = metrics::Timer::start();
         let loaded = match storage.storage.leases() {
             Some(leases) => {
                 let update_leases = self.leases();
                 update_leases
-                    .acquire(storage_index, &storage.storage, leases, keys, deadline)
+                    .acquire(
+                        storage_index,
+                        &storage.storage,
+                        leases,
+                        keys,
+                        sessions,
+                        deadline,
+                    )
                     .instrument(span)
                     .await
                     .map(|records| (records, Some(update_leases.owner().clone())))
                     .map_err(|error| match error {
-                        AcquireError::Storage(error) => LoadError::Storage(error),
+                        AcquireError::Storage(error) => {
+                            metrics::storage_failed(&storage.name, Operation::Load, &error);
+                            LoadError::Storage(error)
+                        }
                         AcquireError::Busy { index } => LoadError::Leased { index },
                     })?
             }
@@ -121,17 +135,27 @@ impl UpdateState {
                     .load(keys)
                     .instrument(span)
                     .await
-                    .map_err(LoadError::Storage)?,
+                    .map_err(|error| {
+                        metrics::storage_failed(&storage.name, Operation::Load, &error);
+                        LoadError::Storage(error)
+                    })?,
                 None,
             ),
         };
         match loaded.0.len() == keys.len() {
-            true => Ok(loaded),
-            false => Err(LoadError::Storage(StorageError::other(format!(
-                "asked for {} keys, got {} records",
-                keys.len(),
-                loaded.0.len()
-            )))),
+            true => {
+                metrics::loaded(sessions, &storage.name, timer);
+                Ok(loaded)
+            }
+            false => {
+                let error = StorageError::other(format!(
+                    "asked for {} keys, got {} records",
+                    keys.len(),
+                    loaded.0.len()
+                ));
+                metrics::storage_failed(&storage.name, Operation::Load, &error);
+                Err(LoadError::Storage(error))
+            }
         }
     }
 }
@@ -270,11 +294,16 @@ impl Sessions {
             .map_or(0, |registration| registration.storage_index);
         let key = manager.storage_key(T::NAME, &T::KEY, &state.ids)?;
         let deadline = Instant::now() + manager.lock_timeout;
-        let taker = state.taker(std::any::type_name::<T>());
+        let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let lock = lock_key(manager, T::NAME, &key, taker).await?;
         let storage = &manager.storages[storage_index];
         let (mut records, lease_owner) = state
-            .load(storage_index, std::slice::from_ref(&key), deadline)
+            .load(
+                storage_index,
+                std::slice::from_ref(&key),
+                &[T::NAME],
+                deadline,
+            )
             .await
             .map_err(|error| {
                 if let LoadError::Storage(error) = &error {
@@ -384,6 +413,7 @@ async fn write_back(
             };
             let storage = &state.manager.storages[storage_index];
             let span = tracing::debug_span!("session.commit", storage = %storage.name, writes = writes.len(), released = keys.len());
+            let timer = metrics::Timer::start();
             let written = match (storage.storage.leases(), state.leases.get()) {
                 (Some(leases), Some(update_leases)) if !keys.is_empty() => {
                     leases
@@ -394,12 +424,14 @@ async fn write_back(
                 _ if writes.is_empty() => continue,
                 _ => storage.storage.write(&writes).instrument(span).await,
             };
+            metrics::committed(&storage.name, timer);
             if let Some(update_leases) = state.leases.get() {
                 update_leases.released(storage_index);
             }
             match written {
                 Ok(outcomes) if outcomes.len() == writes.len() => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
+                        metrics::written(meta.session, &meta.storage_name, &outcome);
                         match outcome {
                             WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
                                 tracing::debug!(session = meta.session, key = %meta.key, "session saved");
@@ -418,9 +450,11 @@ async fn write_back(
                         outcomes.len(),
                         writes.len()
                     ));
+                    metrics::storage_failed(&storage.name, Operation::Commit, &source);
                     errors.extend(metas.iter().map(|meta| meta.storage_error(source.clone())));
                 }
                 Err(source) => {
+                    metrics::storage_failed(&storage.name, Operation::Commit, &source);
                     if metas.is_empty() {
                         tracing::warn!(storage = %storage.name, error = %source, "session leases not released; they expire by themselves");
                     }
@@ -564,7 +598,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
     wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
     let mut locked = Vec::with_capacity(wanted.len());
     for (registration, key) in wanted {
-        let taker = state.taker(registration.type_name);
+        let taker = state.taker(registration.name, registration.type_name);
         match lock_key(manager, registration.name, &key, taker).await {
             Ok(lock) => locked.push((registration, key, lock)),
             Err(error) => entries.push(failed(registration, error)),
@@ -582,8 +616,9 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
             .drain(..batch)
             .map(|(registration, key, lock)| (key, (registration, lock)))
             .unzip();
+        let sessions: Vec<&'static str> = held.iter().map(|(r, _)| r.name).collect();
         let storage = &manager.storages[storage_index];
-        let loaded = state.load(storage_index, &keys, deadline).await;
+        let loaded = state.load(storage_index, &keys, &sessions, deadline).await;
         if let Err(LoadError::Storage(error)) = &loaded {
             for (_, lock) in &held {
                 lock.storage_failed(error, &storage.name);

@@ -3,6 +3,10 @@
 //!
 //! Use it through the `tg-session` crate, which adds `#[derive(Session)]`
 //! and lists the public API; this crate's paths are not stable.
+//!
+//! With the `metrics` feature it records counters and histograms through the
+//! [`metrics`](https://docs.rs/metrics) facade (loads, writes, conflicts,
+//! lock waits, latencies; the list is in the `tg-session` README, "Metrics").
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
@@ -11,6 +15,7 @@ mod guard;
 mod key;
 mod lock;
 mod manager;
+mod metrics;
 mod migrate;
 mod session;
 mod slot;

@@ -23,16 +23,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::StorageError;
+use crate::metrics::{Lock, LockWait};
 
 /// How long after a holder's storage failure the updates queued on its key
 /// fail at once instead of trying the storage again.
 pub(crate) const FAIL_FAST_FOR: Duration = Duration::from_secs(1);
 
-/// Who takes a key: the update (unique per process) and the session type
-/// it takes the key for.
+/// Who takes a key: the update (unique per process) and the session (its
+/// name and type) it takes the key for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Taker {
     pub(crate) update: u64,
+    pub(crate) session: &'static str,
     pub(crate) type_name: &'static str,
 }
 
@@ -176,9 +178,15 @@ impl KeyLocks {
             taker,
             held: None,
         };
-        let held = tokio::time::timeout(timeout, mutex.lock_owned())
-            .await
-            .map_err(|_| LockError::Timeout)?;
+        let held = {
+            let wait = LockWait::start(taker.session, Lock::InProcess);
+            tokio::time::timeout(timeout, mutex.lock_owned())
+                .await
+                .map_err(|_| {
+                    wait.timed_out();
+                    LockError::Timeout
+                })?
+        };
         let mut table = self.table();
         table.waiting.remove(&taker.update);
         let failed = match table.entries.get_mut(&claim.key) {
@@ -283,6 +291,7 @@ mod tests {
     fn update(update: u64) -> Taker {
         Taker {
             update,
+            session: "t",
             type_name: "T",
         }
     }
@@ -321,6 +330,7 @@ mod tests {
         let locks = Arc::new(KeyLocks::default());
         let taker = Taker {
             update: 1,
+            session: "counter",
             type_name: "Counter",
         };
         let _held = locks.lock("a", taker, WAIT).await.unwrap();

@@ -287,6 +287,7 @@ impl SessionManagerBuilder {
     }
 
     fn build_unchecked(self) -> SessionManager {
+        crate::metrics::describe();
         let default = self
             .default_storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));

@@ -10,6 +10,7 @@ use crate::codec::{self, Codec};
 use crate::error::{CodecError, Error};
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
+use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session};
 use crate::storage::{LeaseOwner, Record, Storage, Write, WriteOutcome};
 
@@ -53,15 +54,23 @@ impl SlotMeta {
             (Some(owner), Some(leases)) => leases.write_and_release(writes, &[], owner).await,
             _ => self.storage.write(writes).await,
         }
-        .map_err(|source| self.storage_error(source))?;
+        .map_err(|source| {
+            metrics::storage_failed(&self.storage_name, Operation::Write, &source);
+            self.storage_error(source)
+        })?;
         match <[WriteOutcome; 1]>::try_from(outcomes) {
-            Ok([outcome]) => Ok(outcome),
-            Err(outcomes) => Err(
-                self.storage_error(crate::error::StorageError::other(format!(
+            Ok([outcome]) => {
+                metrics::written(self.session, &self.storage_name, &outcome);
+                Ok(outcome)
+            }
+            Err(outcomes) => {
+                let source = crate::error::StorageError::other(format!(
                     "answered {} outcomes for one write",
                     outcomes.len()
-                ))),
-            ),
+                ));
+                metrics::storage_failed(&self.storage_name, Operation::Write, &source);
+                Err(self.storage_error(source))
+            }
         }
     }
 
@@ -207,6 +216,7 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
         Some(stored) if stored > current => Err(newer_schema::<T>(meta, stored)),
         stored_version => match T::migrate(stored_version, payload) {
             Ok(value) => {
+                metrics::migrated(meta.session, &meta.storage_name);
                 tracing::info!(
                     session = meta.session,
                     key = %meta.key,
@@ -217,15 +227,18 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
                 );
                 Ok((value, true))
             }
-            Err(source) => Err(Error::Migration {
-                session: meta.session,
-                key: meta.key.to_string(),
-                storage: Arc::clone(&meta.storage_name),
-                type_name: std::any::type_name::<T>(),
-                stored_version,
-                target_version: current,
-                source: Box::new(source),
-            }),
+            Err(source) => {
+                metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Migration);
+                Err(Error::Migration {
+                    session: meta.session,
+                    key: meta.key.to_string(),
+                    storage: Arc::clone(&meta.storage_name),
+                    type_name: std::any::type_name::<T>(),
+                    stored_version,
+                    target_version: current,
+                    source: Box::new(source),
+                })
+            }
         },
     }
 }
@@ -234,15 +247,19 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
 /// not decode: an error, or the initial value if the type opted in.
 fn decode_failed<T: Session>(meta: &SlotMeta, source: CodecError) -> Result<T, Error> {
     match T::ON_DECODE_ERROR {
-        OnDecodeError::Error => Err(Error::Decode {
-            session: meta.session,
-            key: meta.key.to_string(),
-            storage: Arc::clone(&meta.storage_name),
-            type_name: std::any::type_name::<T>(),
-            codec: T::Codec::NAME,
-            source,
-        }),
+        OnDecodeError::Error => {
+            metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Decode);
+            Err(Error::Decode {
+                session: meta.session,
+                key: meta.key.to_string(),
+                storage: Arc::clone(&meta.storage_name),
+                type_name: std::any::type_name::<T>(),
+                codec: T::Codec::NAME,
+                source,
+            })
+        }
         OnDecodeError::Reset => {
+            metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Reset);
             tracing::warn!(
                 session = meta.session,
                 key = %meta.key,
@@ -257,6 +274,7 @@ fn decode_failed<T: Session>(meta: &SlotMeta, source: CodecError) -> Result<T, E
 }
 
 fn newer_schema<T: Session>(meta: &SlotMeta, stored_version: u32) -> Error {
+    metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::NewerSchema);
     Error::NewerSchema {
         session: meta.session,
         key: meta.key.to_string(),

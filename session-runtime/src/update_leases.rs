@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::metrics::{self, Lock, LockWait, Operation};
 use crate::storage::SharedStorage;
 use crate::storage::{Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch};
 
@@ -83,15 +84,16 @@ impl UpdateLeases {
         &self.inner.owner
     }
 
-    /// Takes the leases of `keys` in `leases` (the storage at
-    /// `storage_index`) and loads their records, waiting for other processes'
-    /// updates until `deadline`.
+    /// Takes the leases of `keys` (of the sessions named in `sessions`) in
+    /// `leases` (the storage at `storage_index`) and loads their records,
+    /// waiting for other processes' updates until `deadline`.
     pub(crate) async fn acquire(
         &self,
         storage_index: usize,
         storage: &SharedStorage,
         leases: &dyn Leases,
         keys: &[StorageKey],
+        sessions: &[&'static str],
         deadline: Instant,
     ) -> Result<Vec<Option<Record>>, AcquireError> {
         let lease = Lease {
@@ -99,6 +101,8 @@ impl UpdateLeases {
             ttl: self.inner.ttl,
         };
         let mut watch: Option<ReleaseWatch> = None;
+        // Set at the first busy answer; ends with this call.
+        let mut wait: Option<LockWait> = None;
         let mut poll = POLL_FIRST;
         loop {
             let acquired = acquire_to_completion(storage, leases, keys, lease).await;
@@ -125,8 +129,11 @@ impl UpdateLeases {
                     return Err(AcquireError::Storage(error));
                 }
             };
+            let session = sessions.get(index).copied().unwrap_or("?");
+            let wait = wait.get_or_insert_with(|| LockWait::start(session, Lock::Lease));
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(key) = keys.get(index).filter(|_| !left.is_zero()) else {
+                wait.timed_out();
                 return Err(AcquireError::Busy { index });
             };
             tracing::debug!(key = %key, ?retry_in, "session key leased by another process; waiting");
@@ -235,6 +242,7 @@ async fn renew(inner: &Inner) {
                 "a session lease of a running handler was lost; its changes will be refused"
             ),
             Err(error) => {
+                metrics::storage_failed(&Arc::from(storage.name()), Operation::Renew, &error);
                 tracing::warn!(storage = storage.name(), %error, "session leases not renewed")
             }
         }

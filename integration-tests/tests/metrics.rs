@@ -1,0 +1,418 @@
+//! The `metrics` feature: what real updates record, read back from a
+//! Prometheus recorder.
+//!
+//! Each test installs its own recorder for its thread only
+//! (`metrics::with_local_recorder`) and runs on a current-thread runtime, so
+//! the tasks the runtime spawns (the commit's write-back, lease calls)
+//! record into it too, and tests running in parallel do not see each
+//! other's numbers: every value is asserted exactly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tg_session::storage::{SharedStorage, Write};
+use tg_session::{
+    Error, HandlerOutcome, MemoryStorage, RedisStorage, SessionManager, StorageKey, UpdateIds,
+};
+use tg_session_test_kit::redis_server::RedisServer;
+use tg_session_test_kit::suite::migrations::shapes;
+use tg_session_test_kit::suite::types::*;
+
+/// Histogram buckets, as README's snippet sets them.
+const BUCKETS: [f64; 6] = [0.0005, 0.001, 0.005, 0.025, 0.1, 1.0];
+
+/// The text a Prometheus scrape of the test's recorder returns.
+struct Scrape(String);
+
+impl Scrape {
+    /// The value of the series `series` (name and labels as rendered), if
+    /// recorded.
+    fn get(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(value.parse().expect("a number"))
+        })
+    }
+
+    fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no series `{series}` in\n{}", self.0))
+    }
+
+    /// Every series of `name` (counter or histogram `_count`), to check none
+    /// other than the asserted ones was recorded.
+    fn series_of(&self, name: &str) -> Vec<&str> {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+            })
+            .collect()
+    }
+}
+
+/// Runs `test` with a recorder of its own and returns what it recorded.
+fn recorded<F, Fut>(test: F) -> Scrape
+where
+    F: FnOnce(PrometheusHandle) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .unwrap()
+        .build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let future = test(handle.clone());
+    metrics::with_local_recorder(&recorder, || runtime.block_on(future));
+    Scrape(handle.render())
+}
+
+fn user(id: u64) -> UpdateIds {
+    UpdateIds::new().user(id).chat(id as i64)
+}
+
+fn manager(storage: SharedStorage, prefix: &str) -> SessionManager {
+    SessionManager::builder()
+        .storage(storage)
+        .prefix(prefix)
+        .register::<Counter>()
+        .build()
+        .unwrap()
+}
+
+async fn increment(manager: &SessionManager, ids: UpdateIds) -> Result<u32, Error> {
+    let ctx = manager.begin(ids).await;
+    let apple = {
+        let mut counter = ctx.counter()?;
+        counter.apple += 1;
+        counter.apple
+    };
+    ctx.commit(HandlerOutcome::Succeeded).await?;
+    Ok(apple)
+}
+
+/// Yields to the runtime's other tasks until `series` is recorded: the
+/// point where another task has started to wait.
+async fn until_recorded(handle: &PrometheusHandle, series: &str) {
+    while Scrape(handle.render()).get(series).is_none() {
+        tokio::task::yield_now().await;
+    }
+}
+
+const COUNTER_IN_MEMORY: &str = r#"{session="counter",storage="memory"}"#;
+
+#[test]
+fn read_modify_write_counts_loads_writes_and_deletes() {
+    let scrape = recorded(|_| async {
+        let manager = manager(Arc::new(MemoryStorage::new()), "rmw");
+        assert_eq!(increment(&manager, user(1)).await.unwrap(), 2);
+        assert_eq!(increment(&manager, user(1)).await.unwrap(), 3);
+        // Read-only: a load and no write.
+        let ctx = manager.begin(user(1)).await;
+        assert_eq!(ctx.counter().unwrap().apple, 3);
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        // `clear` deletes now.
+        let ctx = manager.begin(user(1)).await;
+        ctx.counter().unwrap().clear().await.unwrap();
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    });
+    assert_eq!(
+        scrape.value(&format!("tg_session_loads_total{COUNTER_IN_MEMORY}")),
+        4.0
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_writes_total{COUNTER_IN_MEMORY}")),
+        2.0
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_deletes_total{COUNTER_IN_MEMORY}")),
+        1.0
+    );
+    // One batched load per update; a commit only where there was a write.
+    assert_eq!(
+        scrape.value(r#"tg_session_load_duration_seconds_count{storage="memory"}"#),
+        4.0
+    );
+    assert_eq!(
+        scrape.value(r#"tg_session_commit_duration_seconds_count{storage="memory"}"#),
+        2.0
+    );
+    assert!(
+        scrape
+            .0
+            .contains("# HELP tg_session_loads_total Sessions read from their storage")
+    );
+    for quiet in [
+        "tg_session_conflicts_total",
+        "tg_session_lock_waits_total",
+        "tg_session_lock_timeouts_total",
+        "tg_session_decode_errors_total",
+        "tg_session_storage_errors_total",
+    ] {
+        assert_eq!(scrape.series_of(quiet), Vec::<&str>::new(), "{quiet}");
+    }
+}
+
+#[test]
+fn another_writer_in_between_counts_a_conflict_by_cause() {
+    let scrape = recorded(|_| async {
+        // Two managers are two processes: no shared in-process lock, and the
+        // memory storage has no leases.
+        let storage: SharedStorage = Arc::new(MemoryStorage::new());
+        let first = manager(storage.clone(), "conflict");
+        let second = manager(storage, "conflict");
+        increment(&first, user(1)).await.unwrap();
+        let slow = first.begin(user(1)).await;
+        slow.counter().unwrap().apple += 10;
+        increment(&second, user(1)).await.unwrap();
+        let error = slow.commit(HandlerOutcome::Succeeded).await.unwrap_err();
+        assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
+    });
+    assert_eq!(
+        scrape.series_of("tg_session_conflicts_total"),
+        [
+            r#"tg_session_conflicts_total{session="counter",storage="memory",cause="newer_version"} 1"#
+        ]
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_writes_total{COUNTER_IN_MEMORY}")),
+        2.0
+    );
+}
+
+#[test]
+fn two_concurrent_updates_of_one_user_count_a_lock_wait() {
+    let scrape = recorded(|handle| async move {
+        let manager = manager(Arc::new(MemoryStorage::new()), "wait");
+        let first = manager.begin(user(1)).await;
+        first.counter().unwrap().apple += 1;
+        let second = tokio::spawn({
+            let manager = manager.clone();
+            async move { increment(&manager, user(1)).await }
+        });
+        until_recorded(
+            &handle,
+            r#"tg_session_lock_waits_total{session="counter",lock="in_process"}"#,
+        )
+        .await;
+        first.commit(HandlerOutcome::Succeeded).await.unwrap();
+        assert_eq!(second.await.unwrap().unwrap(), 3, "no lost update");
+    });
+    assert_eq!(
+        scrape.series_of("tg_session_lock_waits_total"),
+        [r#"tg_session_lock_waits_total{session="counter",lock="in_process"} 1"#]
+    );
+    assert_eq!(
+        scrape.value(
+            r#"tg_session_lock_wait_duration_seconds_count{session="counter",lock="in_process"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        scrape.series_of("tg_session_lock_timeouts_total"),
+        Vec::<&str>::new()
+    );
+}
+
+#[test]
+fn a_key_held_past_the_lock_timeout_counts_a_timeout() {
+    let timeout = Duration::from_millis(50);
+    let scrape = recorded(|_| async move {
+        let manager = SessionManager::builder()
+            .register::<Counter>()
+            .lock_timeout(timeout)
+            .build()
+            .unwrap();
+        let holder = manager.begin(user(1)).await;
+        let waiter = manager.begin(user(1)).await;
+        let error = waiter.counter().map(|c| c.apple).unwrap_err();
+        assert!(matches!(error, Error::LockTimeout { .. }), "{error:?}");
+        drop(holder);
+    });
+    let labels = r#"{session="counter",lock="in_process"}"#;
+    assert_eq!(
+        scrape.value(&format!("tg_session_lock_waits_total{labels}")),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_lock_timeouts_total{labels}")),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(&format!(
+            "tg_session_lock_wait_duration_seconds_count{labels}"
+        )),
+        1.0
+    );
+    let waited = scrape.value(&format!(
+        "tg_session_lock_wait_duration_seconds_sum{labels}"
+    ));
+    assert!(waited >= timeout.as_secs_f64(), "{waited}");
+    // The waiter never loaded: only the holder did.
+    assert_eq!(
+        scrape.value(&format!("tg_session_loads_total{COUNTER_IN_MEMORY}")),
+        1.0
+    );
+}
+
+#[test]
+fn undecodable_and_unmigratable_records_count_by_error() {
+    let scrape = recorded(|_| async {
+        let storage: SharedStorage = Arc::new(MemoryStorage::new());
+        let key = StorageKey::new(Some("decode"), None, "counter", "1");
+        let garbage = Write::Put {
+            key,
+            value: Bytes::from_static(b"\xff not what Counter encodes to"),
+            expected_version: None,
+            ttl: None,
+        };
+        storage.write(&[garbage]).await.unwrap();
+        let strict = manager(storage.clone(), "decode");
+        let ctx = strict.begin(user(1)).await;
+        let error = ctx.counter().map(|c| c.apple).unwrap_err();
+        assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+
+        let lenient = SessionManager::builder()
+            .storage(storage.clone())
+            .prefix("decode")
+            .build()
+            .unwrap();
+        let ctx = lenient.begin(user(1)).await;
+        let reset = ctx.load::<lenient::LenientCounter>().await.unwrap().apple;
+        assert_eq!(reset, 1, "reset to the initial value");
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+
+        // A version-1 pantry migrates to version 2; a version-2 one with
+        // negative pears does not migrate to version 3, and version 1 does
+        // not read version 2.
+        let pantries = SessionManager::builder()
+            .storage(storage)
+            .prefix("pantry")
+            .build()
+            .unwrap();
+        let ctx = pantries.begin(user(1)).await;
+        ctx.load::<shapes::v1::Pantry>().await.unwrap().apple = 5;
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        let ctx = pantries.begin(user(1)).await;
+        ctx.load::<shapes::v2::Pantry>().await.unwrap().pears = -1;
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        let ctx = pantries.begin(user(1)).await;
+        let error = ctx.load::<shapes::Pantry>().await.map(drop).unwrap_err();
+        assert!(matches!(error, Error::Migration { .. }), "{error:?}");
+        let ctx = pantries.begin(user(1)).await;
+        let error = ctx
+            .load::<shapes::v1::Pantry>()
+            .await
+            .map(drop)
+            .unwrap_err();
+        assert!(matches!(error, Error::NewerSchema { .. }), "{error:?}");
+    });
+    let mut errors = scrape.series_of("tg_session_decode_errors_total");
+    errors.sort_unstable();
+    assert_eq!(
+        errors,
+        [
+            r#"tg_session_decode_errors_total{session="counter",storage="memory",error="decode"} 1"#,
+            r#"tg_session_decode_errors_total{session="counter",storage="memory",error="reset"} 1"#,
+            r#"tg_session_decode_errors_total{session="pantry",storage="memory",error="migration"} 1"#,
+            r#"tg_session_decode_errors_total{session="pantry",storage="memory",error="newer_schema"} 1"#,
+        ]
+    );
+    assert_eq!(
+        scrape.series_of("tg_session_migrations_total"),
+        [r#"tg_session_migrations_total{session="pantry",storage="memory"} 1"#]
+    );
+    // Undecodable records were loaded all the same, and left in place.
+    assert_eq!(
+        scrape.value(&format!("tg_session_loads_total{COUNTER_IN_MEMORY}")),
+        2.0
+    );
+    assert_eq!(
+        scrape.series_of("tg_session_writes_total"),
+        [r#"tg_session_writes_total{session="pantry",storage="memory"} 2"#]
+    );
+}
+
+#[test]
+fn another_process_holding_a_redis_lease_counts_a_lease_wait_and_a_timeout() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let mut storage_name = String::new();
+    let scrape = recorded(|handle| {
+        let storage_name = &mut storage_name;
+        async move {
+            let storage: SharedStorage = Arc::new(RedisStorage::connect(&url).await.unwrap());
+            *storage_name = storage.name().to_owned();
+            // Two managers over one Redis are two processes.
+            let first = manager(storage.clone(), "lease");
+            let second = manager(storage.clone(), "lease");
+            let holder = first.begin(user(1)).await;
+            holder.counter().unwrap().apple += 1;
+            let waiter = tokio::spawn(async move { increment(&second, user(1)).await });
+            until_recorded(
+                &handle,
+                r#"tg_session_lock_waits_total{session="counter",lock="lease"}"#,
+            )
+            .await;
+            holder.commit(HandlerOutcome::Succeeded).await.unwrap();
+            assert_eq!(waiter.await.unwrap().unwrap(), 3, "no lost update");
+
+            let impatient = SessionManager::builder()
+                .storage(storage.clone())
+                .prefix("lease")
+                .register::<Counter>()
+                .lock_timeout(Duration::from_millis(50))
+                .build()
+                .unwrap();
+            let holder = first.begin(user(1)).await;
+            let error = impatient
+                .begin(user(1))
+                .await
+                .counter()
+                .map(drop)
+                .unwrap_err();
+            assert!(matches!(error, Error::LockTimeout { .. }), "{error:?}");
+            drop(holder);
+        }
+    });
+    server.kill();
+    let counter = format!(r#"{{session="counter",storage="{storage_name}"}}"#);
+    let lease = r#"{session="counter",lock="lease"}"#;
+    assert_eq!(
+        scrape.value(&format!("tg_session_lock_waits_total{lease}")),
+        2.0
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_lock_timeouts_total{lease}")),
+        1.0
+    );
+    assert_eq!(
+        scrape.value(&format!(
+            "tg_session_lock_wait_duration_seconds_count{lease}"
+        )),
+        2.0
+    );
+    // holder, waiter, holder again; the impatient update loaded nothing.
+    assert_eq!(
+        scrape.value(&format!("tg_session_loads_total{counter}")),
+        3.0
+    );
+    assert_eq!(
+        scrape.value(&format!("tg_session_writes_total{counter}")),
+        2.0
+    );
+    assert_eq!(
+        scrape.series_of("tg_session_conflicts_total"),
+        Vec::<&str>::new()
+    );
+}

@@ -1,0 +1,312 @@
+//! Counters and histograms through the [`metrics`](https://docs.rs/metrics)
+//! facade, with the `metrics` feature; without it every function here is
+//! empty and inlined away, and [`Timer`] and [`LockWait`] are empty types, so
+//! the call sites cost nothing.
+//!
+//! The bot installs a recorder (`metrics-exporter-prometheus`, or any
+//! other); with none installed the calls are no-ops. Every metric is listed
+//! here and in README's "Metrics" table; durations are in seconds.
+//!
+//! | name | kind | labels | one per |
+//! |---|---|---|---|
+//! | `tg_session_loads_total` | counter | `session`, `storage` | session read from its storage (found or not) |
+//! | `tg_session_load_duration_seconds` | histogram | `storage` | batched load of an update from one storage, a wait for another process's lease included |
+//! | `tg_session_writes_total` | counter | `session`, `storage` | session written (by the commit or `save`) |
+//! | `tg_session_deletes_total` | counter | `session`, `storage` | session deleted (`clear`) |
+//! | `tg_session_commit_duration_seconds` | histogram | `storage` | batched write (and lease release) of a commit to one storage |
+//! | `tg_session_conflicts_total` | counter | `session`, `storage`, `cause` | write refused: `newer_version`, `expired`, `lease_lost` |
+//! | `tg_session_decode_errors_total` | counter | `session`, `storage`, `error` | stored record not turned into the type: `decode` (an error), `reset` (replaced by the initial value, as the type opted in), `newer_schema`, `migration` |
+//! | `tg_session_migrations_total` | counter | `session`, `storage` | record of an older schema version migrated |
+//! | `tg_session_lock_waits_total` | counter | `session`, `lock` | update that found its key held by another update and waited: `lock` is `in_process` or `lease` (another process) |
+//! | `tg_session_lock_wait_duration_seconds` | histogram | `session`, `lock` | such wait, ended (key taken, timed out or given up) |
+//! | `tg_session_lock_timeouts_total` | counter | `session`, `lock` | such wait that reached the lock timeout |
+//! | `tg_session_storage_errors_total` | counter | `storage`, `operation`, `kind` | failed storage call (`operation`: `load`, `commit`, `write` for `save`/`clear`, `renew`; `kind`: `unavailable`, `timeout`, `other`), or write its batch reported failed |
+
+#[cfg(feature = "metrics")]
+use ::metrics::{counter, histogram};
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+
+use std::sync::Arc;
+
+use crate::error::StorageError;
+#[cfg(feature = "metrics")]
+use crate::storage::Conflict;
+use crate::storage::WriteOutcome;
+
+/// Gives the current recorder the help text and unit of every metric
+/// (Prometheus `# HELP` lines); called when a manager is built.
+#[inline(always)]
+pub(crate) fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use ::metrics::{Unit, describe_counter, describe_histogram};
+        describe_counter!(
+            "tg_session_loads_total",
+            "Sessions read from their storage (found or not)."
+        );
+        describe_histogram!(
+            "tg_session_load_duration_seconds",
+            Unit::Seconds,
+            "Batched loads of an update from one storage, a wait for another process's lease included."
+        );
+        describe_counter!(
+            "tg_session_writes_total",
+            "Sessions written (by the commit or save)."
+        );
+        describe_counter!("tg_session_deletes_total", "Sessions deleted (clear).");
+        describe_histogram!(
+            "tg_session_commit_duration_seconds",
+            Unit::Seconds,
+            "Batched writes (and lease releases) of a commit to one storage."
+        );
+        describe_counter!(
+            "tg_session_conflicts_total",
+            "Writes refused by the storage, by cause."
+        );
+        describe_counter!(
+            "tg_session_decode_errors_total",
+            "Stored records that did not become their session type."
+        );
+        describe_counter!(
+            "tg_session_migrations_total",
+            "Stored records of an older schema version migrated."
+        );
+        describe_counter!(
+            "tg_session_lock_waits_total",
+            "Updates that waited for a key another update held."
+        );
+        describe_histogram!(
+            "tg_session_lock_wait_duration_seconds",
+            Unit::Seconds,
+            "Waits for a key another update held."
+        );
+        describe_counter!(
+            "tg_session_lock_timeouts_total",
+            "Waits for a key that reached the lock timeout."
+        );
+        describe_counter!(
+            "tg_session_storage_errors_total",
+            "Failed storage calls, and writes a batch reported failed."
+        );
+    }
+}
+
+/// Which lock an update waited for.
+#[derive(Clone, Copy)]
+pub(crate) enum Lock {
+    /// Another update of this process held the key.
+    InProcess,
+    /// Another process held the key's lease in a shared storage.
+    Lease,
+}
+
+/// The storage call that failed.
+#[derive(Clone, Copy)]
+pub(crate) enum Operation {
+    Load,
+    Commit,
+    Write,
+    Renew,
+}
+
+/// How a stored record failed to become the session's type.
+#[derive(Clone, Copy)]
+pub(crate) enum DecodeError {
+    Decode,
+    Reset,
+    NewerSchema,
+    Migration,
+}
+
+/// Measures one storage call; empty without the feature.
+pub(crate) struct Timer {
+    #[cfg(feature = "metrics")]
+    started: Instant,
+}
+
+impl Timer {
+    #[inline(always)]
+    pub(crate) fn start() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            started: Instant::now(),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// A wait for a key another update holds: counted when it starts, its
+/// duration recorded when it is dropped (key taken, timed out, or the
+/// update cancelled).
+pub(crate) struct LockWait {
+    #[cfg(feature = "metrics")]
+    session: &'static str,
+    #[cfg(feature = "metrics")]
+    lock: Lock,
+    #[cfg(feature = "metrics")]
+    timer: Timer,
+}
+
+impl LockWait {
+    #[inline(always)]
+    pub(crate) fn start(session: &'static str, lock: Lock) -> Self {
+        #[cfg(feature = "metrics")]
+        counter!("tg_session_lock_waits_total", "session" => session, "lock" => lock.label())
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (session, lock);
+        Self {
+            #[cfg(feature = "metrics")]
+            session,
+            #[cfg(feature = "metrics")]
+            lock,
+            #[cfg(feature = "metrics")]
+            timer: Timer::start(),
+        }
+    }
+
+    /// The wait reached the lock timeout.
+    #[inline(always)]
+    pub(crate) fn timed_out(&self) {
+        #[cfg(feature = "metrics")]
+        counter!("tg_session_lock_timeouts_total", "session" => self.session, "lock" => self.lock.label())
+            .increment(1);
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for LockWait {
+    fn drop(&mut self) {
+        histogram!("tg_session_lock_wait_duration_seconds", "session" => self.session, "lock" => self.lock.label())
+            .record(self.timer.seconds());
+    }
+}
+
+/// `sessions` were read from `storage` in one batch.
+#[inline(always)]
+pub(crate) fn loaded(sessions: &[&'static str], storage: &Arc<str>, timer: Timer) {
+    #[cfg(feature = "metrics")]
+    {
+        histogram!("tg_session_load_duration_seconds", "storage" => Arc::clone(storage))
+            .record(timer.seconds());
+        for &session in sessions {
+            counter!("tg_session_loads_total", "session" => session, "storage" => Arc::clone(storage))
+                .increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (sessions, storage, timer);
+}
+
+/// A commit's batch reached `storage` and came back (with any answer).
+#[inline(always)]
+pub(crate) fn committed(storage: &Arc<str>, timer: Timer) {
+    #[cfg(feature = "metrics")]
+    histogram!("tg_session_commit_duration_seconds", "storage" => Arc::clone(storage))
+        .record(timer.seconds());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (storage, timer);
+}
+
+/// What `storage` answered to one write of `session`.
+#[inline(always)]
+pub(crate) fn written(session: &'static str, storage: &Arc<str>, outcome: &WriteOutcome) {
+    #[cfg(feature = "metrics")]
+    {
+        let storage = Arc::clone(storage);
+        match outcome {
+            WriteOutcome::Written { .. } => {
+                counter!("tg_session_writes_total", "session" => session, "storage" => storage)
+                    .increment(1);
+            }
+            WriteOutcome::Deleted => {
+                counter!("tg_session_deletes_total", "session" => session, "storage" => storage)
+                    .increment(1);
+            }
+            WriteOutcome::Conflict(cause) => {
+                let cause = match cause {
+                    Conflict::NewerVersion => "newer_version",
+                    Conflict::Expired => "expired",
+                    Conflict::LeaseLost => "lease_lost",
+                };
+                counter!("tg_session_conflicts_total", "session" => session, "storage" => storage, "cause" => cause)
+                    .increment(1);
+            }
+            WriteOutcome::Failed(error) => {
+                storage_failed_labelled(storage, Operation::Commit, error)
+            }
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (session, storage, outcome);
+}
+
+/// A call to `storage` failed as a whole.
+#[inline(always)]
+pub(crate) fn storage_failed(storage: &Arc<str>, operation: Operation, error: &StorageError) {
+    #[cfg(feature = "metrics")]
+    storage_failed_labelled(Arc::clone(storage), operation, error);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (storage, operation, error);
+}
+
+#[cfg(feature = "metrics")]
+fn storage_failed_labelled(storage: Arc<str>, operation: Operation, error: &StorageError) {
+    use crate::error::StorageErrorKind;
+    let operation = match operation {
+        Operation::Load => "load",
+        Operation::Commit => "commit",
+        Operation::Write => "write",
+        Operation::Renew => "renew",
+    };
+    let kind = match error.kind() {
+        StorageErrorKind::Unavailable => "unavailable",
+        StorageErrorKind::Timeout => "timeout",
+        StorageErrorKind::Other => "other",
+    };
+    counter!("tg_session_storage_errors_total", "storage" => storage, "operation" => operation, "kind" => kind)
+        .increment(1);
+}
+
+/// A record of `session` in `storage` did not become its type.
+#[inline(always)]
+pub(crate) fn decode_failed(session: &'static str, storage: &Arc<str>, error: DecodeError) {
+    #[cfg(feature = "metrics")]
+    {
+        let error = match error {
+            DecodeError::Decode => "decode",
+            DecodeError::Reset => "reset",
+            DecodeError::NewerSchema => "newer_schema",
+            DecodeError::Migration => "migration",
+        };
+        counter!("tg_session_decode_errors_total", "session" => session, "storage" => Arc::clone(storage), "error" => error)
+            .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (session, storage, error);
+}
+
+/// A record of `session` in `storage` was migrated to the current schema.
+#[inline(always)]
+pub(crate) fn migrated(session: &'static str, storage: &Arc<str>) {
+    #[cfg(feature = "metrics")]
+    counter!("tg_session_migrations_total", "session" => session, "storage" => Arc::clone(storage))
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (session, storage);
+}
+
+#[cfg(feature = "metrics")]
+impl Lock {
+    fn label(self) -> &'static str {
+        match self {
+            Lock::InProcess => "in_process",
+            Lock::Lease => "lease",
+        }
+    }
+}

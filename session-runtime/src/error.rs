@@ -336,7 +336,7 @@ pub enum StorageErrorKind {
     /// The storage answered with an error, or held something it should not.
     Other,
     /// The storage does not offer the operation (a storage without
-    /// [`Storage::scan`](crate::Storage::scan), for instance).
+    /// [`Storage::scan`](crate::storage::Storage::scan), for instance).
     Unsupported,
 }
 

@@ -267,6 +267,7 @@ fn storage_failed_labelled(storage: Arc<str>, operation: Operation, error: &Stor
     let kind = match error.kind() {
         StorageErrorKind::Unavailable => "unavailable",
         StorageErrorKind::Timeout => "timeout",
+        StorageErrorKind::Unsupported => "unsupported",
         StorageErrorKind::Other => "other",
     };
     counter!("tg_session_storage_errors_total", "storage" => storage, "operation" => operation, "kind" => kind)

@@ -27,7 +27,7 @@ struct Position {
 }
 
 impl RedisStorage {
-    /// [`Storage::scan`](crate::Storage::scan) over Redis.
+    /// [`Storage::scan`](crate::storage::Storage::scan) over Redis.
     pub(super) async fn scan_page(
         &self,
         prefix: &KeyPrefix,
@@ -223,7 +223,7 @@ impl RedisStorage {
         Ok(found.into_iter().flatten().collect())
     }
 
-    /// [`Storage::restore`](crate::Storage::restore) over Redis: one
+    /// [`Storage::restore`](crate::storage::Storage::restore) over Redis: one
     /// script per slot, all in flight together.
     pub(super) async fn restore_all(
         &self,

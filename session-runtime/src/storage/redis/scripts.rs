@@ -72,7 +72,7 @@ return {1, records}
 /// The conditional batch write, fenced by leases, then the releases.
 ///
 /// `ARGV[1..=3]`: channel, owner (`""`: no fencing, a plain
-/// [`Storage::write`](crate::Storage::write)), number of writes `w`.
+/// [`Storage::write`](crate::storage::Storage::write)), number of writes `w`.
 /// Write `i` (1-based): `KEYS[2i-1]` its record, `KEYS[2i]` its lease, and
 /// `ARGV[3i+1..=3i+3]`:
 /// - the condition: `""` (nothing may be stored), the expected 8-byte version

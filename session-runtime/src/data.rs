@@ -498,10 +498,11 @@ impl SessionData {
             ..Erasure::default()
         };
         for kind in &self.kinds {
-            let (mine, _): (Vec<&FoundRecord>, Vec<&FoundRecord>) = found
+            let mine: Vec<&FoundRecord> = found
                 .records
                 .iter()
-                .partition(|record| record.session == kind.name);
+                .filter(|record| record.session == kind.name)
+                .collect();
             if mine.is_empty() {
                 continue;
             }

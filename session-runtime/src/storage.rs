@@ -11,6 +11,11 @@
 //! [`Storage::leases`]): the load takes a lease on each key and the commit
 //! releases it, in the same round trips, so the updates of one key are
 //! serialized across processes as they are inside one.
+//!
+//! The data operations ([`crate::data`]) need two more methods, optional
+//! for a storage of your own: [`Storage::scan`] (the keys under a
+//! [`KeyPrefix`], page by page) and [`Storage::restore`] (records written
+//! with their own version and TTL, for copies).
 
 use std::sync::Arc;
 use std::time::Duration;

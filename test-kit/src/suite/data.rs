@@ -13,7 +13,7 @@ use tg_session::storage::{
 };
 use tg_session::{MemoryStorage, SessionManager, StorageKey};
 
-use super::types::{Business, ChatTopic, Counter, Profile, ThreadNote};
+use super::types::*;
 use super::unique_prefix;
 
 /// Generates one `#[tokio::test]` per data operation, over storages from
@@ -28,6 +28,7 @@ macro_rules! data_suite {
                 scans_select_by_prefix_and_scope,
                 erasing_a_user_removes_exactly_their_records_in_every_chat,
                 erasing_a_chat_removes_its_records_and_no_other_chat,
+                overwriting_a_found_record_is_conditional,
             );
             $crate::data_suite!(@two $factory;
                 copies_keep_values_versions_and_ttls_and_resume,
@@ -433,4 +434,57 @@ pub async fn copies_keep_values_versions_and_ttls_and_resume(
         let loaded = target.load(std::slice::from_ref(&key)).await.expect("load");
         assert_eq!(loaded[0].as_ref(), Some(record));
     }
+}
+
+pub async fn overwriting_a_found_record_is_conditional(storage: SharedStorage) {
+    let prefix = unique_prefix();
+    populate(&storage, &prefix).await;
+    let data = data_manager(&storage, &prefix).data();
+    let found = data.find(Subject::User(7)).await.expect("find");
+    let counter = found
+        .records
+        .iter()
+        .find(|record| record.session == "counter")
+        .expect("user 7 has a counter");
+    let value = Bytes::from_static(b"{\"apple\":99}");
+    let outcome = data
+        .overwrite(
+            "counter",
+            &counter.key,
+            value.clone(),
+            Some(counter.record.version),
+            None,
+        )
+        .await
+        .expect("overwrite");
+    let WriteOutcome::Written { version } = outcome else {
+        panic!("overwrite at the version read answered {outcome:?}");
+    };
+    assert!(version > counter.record.version);
+    let stale = data
+        .overwrite(
+            "counter",
+            &counter.key,
+            value.clone(),
+            Some(counter.record.version),
+            None,
+        )
+        .await
+        .expect("overwrite");
+    assert!(matches!(stale, WriteOutcome::Conflict(_)), "{stale:?}");
+    let manager = data_manager(&storage, &prefix);
+    let ctx = manager.begin(super::private(7)).await;
+    assert_eq!(
+        ctx.counter().expect("counter").apple,
+        99,
+        "the runtime reads the overwrite"
+    );
+    let unknown = data
+        .overwrite("nope", &counter.key, value, None, None)
+        .await;
+    let error = unknown.expect_err("no such session type").to_string();
+    assert!(
+        error.contains("no session type `nope`") && error.contains("counter"),
+        "{error}"
+    );
 }

@@ -19,6 +19,9 @@ use crate::storage::{
     KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord, page_limit,
 };
 
+/// `SCAN` calls one page may take at most.
+const MAX_STEPS: usize = 16;
+
 /// Where a scan stands: the node (`None` on a single server) and Redis's
 /// cursor on it.
 struct Position {
@@ -43,6 +46,7 @@ impl RedisStorage {
         };
         let pattern = match_pattern(prefix);
         let mut keys = Vec::new();
+        let mut steps = 0;
         let done = loop {
             let (next, found) = self
                 .scan_step(nodes.get(at.node), at.cursor, &pattern, limit)
@@ -55,7 +59,10 @@ impl RedisStorage {
                     break true;
                 }
             }
-            if keys.len() >= limit {
+            steps += 1;
+            // A prefix matching few keys of a large keyspace: hand back
+            // what was found (maybe nothing) rather than walk it all in one call.
+            if keys.len() >= limit || steps >= MAX_STEPS {
                 break false;
             }
         };

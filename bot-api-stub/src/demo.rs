@@ -13,8 +13,7 @@ use teloxide::update_listeners::{Polling, UpdateListener};
 use crate::people::{Chat, User};
 use crate::server::{BotApiStub, Reply};
 
-/// The error type of the runners.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::server::BoxError;
 
 /// How long one scripted step may wait for the bot's reply before the run
 /// fails (a guard against a silent bot, not a pacing delay).

@@ -19,8 +19,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::demo::BoxError;
 use crate::people::{Chat, User};
+
+/// The error type of the stand-in and the runners.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The token the stub's bot uses (the stub accepts any token).
 pub const TOKEN: &str = "1000000:stub-token";

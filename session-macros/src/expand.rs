@@ -8,21 +8,31 @@ use syn::{DeriveInput, Fields, Ident};
 use crate::ast::{Body, Input};
 use crate::attr::ScopeAttr;
 use crate::errors::Errors;
-use crate::{fallback, valid};
+use crate::valid;
 
-pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
+/// A derive that did not expand: its compile errors, and what was parsed
+/// (for the fallback that keeps the type's uses compiling).
+pub(crate) struct Failed<'a> {
+    pub(crate) errors: TokenStream,
+    pub(crate) parsed: Option<Input<'a>>,
+}
+
+/// The `Session` impl and the accessor trait, or every error found.
+pub(crate) fn derive(input: &DeriveInput) -> Result<TokenStream, Failed<'_>> {
     let mut errors = Errors::default();
     let parsed = Input::from_syn(input, &mut errors);
     if let Some(parsed) = &parsed {
         valid::validate(parsed, &mut errors);
     }
     match (parsed, errors.finish()) {
-        (Some(parsed), Ok(())) => impl_session(&parsed),
-        (parsed, result) => {
-            let error = result.err().map(|e| e.to_compile_error());
-            let stub = fallback::expand(input, parsed.as_ref());
-            quote! { #error #stub }
-        }
+        (Some(parsed), Ok(())) => Ok(impl_session(&parsed)),
+        (parsed, result) => Err(Failed {
+            errors: result
+                .err()
+                .map(|e| e.to_compile_error())
+                .unwrap_or_default(),
+            parsed,
+        }),
     }
 }
 
@@ -113,7 +123,7 @@ fn versions(input: &Input<'_>, p: &TokenStream) -> TokenStream {
             let version = migration.version.value;
             let shape = &migration.from;
             let decode = quote_spanned! {shape.span()=>
-                #p::decode_shape::<Self, #shape>(#version, __payload)?
+                #p::decode_shape::<<Self as #p::Session>::Codec, #shape>(#version, __payload)?
             };
             let steps = migrations[index..].iter().enumerate().map(|(offset, step)| {
             let from = &step.from;
@@ -169,7 +179,7 @@ fn versions(input: &Input<'_>, p: &TokenStream) -> TokenStream {
         ) -> ::core::result::Result<Self, #p::MigrationError> {
             match __stored {
                 #(#arms)*
-                #current_pattern => #p::decode_shape::<Self, Self>(#current, __payload),
+                #current_pattern => #p::decode_shape::<<Self as #p::Session>::Codec, Self>(#current, __payload),
                 #some(__version) => ::core::result::Result::Err(
                     #p::unknown_version::<Self>(__version, #declared),
                 ),
@@ -285,7 +295,10 @@ mod tests {
     use super::derive;
 
     fn expand(input: &DeriveInput) -> String {
-        derive(input).to_string()
+        match derive(input) {
+            Ok(tokens) => tokens.to_string(),
+            Err(failed) => failed.errors.to_string(),
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! How session values become the bytes a storage keeps.
 
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use crate::error::CodecError;
 
 /// Turns a session value into bytes and back. Chosen per session type with
 /// `#[session(codec = path::To::Codec)]`; [`Json`] by default.
@@ -108,6 +110,29 @@ pub fn with_schema_version(version: u32, payload: &[u8]) -> Vec<u8> {
     record.extend_from_slice(&version.to_be_bytes());
     record.extend_from_slice(payload);
     record
+}
+
+/// A codec failed to encode or decode a value.
+#[derive(Debug, Clone)]
+pub struct CodecError(Arc<dyn StdError + Send + Sync + 'static>);
+
+impl CodecError {
+    /// Wraps the codec library's error.
+    pub fn new(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self(Arc::from(source.into()))
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl StdError for CodecError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
-use crate::error::{Error, LockHolder, StorageError};
+use crate::error::{Error, LockHolder};
 use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
 use crate::lock::{KeyLockGuard, LockError, Taker};
@@ -17,6 +17,7 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
+use crate::storage::StorageError;
 use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
@@ -645,7 +646,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                 }
                 Err(LoadError::Leased { index: busy }) => {
                     let source = StorageError::new(
-                        crate::error::StorageErrorKind::Timeout,
+                        crate::storage::StorageErrorKind::Timeout,
                         format!(
                             "loaded in one batch with `{}`, which an update of another \
                              process kept leased for more than {:?}",

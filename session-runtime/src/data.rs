@@ -43,9 +43,9 @@
 
 use std::time::Duration;
 
-use crate::error::StorageError;
 use crate::key::{KeyStrategy, Scope, StorageKey};
 use crate::manager::SessionManager;
+use crate::storage::StorageError;
 use crate::storage::{
     KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScannedRecord, SharedStorage, Storage,
     Write, WriteOutcome,

@@ -91,7 +91,7 @@ impl<T: Session> SessionRef<T> {
 
     fn unexpected(&self, what: &str, outcome: &WriteOutcome) -> Error {
         self.meta()
-            .storage_error(crate::error::StorageError::other(format!(
+            .storage_error(crate::storage::StorageError::other(format!(
                 "the storage answered {outcome:?} to {what}"
             )))
     }

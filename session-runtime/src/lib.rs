@@ -26,11 +26,12 @@ pub mod data;
 pub mod storage;
 
 pub use codec::Codec;
+pub use codec::CodecError;
 pub use codec::Json;
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use context::{HandlerOutcome, SessionContext, Sessions};
-pub use error::{CodecError, Error, LockHolder, StorageError, StorageErrorKind};
+pub use error::{Error, LockHolder};
 pub use guard::SessionRef;
 pub use key::{KeyFn, KeyStrategy, Scope, StorageKey, UpdateIds};
 pub use manager::{
@@ -47,6 +48,7 @@ pub use storage::postgres::{PostgresStorage, PostgresStorageBuilder};
 pub use storage::redis::RedisStorage;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::{SqliteStorage, SqliteStorageBuilder, SqliteSynchronous};
+pub use storage::{StorageError, StorageErrorKind};
 #[cfg(feature = "teloxide")]
 pub mod teloxide;
 

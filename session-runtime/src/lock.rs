@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedMutexGuard;
 
-use crate::error::StorageError;
 use crate::metrics::{Lock, LockWait};
+use crate::storage::StorageError;
 
 /// How long after a holder's storage failure the updates queued on its key
 /// fail at once instead of trying the storage again.
@@ -234,7 +234,7 @@ impl KeyLockGuard {
     /// the storage's timeout. Only failures that say the storage is down or
     /// stalled count.
     pub(crate) fn storage_failed(&self, error: &StorageError, storage: &Arc<str>) {
-        use crate::error::StorageErrorKind;
+        use crate::storage::StorageErrorKind;
         if !matches!(
             error.kind(),
             StorageErrorKind::Unavailable | StorageErrorKind::Timeout

@@ -29,9 +29,9 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use crate::error::StorageError;
 #[cfg(feature = "metrics")]
 use crate::storage::Conflict;
+use crate::storage::StorageError;
 use crate::storage::WriteOutcome;
 
 /// Gives the current recorder the help text and unit of every metric
@@ -257,7 +257,7 @@ pub(crate) fn storage_failed(storage: &Arc<str>, operation: Operation, error: &S
 
 #[cfg(feature = "metrics")]
 fn storage_failed_labelled(storage: Arc<str>, operation: Operation, error: &StorageError) {
-    use crate::error::StorageErrorKind;
+    use crate::storage::StorageErrorKind;
     let operation = match operation {
         Operation::Load => "load",
         Operation::Commit => "commit",

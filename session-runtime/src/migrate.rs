@@ -1,7 +1,7 @@
 //! Typed schema migrations: how a record of an older shape becomes the
 //! current session type.
 //!
-//! `#[derive(Session)]` generates [`Session::migrate`] from
+//! `#[derive(Session)]` generates `Session::migrate` from
 //! `#[session(version = N, migrate(from = Old, version = M), ...)]`; the
 //! functions here are what that generated code calls.
 
@@ -11,15 +11,14 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
-use crate::error::CodecError;
+use crate::codec::CodecError;
 
 /// Why a conversion failed: shared, because [`MigrationError`] is `Clone`
 /// like every error of the crate.
 type ConvertError = Arc<dyn StdError + Send + Sync + 'static>;
-use crate::session::Session;
 
 /// Why a stored record of an older schema version did not become the
-/// current session type, as [`Session::migrate`] reports it. The load turns
+/// current session type, as `Session::migrate` reports it. The load turns
 /// it into [`Error::Migration`](crate::Error::Migration), which names the
 /// session, key and storage; the stored bytes are left in place.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -117,16 +116,17 @@ impl<Prev, Next: From<Prev>> MigrateFrom<Prev> for Next {
     }
 }
 
-/// Decodes `payload` as `Shape`, the shape of `version`, with `S`'s codec.
+/// Decodes `payload` as `Shape`, the shape of `version`, with codec `C`
+/// (the session type's).
 #[doc(hidden)]
-pub fn decode_shape<S: Session, Shape: DeserializeOwned>(
+pub fn decode_shape<C: Codec, Shape: DeserializeOwned>(
     version: u32,
     payload: &[u8],
 ) -> Result<Shape, MigrationError> {
-    S::Codec::decode::<Shape>(payload).map_err(|source| MigrationError::Decode {
+    C::decode::<Shape>(payload).map_err(|source| MigrationError::Decode {
         version,
         shape: std::any::type_name::<Shape>(),
-        codec: S::Codec::NAME,
+        codec: C::NAME,
         source,
     })
 }
@@ -155,7 +155,7 @@ pub fn step_with<Prev, Next>(
 
 /// A version `S` declares no shape for.
 #[doc(hidden)]
-pub fn unknown_version<S: Session>(version: u32, declared: &'static str) -> MigrationError {
+pub fn unknown_version<S: ?Sized>(version: u32, declared: &'static str) -> MigrationError {
     MigrationError::UnknownVersion {
         version,
         type_name: std::any::type_name::<S>(),

@@ -93,7 +93,7 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// converts it step by step into `Self`. The default, for a type with no
     /// previous shapes, decodes the payload as `Self`.
     fn migrate(stored_version: Option<u32>, payload: &[u8]) -> Result<Self, MigrationError> {
-        crate::migrate::decode_shape::<Self, Self>(
+        crate::migrate::decode_shape::<Self::Codec, Self>(
             stored_version.or(Self::SCHEMA_VERSION).unwrap_or(0),
             payload,
         )

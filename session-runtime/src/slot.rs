@@ -6,8 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
+use crate::codec::CodecError;
 use crate::codec::{self, Codec};
-use crate::error::{CodecError, Error};
+use crate::error::Error;
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
 use crate::metrics::{self, DecodeError, Operation};
@@ -28,7 +29,7 @@ pub(crate) struct SlotMeta {
 }
 
 impl SlotMeta {
-    pub(crate) fn storage_error(&self, source: crate::error::StorageError) -> Error {
+    pub(crate) fn storage_error(&self, source: crate::storage::StorageError) -> Error {
         Error::Storage {
             session: self.session,
             key: self.key.to_string(),
@@ -64,7 +65,7 @@ impl SlotMeta {
                 Ok(outcome)
             }
             Err(outcomes) => {
-                let source = crate::error::StorageError::other(format!(
+                let source = crate::storage::StorageError::other(format!(
                     "answered {} outcomes for one write",
                     outcomes.len()
                 ));

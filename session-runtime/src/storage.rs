@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
 
 pub mod memory;
@@ -35,6 +34,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+mod error;
 mod lease;
 mod scan;
 mod version;
@@ -42,6 +42,7 @@ mod version;
 /// The attribute [`Storage`] and [`Leases`] are written with: put
 /// `#[async_trait]` on your `impl Storage for …` block.
 pub use ::async_trait::async_trait;
+pub use error::{StorageError, StorageErrorKind};
 pub use lease::{Lease, LeaseOwner, LeasedLoad, Leases, ReleaseWatch};
 pub use scan::{
     KeyPrefix, MAX_SCAN_PAGE, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
@@ -230,7 +231,7 @@ pub trait Storage: Send + Sync + 'static {
     /// (leases) are never listed.
     ///
     /// The default answers an error of kind
-    /// [`Unsupported`](crate::StorageErrorKind::Unsupported), so a storage
+    /// [`Unsupported`](crate::storage::StorageErrorKind::Unsupported), so a storage
     /// written before scans existed still compiles; the data operations
     /// ([`crate::data`]) need it.
     async fn scan(
@@ -251,7 +252,7 @@ pub trait Storage: Send + Sync + 'static {
     /// a copy again changes nothing.
     ///
     /// The default answers an error of kind
-    /// [`Unsupported`](crate::StorageErrorKind::Unsupported).
+    /// [`Unsupported`](crate::storage::StorageErrorKind::Unsupported).
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
         let _ = records;
         Err(scan::unsupported(self.name(), "restore"))

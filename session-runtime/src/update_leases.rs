@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::metrics::{self, Lock, LockWait, Operation};
 use crate::storage::SharedStorage;
+use crate::storage::StorageError;
 use crate::storage::{Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch};
 
 /// The longest a waiter sleeps between two attempts when the storage wakes

@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::{Record, Write, WriteOutcome};
 
 /// Who holds a lease: one per update, unique across processes and time.

@@ -11,8 +11,8 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::{
     Conflict, KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
     Storage, Write, WriteOutcome, page_limit,

@@ -12,8 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
     collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
@@ -403,7 +403,7 @@ impl PostgresStorageBuilder {
 
     /// How long [`connect`](Self::connect)'s pool waits for a connection
     /// (the server unreachable, or every connection busy) before a load or
-    /// write fails with [`StorageErrorKind::Timeout`](crate::StorageErrorKind)
+    /// write fails with [`StorageErrorKind::Timeout`](crate::storage::StorageErrorKind)
     /// (default 5 s).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
@@ -412,7 +412,7 @@ impl PostgresStorageBuilder {
 
     /// The `statement_timeout` of the connections [`connect`](Self::connect)
     /// opens (default 5 s; zero: none): a statement running longer fails
-    /// with [`StorageErrorKind::Timeout`](crate::StorageErrorKind) instead of
+    /// with [`StorageErrorKind::Timeout`](crate::storage::StorageErrorKind) instead of
     /// holding an update. With [`pool`](Self::pool), the pool's own settings apply.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
@@ -422,7 +422,7 @@ impl PostgresStorageBuilder {
     /// The `lock_timeout` of the connections [`connect`](Self::connect)
     /// opens (default 5 s; zero: none): a session row locked by another
     /// client (a stuck transaction, a manual `SELECT … FOR UPDATE`) fails the
-    /// load or write with [`StorageErrorKind::Timeout`](crate::StorageErrorKind)
+    /// load or write with [`StorageErrorKind::Timeout`](crate::storage::StorageErrorKind)
     /// after this long, instead of hanging. With [`pool`](Self::pool), the
     /// pool's own settings apply.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {

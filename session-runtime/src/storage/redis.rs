@@ -48,12 +48,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Value};
 use tracing::Instrument as _;
 
-use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
 use crate::storage::{
     Conflict, KeyPrefix, Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch, Restore,
     RestoreOutcome, ScanCursor, ScanPage, Storage, Write, WriteOutcome,
 };
+use crate::storage::{StorageError, StorageErrorKind};
 
 mod data;
 mod release;

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
 use crate::storage::Record;
+use crate::storage::StorageError;
 
 /// The most entries one page may ask for; a larger `limit` is lowered to it.
 pub const MAX_SCAN_PAGE: usize = 10_000;
@@ -173,7 +173,7 @@ pub enum RestoreOutcome {
 /// The error of a storage that lacks an optional operation.
 pub(crate) fn unsupported(storage: &str, operation: &str) -> StorageError {
     StorageError::new(
-        crate::error::StorageErrorKind::Unsupported,
+        crate::storage::StorageErrorKind::Unsupported,
         format!(
             "the storage `{storage}` does not support {operation}: implement \
          `Storage::{operation}` for it, or copy its data with a storage that does"

@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 };
 use tokio::task::JoinHandle;
 
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::sql::{
     CLEANUP_CHUNK, DEFAULT_TABLE, Dialect, Put, RowState, SqlRow, TableName, busy_answer, busy_row,
     collect_loaded, distinct_sorted, in_batch_order, leased_records, leased_row, run_to_completion,
@@ -559,7 +559,7 @@ impl SqliteStorage {
     }
 
     /// Closes the connections, waiting for queries in flight. Every clone is
-    /// closed; later calls fail with [`StorageErrorKind::Unavailable`](crate::StorageErrorKind).
+    /// closed; later calls fail with [`StorageErrorKind::Unavailable`](crate::storage::StorageErrorKind).
     pub async fn close(&self) {
         self.inner.readers.close().await;
         self.inner.writer.close().await;

@@ -13,8 +13,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use super::{
     Connection, HEADER, RedisStorage, Retry, decode, lease_key, millis, redis_key, scripts,
 };
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::{
     KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord, page_limit,
 };

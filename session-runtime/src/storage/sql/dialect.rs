@@ -19,8 +19,8 @@ use super::{
     CLEANUP_CHUNK, RowState, TableName, conflict_cause, needs_transaction, run_to_completion,
     still_to_release, storage_error, version_from_sql,
 };
-use crate::error::StorageError;
 use crate::key::StorageKey;
+use crate::storage::StorageError;
 use crate::storage::{
     Conflict, KeyPrefix, LeaseOwner, LeasedLoad, Record, Restore, RestoreOutcome, ScanCursor,
     ScanPage, ScannedRecord, Write, WriteOutcome,

@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::{StorageError, StorageErrorKind};
 use crate::key::StorageKey;
 use crate::storage::{Conflict, Record, Write};
+use crate::storage::{StorageError, StorageErrorKind};
 
 mod dialect;
 

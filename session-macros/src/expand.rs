@@ -14,7 +14,7 @@ use crate::valid;
 /// (for the fallback that keeps the type's uses compiling).
 pub(crate) struct Failed<'a> {
     pub(crate) errors: TokenStream,
-    pub(crate) parsed: Option<Input<'a>>,
+    pub(crate) parsed: Option<Box<Input<'a>>>,
 }
 
 /// The `Session` impl and the accessor trait, or every error found.

@@ -23,7 +23,7 @@ pub fn derive_session(input: TokenStream) -> TokenStream {
         // The errors, and beside them just enough that the type's uses
         // compile, so the user sees the real error and no cascade.
         Err(failed) => {
-            let stub = fallback::expand(&input, failed.parsed.as_ref());
+            let stub = fallback::expand(&input, failed.parsed.as_deref());
             let errors = failed.errors;
             quote::quote! { #errors #stub }
         }

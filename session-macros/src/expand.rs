@@ -31,7 +31,7 @@ pub(crate) fn derive(input: &DeriveInput) -> Result<TokenStream, Failed<'_>> {
                 .err()
                 .map(|e| e.to_compile_error())
                 .unwrap_or_default(),
-            parsed,
+            parsed: parsed.map(Box::new),
         }),
     }
 }

@@ -5,6 +5,7 @@
 //! and lists the public API; this crate's paths are not stable.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod chat_migration;
 mod context;
 mod error;
 mod guard;
@@ -19,6 +20,7 @@ mod update_leases;
 pub mod codec;
 pub mod storage;
 
+pub use chat_migration::{ChatMigration, MIGRATED_MARKER};
 pub use codec::Codec;
 pub use codec::Json;
 #[cfg(feature = "msgpack")]

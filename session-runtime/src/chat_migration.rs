@@ -94,8 +94,22 @@ struct Move {
 }
 
 impl SessionManager {
-    /// Moves the chat-scoped sessions of group `from` to supergroup `to`
-    /// (see the [module docs](crate::chat_migration) for what moves when).
+    /// Moves the chat-scoped sessions of group `from` to supergroup `to`.
+    ///
+    /// - Registered types of scope `chat` and `chat_thread` (a group's one
+    ///   thread key, `main`), and `key_fn` types named with
+    ///   [`follow_chat_migration`](crate::SessionManagerBuilder::follow_chat_migration),
+    ///   move now: per storage one load and two writes, under the keys'
+    ///   locks and leases, so an update of the group still running finishes
+    ///   first and its write moves too.
+    /// - `user_in_chat` sessions move on first use in the supergroup: this
+    ///   writes a marker under the reserved session name
+    ///   [`MIGRATED_MARKER`] (scope key: the new chat id; value: the old one)
+    ///   in every storage, and a member's session with no record in the
+    ///   supergroup takes the group's record then, once.
+    /// - A record already at the new key is never overwritten: the old one
+    ///   stays and is listed in [`ChatMigration::kept`]. A moved record
+    ///   keeps its bytes, gets a new version and its type's `ttl` from now.
     ///
     /// `bot_id` is needed when keys include the bot's id. Calling it again
     /// for the same chats moves nothing and reports nothing: the teloxide
@@ -461,6 +475,15 @@ impl ChatLookups {
     }
 }
 
+/// The `user_in_chat` session [`follow`] looks for in the old group.
+pub(crate) struct Member<'a> {
+    pub(crate) session: &'static str,
+    pub(crate) storage_index: usize,
+    /// Its key in the supergroup.
+    pub(crate) key: &'a StorageKey,
+    pub(crate) ttl: Option<Duration>,
+}
+
 /// The record a `user_in_chat` session with no record of its own in a
 /// supergroup had in the group the supergroup came from, moved to `key`
 /// now; `None` if the chat did not migrate or the member had no record.
@@ -472,12 +495,15 @@ pub(crate) async fn follow(
     manager: &ManagerInner,
     leases: Option<&UpdateLeases>,
     taker: Taker,
-    storage_index: usize,
-    session: &'static str,
-    key: &StorageKey,
+    member: Member<'_>,
     ids: &UpdateIds,
-    ttl: Option<Duration>,
 ) -> Result<Option<Record>, Error> {
+    let Member {
+        session,
+        storage_index,
+        key,
+        ttl,
+    } = member;
     let Some(chat) = ids.chat_id().filter(|_| in_supergroup(ids)) else {
         return Ok(None);
     };

@@ -299,11 +299,13 @@ impl Sessions {
                     manager,
                     leases,
                     taker,
-                    storage_index,
-                    T::NAME,
-                    &key,
+                    crate::chat_migration::Member {
+                        session: T::NAME,
+                        storage_index,
+                        key: &key,
+                        ttl: T::TTL,
+                    },
                     ids,
-                    T::TTL,
                 )
                 .await?
             }
@@ -634,11 +636,13 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                                 manager,
                                 lease_owner.as_ref().map(|_| state.leases()),
                                 state.taker(registration.type_name),
-                                storage_index,
-                                registration.name,
-                                key,
+                                crate::chat_migration::Member {
+                                    session: registration.name,
+                                    storage_index,
+                                    key,
+                                    ttl: registration.ttl,
+                                },
                                 &state.ids,
-                                registration.ttl,
                             )
                             .await;
                             match followed {

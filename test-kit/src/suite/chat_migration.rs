@@ -130,15 +130,15 @@ pub async fn a_groups_sessions_move_to_its_supergroup_once(storage: SharedStorag
         topic_bytes,
         "the bytes moved unchanged"
     );
-    for [old, _] in [
-        old_and_new(&prefix, "chat_topic", "-42", ""),
-        old_and_new(&prefix, "thread_note", "-42:main", ""),
-        old_and_new(&prefix, "chat_rules", "rules--42", ""),
+    for (name, scope) in [
+        ("chat_topic", "-42"),
+        ("thread_note", "-42:main"),
+        ("chat_rules", "rules--42"),
     ] {
         assert_eq!(
-            storage.load(&[old.clone()]).await.expect("load"),
-            [None],
-            "{old}"
+            stored(&storage, &prefix, name, scope).await,
+            None,
+            "{name} left behind"
         );
     }
 

@@ -22,6 +22,8 @@ pub use tg_session_runtime::{
 pub use tg_session_runtime::{
     DEFAULT_LEASE_TTL, DEFAULT_LOCK_TIMEOUT, SavePolicy, SessionManager, SessionManagerBuilder,
 };
+// A group that becomes a supergroup.
+pub use tg_session_runtime::{ChatMigration, MIGRATED_MARKER};
 // One update's sessions.
 pub use tg_session_runtime::{HandlerOutcome, SessionContext, SessionRef, Sessions, StorageKey};
 // Errors.

@@ -31,6 +31,19 @@ pub enum Step {
         /// What.
         text: String,
     },
+    /// `group` became `supergroup`: the service message Telegram sends in
+    /// the old group (`migrate_to_chat_id`) when `to`, else the one in the
+    /// supergroup (`migrate_from_chat_id`).
+    Migrate {
+        /// Who upgraded the group.
+        from: User,
+        /// The group, with its old id.
+        group: Chat,
+        /// The supergroup, with its new id.
+        supergroup: Chat,
+        /// Which of the two messages.
+        to: bool,
+    },
     /// A post in a channel: a message without a sender.
     Post {
         /// The channel.
@@ -45,6 +58,15 @@ impl fmt::Display for Step {
         match self {
             Step::Say { from, chat, text } => write!(f, "{} ({chat}): {text}", from.name),
             Step::Post { channel, text } => write!(f, "channel post ({channel}): {text}"),
+            Step::Migrate {
+                group,
+                supergroup,
+                to,
+                ..
+            } => match to {
+                true => write!(f, "({group}): migrated to supergroup {}", supergroup.id),
+                false => write!(f, "({supergroup}): migrated from group {}", group.id),
+            },
         }
     }
 }
@@ -71,6 +93,21 @@ impl Script {
             chat: chat.clone(),
             text: text.to_owned(),
         });
+        self
+    }
+
+    /// `group` becomes `supergroup`, upgraded by `from`: both service
+    /// messages, the old group's first, as Telegram sends them.
+    #[must_use]
+    pub fn group_migrates(mut self, from: &User, group: &Chat, supergroup: &Chat) -> Self {
+        for to in [true, false] {
+            self.steps.push(Step::Migrate {
+                from: from.clone(),
+                group: group.clone(),
+                supergroup: supergroup.clone(),
+                to,
+            });
+        }
         self
     }
 
@@ -222,6 +259,12 @@ async fn play(stub: &BotApiStub, script: &Script, print: bool) -> Result<Transcr
         match step {
             Step::Say { from, chat, text } => stub.send_text(from, chat, text),
             Step::Post { channel, text } => stub.post_in_channel(channel, text),
+            Step::Migrate {
+                from,
+                group,
+                supergroup,
+                to,
+            } => stub.migrate_group(from, group, supergroup, *to),
         };
         let replies = tokio::time::timeout(REPLY_LIMIT, stub.replies_after(before))
             .await
@@ -264,6 +307,12 @@ pub async fn play_webhooks(
         .map(|step| match step {
             Step::Say { from, chat, text } => stub.text_update(from, chat, text),
             Step::Post { channel, text } => stub.channel_post_update(channel, text),
+            Step::Migrate {
+                from,
+                group,
+                supergroup,
+                to,
+            } => stub.migration_update(from, group, supergroup, *to),
         })
         .collect();
     let message_ids: Vec<Option<i64>> = updates

@@ -49,6 +49,7 @@ pub struct Chat {
 enum ChatKind {
     Private { first_name: String },
     Group { title: String },
+    Supergroup { title: String },
     Topic { title: String, thread: i32 },
     Channel { title: String },
 }
@@ -59,6 +60,16 @@ impl Chat {
         Self {
             id,
             kind: ChatKind::Group {
+                title: title.into(),
+            },
+        }
+    }
+
+    /// A supergroup (not a forum); a group that grows becomes one, with a new id.
+    pub fn supergroup(id: i64, title: impl Into<String>) -> Self {
+        Self {
+            id,
+            kind: ChatKind::Supergroup {
                 title: title.into(),
             },
         }
@@ -98,6 +109,9 @@ impl Chat {
                 json!({ "id": self.id, "type": "private", "first_name": first_name })
             }
             ChatKind::Group { title } => json!({ "id": self.id, "type": "group", "title": title }),
+            ChatKind::Supergroup { title } => {
+                json!({ "id": self.id, "type": "supergroup", "title": title })
+            }
             ChatKind::Topic { title, .. } => {
                 json!({ "id": self.id, "type": "supergroup", "title": title, "is_forum": true })
             }
@@ -112,7 +126,9 @@ impl fmt::Display for Chat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ChatKind::Private { .. } => f.write_str("private chat"),
-            ChatKind::Group { title } | ChatKind::Channel { title } => write!(f, "\"{title}\""),
+            ChatKind::Group { title }
+            | ChatKind::Supergroup { title }
+            | ChatKind::Channel { title } => write!(f, "\"{title}\""),
             ChatKind::Topic { title, thread } => write!(f, "\"{title}\" topic {thread}"),
         }
     }

@@ -304,6 +304,40 @@ impl BotApiStub {
         self.push_update(json!({ "message": message }))
     }
 
+    /// The update of one of the two service messages Telegram sends when
+    /// `group` becomes `supergroup` (a new chat id), not queued: with `to`,
+    /// the message in the old group that carries `migrate_to_chat_id`;
+    /// without, the one in the supergroup that carries `migrate_from_chat_id`.
+    pub fn migration_update(
+        &self,
+        from: &User,
+        group: &Chat,
+        supergroup: &Chat,
+        to: bool,
+    ) -> Value {
+        let (chat, field, other) = match to {
+            true => (group, "migrate_to_chat_id", supergroup.id),
+            false => (supergroup, "migrate_from_chat_id", group.id),
+        };
+        let mut message = self.message(Some(from), chat, "");
+        if let Value::Object(fields) = &mut message {
+            fields.remove("text");
+            fields.insert(field.to_owned(), json!(other));
+        }
+        self.number(json!({ "message": message }))
+    }
+
+    /// Queues one of the two service messages of `group` becoming
+    /// `supergroup` (see [`migration_update`](Self::migration_update));
+    /// returns the update id.
+    pub fn migrate_group(&self, from: &User, group: &Chat, supergroup: &Chat, to: bool) -> u32 {
+        let update = self.migration_update(from, group, supergroup, to);
+        let id = update_id(&update);
+        self.state.lock().queue.push(update);
+        self.state.changed();
+        id
+    }
+
     /// Queues a post in a channel (a message with no sender); returns the update id.
     pub fn post_in_channel(&self, channel: &Chat, text: &str) -> u32 {
         let message = self.message(None, channel, text);

@@ -423,3 +423,103 @@ async fn nothing_is_written_when_the_tree_does_not_handle_the_update_or_fails() 
     assert_eq!(ctx.counter().unwrap().apple, 1);
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
+
+/// One per chat: how many messages the group sent.
+#[derive(Session, Serialize, Deserialize, Default)]
+#[session(key = "group_tally", scope = "chat")]
+struct GroupTally {
+    count: u32,
+}
+
+/// One per member of each chat, loaded when used.
+#[derive(Session, Serialize, Deserialize, Default)]
+#[session(key = "member_tally", lazy, scope = "user_in_chat")]
+struct MemberTally {
+    count: u32,
+}
+
+async fn tally(bot: Bot, msg: Message, ctx: Sessions) -> Result<(), BoxError> {
+    let migrated = msg.migrate_to_chat_id().is_some() || msg.migrate_from_chat_id().is_some();
+    let answer = match migrated {
+        // Both service messages already see the supergroup's sessions.
+        true => format!("moved: {}", ctx.group_tally()?.count),
+        false => {
+            let group = {
+                let mut tally = ctx.group_tally()?;
+                tally.count += 1;
+                tally.count
+            };
+            let mut mine = ctx.member_tally().await?;
+            mine.count += 1;
+            let name = msg
+                .from
+                .as_ref()
+                .map_or("?", |user| user.first_name.as_str());
+            format!("group {group}, {name} {}", mine.count)
+        }
+    };
+    bot.send_message(msg.chat.id, answer).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_group_that_becomes_a_supergroup_keeps_its_sessions() {
+    let storage = MemoryStorage::new();
+    let manager = SessionManager::builder()
+        .storage(storage.clone())
+        .register::<GroupTally>()
+        .register::<MemberTally>()
+        .build()
+        .unwrap();
+    let handler = Update::filter_message()
+        .enter_sessions(manager)
+        .endpoint(tally);
+    let (alice, bob, carol) = people();
+    let group = Chat::group(-500, "Orchard");
+    let supergroup = Chat::supergroup(-1_000_000_000_500, "Orchard");
+    let script = Script::new()
+        .say(&alice, &group, "one")
+        .say(&alice, &group, "two")
+        .say(&bob, &group, "three")
+        .say(&alice, &group, "four")
+        .group_migrates(&alice, &group, &supergroup)
+        .say(&alice, &supergroup, "five")
+        .say(&bob, &supergroup, "six")
+        .say(&carol, &supergroup, "seven");
+    let stub = BotApiStub::start().await.unwrap();
+    let transcript = run_offline(&stub, handler, dptree::deps![], &script, false)
+        .await
+        .unwrap();
+
+    let said = |exchange: &bot_api_stub::demo::Exchange| {
+        exchange
+            .replies
+            .iter()
+            .map(|r| r.text.clone())
+            .collect::<Vec<_>>()
+    };
+    let all: Vec<Vec<String>> = transcript.exchanges.iter().map(said).collect();
+    assert_eq!(
+        all,
+        [
+            ["group 1, Alice 1"],
+            ["group 2, Alice 2"],
+            ["group 3, Bob 1"],
+            ["group 4, Alice 3"],
+            // The old group's message moved them; the supergroup's finds
+            // them in place, moved once.
+            ["moved: 4"],
+            ["moved: 4"],
+            ["group 5, Alice 4"],
+            ["group 6, Bob 2"],
+            ["group 7, Carol 1"],
+        ]
+    );
+    // Nothing is left under the group's id.
+    let old = [
+        StorageKey::new(None, None, "group_tally", "-500"),
+        StorageKey::new(None, None, "member_tally", "-500:101"),
+        StorageKey::new(None, None, "member_tally", "-500:102"),
+    ];
+    assert_eq!(storage.load(&old).await.unwrap(), [None, None, None]);
+}

@@ -173,6 +173,12 @@ enum LoadError {
 /// Numbers the updates of this process for their key locks.
 static NEXT_UPDATE: AtomicU64 = AtomicU64::new(1);
 
+/// A number no update of this process has, for work that takes keys as an
+/// update does (a chat migration).
+pub(crate) fn next_update_id() -> u64 {
+    NEXT_UPDATE.fetch_add(1, Ordering::Relaxed)
+}
+
 struct SlotEntry {
     type_id: TypeId,
     state: EntryState,
@@ -202,7 +208,7 @@ impl Sessions {
         let state = UpdateState {
             manager,
             ids,
-            id: NEXT_UPDATE.fetch_add(1, Ordering::Relaxed),
+            id: next_update_id(),
             slots: Mutex::new(Vec::new()),
             leases: OnceLock::new(),
             finished: AtomicBool::new(false),
@@ -312,7 +318,29 @@ impl Sessions {
                 }
                 load_error(manager, storage, T::NAME, &key, error)
             })?;
-        let record = records.pop().flatten();
+        let record = match records.pop().flatten() {
+            None if T::KEY.follows_members()
+                && crate::chat_migration::in_supergroup(&state.ids) =>
+            {
+                let taker = state.taker(std::any::type_name::<T>());
+                let ids = &state.ids;
+                let leases = storage.storage.leases().map(|_| state.leases());
+                crate::chat_migration::follow(
+                    manager,
+                    leases,
+                    taker,
+                    crate::chat_migration::Member {
+                        session: T::NAME,
+                        storage_index,
+                        key: &key,
+                        ttl: T::TTL,
+                    },
+                    ids,
+                )
+                .await?
+            }
+            record => record,
+        };
         tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
         let meta = slot_meta(storage, storage_index, T::NAME, key, lock, lease_owner);
         TypedSlot::<T>::erased(meta, record)
@@ -543,7 +571,7 @@ fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error
 
 /// Takes the in-process lock of `key` for `taker`, within the manager's lock
 /// timeout.
-async fn lock_key(
+pub(crate) async fn lock_key(
     manager: &ManagerInner,
     session: &'static str,
     key: &StorageKey,
@@ -636,7 +664,37 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                         lock,
                         lease_owner.clone(),
                     );
-                    match (registration.open)(meta, records[index].clone()) {
+                    let record = match &records[index] {
+                        None if registration.key.follows_members()
+                            && crate::chat_migration::in_supergroup(&state.ids) =>
+                        {
+                            let followed = crate::chat_migration::follow(
+                                manager,
+                                lease_owner.as_ref().map(|_| state.leases()),
+                                state.taker(registration.type_name),
+                                crate::chat_migration::Member {
+                                    session: registration.name,
+                                    storage_index,
+                                    key,
+                                    ttl: registration.ttl,
+                                },
+                                &state.ids,
+                            )
+                            .await;
+                            match followed {
+                                Ok(record) => record,
+                                Err(error) => {
+                                    entries.push(SlotEntry {
+                                        type_id: registration.type_id,
+                                        state: EntryState::Failed(error),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        record => record.clone(),
+                    };
+                    match (registration.open)(meta, record) {
                         Ok(slot) => EntryState::Loaded(slot),
                         Err(error) => EntryState::Failed(error),
                     }

@@ -173,6 +173,12 @@ pub enum KeyStrategy {
 }
 
 impl KeyStrategy {
+    /// Whether this key has one record per member of a chat (`user_in_chat`),
+    /// which follows a group to its supergroup on first use.
+    pub(crate) fn follows_members(&self) -> bool {
+        matches!(self, KeyStrategy::Scope(Scope::UserInChat))
+    }
+
     fn write_scope_key(&self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
         match self {
             KeyStrategy::Scope(scope) => scope.write_scope_key(ids, out),

@@ -9,6 +9,7 @@
 //! lock waits, latencies; the list is in the `tg-session` README, "Metrics").
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod chat_migration;
 mod context;
 mod error;
 mod guard;
@@ -25,6 +26,7 @@ pub mod codec;
 pub mod data;
 pub mod storage;
 
+pub use chat_migration::{ChatMigration, MIGRATED_MARKER};
 pub use codec::Codec;
 pub use codec::CodecError;
 pub use codec::Json;

@@ -6,8 +6,9 @@ use std::any::TypeId;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::chat_migration::ChatLookups;
 use crate::error::Error;
-use crate::key::{KeyStrategy, StorageKey, UpdateIds};
+use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::KeyLocks;
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
@@ -71,6 +72,8 @@ pub(crate) struct ManagerInner {
     pub(crate) lease_ttl: Duration,
     pub(crate) registrations: Vec<Registration>,
     pub(crate) locks: Arc<KeyLocks>,
+    /// Which supergroups this process saw come from which group.
+    pub(crate) chat_lookups: ChatLookups,
 }
 
 pub(crate) struct StorageEntry {
@@ -90,6 +93,9 @@ pub(crate) struct Registration {
     pub(crate) key: KeyStrategy,
     pub(crate) storage_index: usize,
     pub(crate) open: OpenSlot,
+    pub(crate) ttl: Option<Duration>,
+    /// Moved at once when its chat becomes a supergroup.
+    pub(crate) follows_chat: bool,
 }
 
 impl Registration {
@@ -102,6 +108,8 @@ impl Registration {
             key: T::KEY,
             storage_index,
             open: TypedSlot::<T>::erased,
+            ttl: T::TTL,
+            follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),
         }
     }
 }
@@ -187,6 +195,8 @@ pub struct SessionManagerBuilder {
     lock_timeout: Duration,
     lease_ttl: Duration,
     registrations: Vec<(Registration, Option<SharedStorage>)>,
+    /// `key_fn` types that move with their chat, named by type.
+    chat_keyed: Vec<(TypeId, &'static str, &'static str)>,
 }
 
 impl Default for SessionManagerBuilder {
@@ -199,6 +209,7 @@ impl Default for SessionManagerBuilder {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             lease_ttl: DEFAULT_LEASE_TTL,
             registrations: Vec::new(),
+            chat_keyed: Vec::new(),
         }
     }
 }
@@ -266,6 +277,39 @@ impl SessionManagerBuilder {
         self
     }
 
+    /// Moves the sessions of `T`, a registered type with a `key_fn`, to the
+    /// new chat id when a group becomes a supergroup, as the `chat` and
+    /// `chat_thread` scopes are moved (see
+    /// [`SessionManager::migrate_chat`]).
+    ///
+    /// The `key_fn` is called twice, with ids that carry only the old chat
+    /// id and only the new one (and the bot's id): a key that depends on the
+    /// chat alone moves; one that needs another id gives `None` and is left
+    /// alone. [`build`](Self::build) fails with [`Error::NotRegistered`] if
+    /// `T` is not registered too.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tg_session_runtime::{Json, KeyStrategy, Session, SessionManager, UpdateIds};
+    /// fn per_chat_and_bot(ids: &UpdateIds) -> Option<String> {
+    ///     Some(format!("{}@{}", ids.chat_id()?, ids.bot_id()?))
+    /// }
+    /// # #[derive(Serialize, Deserialize, Default)] struct Rules { text: String }
+    /// # impl Session for Rules { const NAME: &'static str = "rules"; type Codec = Json;
+    /// #     const KEY: KeyStrategy = KeyStrategy::Custom(per_chat_and_bot);
+    /// #     fn initial() -> Self { Rules::default() } }
+    /// let manager = SessionManager::builder()
+    ///     .register::<Rules>() // `#[session(key_fn = per_chat_and_bot)]`
+    ///     .follow_chat_migration::<Rules>()
+    ///     .build()?;
+    /// # Ok::<(), tg_session_runtime::Error>(())
+    /// ```
+    pub fn follow_chat_migration<T: Session>(mut self) -> Self {
+        self.chat_keyed
+            .push((TypeId::of::<T>(), T::NAME, std::any::type_name::<T>()));
+        self
+    }
+
     /// Checks the configuration and builds the manager.
     ///
     /// Fails with [`Error::DuplicateSession`] when two registered types use
@@ -283,6 +327,15 @@ impl SessionManagerBuilder {
                 });
             }
         }
+        for (type_id, session, type_name) in &self.chat_keyed {
+            if !self
+                .registrations
+                .iter()
+                .any(|(registration, _)| registration.type_id == *type_id)
+            {
+                return Err(Error::NotRegistered { session, type_name });
+            }
+        }
         Ok(self.build_unchecked())
     }
 
@@ -294,6 +347,10 @@ impl SessionManagerBuilder {
         let mut storages = vec![entry(default)];
         let mut registrations = Vec::with_capacity(self.registrations.len());
         for (mut registration, storage) in self.registrations {
+            registration.follows_chat |= self
+                .chat_keyed
+                .iter()
+                .any(|(type_id, ..)| *type_id == registration.type_id);
             if let Some(storage) = storage {
                 let same = |entry: &StorageEntry| {
                     std::ptr::addr_eq(Arc::as_ptr(&entry.storage), Arc::as_ptr(&storage))
@@ -318,6 +375,7 @@ impl SessionManagerBuilder {
                 lease_ttl: self.lease_ttl,
                 registrations,
                 locks: Arc::default(),
+                chat_lookups: ChatLookups::default(),
             }),
         }
     }

@@ -88,7 +88,9 @@ use crate::manager::SessionManager;
 /// The ids of a teloxide update that session keys are built from.
 ///
 /// - user: the sender ([`Update::from`]); none for channel posts, polls, …
-/// - chat: [`Update::chat`] (for a callback query, the chat of its message)
+/// - chat: [`Update::chat`] (for a callback query, the chat of its message);
+///   for the service message that says a group became a supergroup
+///   (`migrate_to_chat_id`), the supergroup's id, where its sessions now live
 /// - thread: the forum topic of a message sent in one (`is_topic_message`);
 ///   replies outside forums are not topics and leave it empty
 /// - business connection: from business messages and connection updates
@@ -103,6 +105,12 @@ pub fn update_ids(update: &Update, me: Option<&Me>) -> UpdateIds {
     }
     if let Some(chat) = update.chat() {
         ids = ids.chat(chat.id.0);
+    }
+    // The old group's last message: its sessions are the supergroup's now.
+    if let UpdateKind::Message(message) = &update.kind
+        && let Some(to) = message.migrate_to_chat_id()
+    {
+        ids = ids.chat(to.0);
     }
     let message = match &update.kind {
         UpdateKind::Message(m)
@@ -204,6 +212,16 @@ where
                     return ControlFlow::Continue(deps);
                 };
                 let ids = update_ids(&update, deps.try_get::<Me>().as_deref());
+                if let Some((from, to)) = chat_migration_of(&update) {
+                    match manager.migrate_chat(ids.bot_id(), from, to).await {
+                        Ok(report) => tracing::debug!(?report, "group became a supergroup"),
+                        // The other service message tries again.
+                        Err(error) => tracing::error!(
+                            from, to, %error,
+                            "the group's sessions did not move to its supergroup"
+                        ),
+                    }
+                }
                 let sessions = manager.begin(ids).await;
                 // The map is moved down, not cloned: handlers that pass an
                 // update on return the map they were given.
@@ -233,6 +251,19 @@ where
         },
         signature,
     )
+}
+
+/// `(group, supergroup)` when the update is one of the two service messages
+/// of a group becoming a supergroup.
+fn chat_migration_of(update: &Update) -> Option<(i64, i64)> {
+    let UpdateKind::Message(message) = &update.kind else {
+        return None;
+    };
+    match (message.migrate_to_chat_id(), message.migrate_from_chat_id()) {
+        (Some(to), _) => Some((message.chat.id.0, to.0)),
+        (_, Some(from)) => Some((from.0, message.chat.id.0)),
+        (None, None) => None,
+    }
 }
 
 fn log_commit_error(update_id: u32, error: &impl Display) {
@@ -343,6 +374,29 @@ mod tests {
             (ids.bot_id(), ids.user_id(), ids.chat_id()),
             (Some(7), Some(42), Some(42))
         );
+    }
+
+    #[test]
+    fn both_migration_messages_name_the_chats_and_key_by_the_supergroup() {
+        let to = update(&format!(
+            r#"{{"update_id": 1, "message": {{"message_id": 5, "date": 1, "from": {ALICE},
+                "chat": {{"id": -599, "type": "group", "title": "G"}},
+                "migrate_to_chat_id": -1001555296434}}}}"#
+        ));
+        assert_eq!(chat_migration_of(&to), Some((-599, -1001555296434)));
+        assert_eq!(update_ids(&to, None).chat_id(), Some(-1001555296434));
+        let from = update(&format!(
+            r#"{{"update_id": 2, "message": {{"message_id": 1, "date": 1, "from": {ALICE},
+                "chat": {{"id": -1001555296434, "type": "supergroup", "title": "G"}},
+                "migrate_from_chat_id": -599}}}}"#
+        ));
+        assert_eq!(chat_migration_of(&from), Some((-599, -1001555296434)));
+        assert_eq!(update_ids(&from, None).chat_id(), Some(-1001555296434));
+        let text = update(&format!(
+            r#"{{"update_id": 3, "message": {{"message_id": 2, "date": 1, "from": {ALICE},
+                "chat": {{"id": -599, "type": "group", "title": "G"}}, "text": "x"}}}}"#
+        ));
+        assert_eq!(chat_migration_of(&text), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Each test builds its managers with a unique key prefix, so a factory may
 //! hand out one shared server or database to all of them.
 
+pub mod chat_migration;
 pub mod counting;
 pub mod data;
 pub mod migrations;
@@ -52,6 +53,7 @@ macro_rules! behaviour_suite {
             a_handler_longer_than_its_lease_keeps_it,
         );
         $crate::migration_suite!($factory);
+        $crate::chat_migration_suite!($factory);
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
         $(

@@ -39,17 +39,19 @@
 //!   call (the second service message) sees the identical copy and deletes
 //!   the old one.
 
+pub(crate) mod lookups;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::context::{lock_key, next_update_id};
-use crate::error::{Error, StorageError};
+use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
+use crate::key_lock::{lock_key, next_update_id};
 use crate::lock::{KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, SessionManager, StorageEntry};
-use crate::storage::{Record, Write, WriteOutcome};
+use crate::storage::{Record, StorageError, Write, WriteOutcome};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
 /// The session name of the marker a move leaves behind: reserved.
@@ -61,10 +63,6 @@ const TAKER: &str = "(a group's move to its supergroup)";
 /// Chat ids of supergroups (and channels) are `-100` followed by the id
 /// proper; basic groups are small negative numbers.
 const SUPERGROUP_IDS_BELOW: i64 = -1_000_000_000_000;
-
-/// How long a looked-up marker (or its absence) is trusted before it is read
-/// again: how late a process notices a migration another process made.
-const LOOKUP_TTL: Duration = Duration::from_secs(60);
 
 /// What [`SessionManager::migrate_chat`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -196,6 +194,7 @@ async fn migrate(
     // but one key: locked once.
     let taker = Taker {
         update: next_update_id(),
+        session: MIGRATED_MARKER,
         type_name: TAKER,
     };
     let mut to_lock: Vec<(&'static str, &StorageKey)> = moves
@@ -345,7 +344,16 @@ async fn load(
     let storage = &manager.storages[storage_index];
     let records = match storage.storage.leases() {
         Some(shared) => leases
-            .acquire(storage_index, &storage.storage, shared, keys, deadline)
+            .acquire(
+                storage_index,
+                &storage.storage,
+                shared,
+                keys,
+                // The move's keys span several session types; its metrics
+                // are labelled as the move.
+                &vec![MIGRATED_MARKER; keys.len()],
+                deadline,
+            )
             .await
             .map_err(|error| match error {
                 AcquireError::Storage(source) => {
@@ -449,32 +457,6 @@ pub(crate) fn in_supergroup(ids: &UpdateIds) -> bool {
         .is_some_and(|chat| chat < SUPERGROUP_IDS_BELOW)
 }
 
-/// Which supergroups came from which group, as far as this process has
-/// looked: `(storage index, supergroup id)` → the group's id, or `None`.
-pub(crate) struct ChatLookups {
-    cache: moka::sync::Cache<(usize, i64), Option<i64>>,
-}
-
-impl Default for ChatLookups {
-    fn default() -> Self {
-        Self {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(LOOKUP_TTL)
-                .build(),
-        }
-    }
-}
-
-impl ChatLookups {
-    /// Forgets what was looked up about supergroup `to` in every storage.
-    fn forget(&self, storages: usize, to: i64) {
-        for storage_index in 0..storages {
-            self.cache.invalidate(&(storage_index, to));
-        }
-    }
-}
-
 /// The `user_in_chat` session [`follow`] looks for in the old group.
 pub(crate) struct Member<'a> {
     pub(crate) session: &'static str,
@@ -544,6 +526,7 @@ pub(crate) async fn follow(
                 &storage.storage,
                 shared,
                 std::slice::from_ref(&old),
+                &[session],
                 deadline,
             )
             .await

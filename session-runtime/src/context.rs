@@ -2,7 +2,7 @@
 
 use std::any::TypeId;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -12,7 +12,8 @@ use tracing::Instrument as _;
 use crate::error::{Error, LockHolder};
 use crate::guard::SessionRef;
 use crate::key::{StorageKey, UpdateIds};
-use crate::lock::{KeyLockGuard, LockError, Taker};
+use crate::key_lock::{lock_key, next_update_id};
+use crate::lock::{KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
 use crate::metrics::{self, Operation};
 use crate::session::Session;
@@ -170,15 +171,6 @@ enum LoadError {
     },
 }
 
-/// Numbers the updates of this process for their key locks.
-static NEXT_UPDATE: AtomicU64 = AtomicU64::new(1);
-
-/// A number no update of this process has, for work that takes keys as an
-/// update does (a chat migration).
-pub(crate) fn next_update_id() -> u64 {
-    NEXT_UPDATE.fetch_add(1, Ordering::Relaxed)
-}
-
 struct SlotEntry {
     type_id: TypeId,
     state: EntryState,
@@ -322,7 +314,7 @@ impl Sessions {
             None if T::KEY.follows_members()
                 && crate::chat_migration::in_supergroup(&state.ids) =>
             {
-                let taker = state.taker(std::any::type_name::<T>());
+                let taker = state.taker(T::NAME, std::any::type_name::<T>());
                 let ids = &state.ids;
                 let leases = storage.storage.leases().map(|_| state.leases());
                 crate::chat_migration::follow(
@@ -569,21 +561,6 @@ fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error
     Ok(SessionRef::new(typed, state))
 }
 
-/// Takes the in-process lock of `key` for `taker`, within the manager's lock
-/// timeout.
-pub(crate) async fn lock_key(
-    manager: &ManagerInner,
-    session: &'static str,
-    key: &StorageKey,
-    taker: Taker,
-) -> Result<KeyLockGuard, Error> {
-    manager
-        .locks
-        .lock(key.as_str(), taker, manager.lock_timeout)
-        .await
-        .map_err(|error| lock_error(manager, session, key, taker, error))
-}
-
 fn slot_meta(
     storage: &StorageEntry,
     storage_index: usize,
@@ -671,7 +648,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                             let followed = crate::chat_migration::follow(
                                 manager,
                                 lease_owner.as_ref().map(|_| state.leases()),
-                                state.taker(registration.type_name),
+                                state.taker(registration.name, registration.type_name),
                                 crate::chat_migration::Member {
                                     session: registration.name,
                                     storage_index,
@@ -769,50 +746,6 @@ fn lease_timeout(
         waited: manager.lock_timeout,
         holder: LockHolder::Lease {
             storage: Arc::clone(&storage.name),
-        },
-    }
-}
-
-fn lock_error(
-    manager: &ManagerInner,
-    session: &'static str,
-    key: &StorageKey,
-    taker: Taker,
-    error: LockError,
-) -> Error {
-    match error {
-        LockError::Timeout => Error::LockTimeout {
-            session,
-            key: key.to_string(),
-            waited: manager.lock_timeout,
-            holder: LockHolder::ThisProcess,
-        },
-        LockError::HeldByThisUpdate { first } => Error::SameKeyTwice {
-            key: key.to_string(),
-            first,
-            second: taker.type_name,
-        },
-        LockError::Cycle { held } => Error::LockCycle {
-            session,
-            key: key.to_string(),
-            held: held.to_string(),
-        },
-        LockError::PreviousFailed {
-            error,
-            storage,
-            ago,
-        } => Error::Storage {
-            session,
-            key: key.to_string(),
-            storage,
-            source: StorageError::new(
-                error.kind(),
-                format!(
-                    "not tried: the update before this one on this key met this failure \
-                     {}ms ago: {error}",
-                    ago.as_millis()
-                ),
-            ),
         },
     }
 }

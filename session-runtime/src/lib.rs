@@ -14,6 +14,7 @@ mod context;
 mod error;
 mod guard;
 mod key;
+mod key_lock;
 mod lock;
 mod manager;
 mod metrics;

@@ -6,7 +6,7 @@ use std::any::TypeId;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::chat_migration::ChatLookups;
+use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::KeyLocks;

@@ -299,7 +299,7 @@ async fn migrate(
                     });
                 }
                 WriteOutcome::Failed(source) => {
-                    return Err(storage_error(storage, session, key, source));
+                    return Err(storage.failed(session, key, source));
                 }
             }
         }
@@ -308,7 +308,7 @@ async fn migrate(
         for (delete, outcome) in deletes.iter().zip(checked(storage, &deletes, outcomes)?) {
             if let WriteOutcome::Failed(source) = outcome {
                 // The new key has its copy: the next call deletes the old one.
-                return Err(storage_error(storage, "(moved)", delete.key(), source));
+                return Err(storage.failed("(moved)", delete.key(), source));
             }
         }
     }
@@ -356,9 +356,7 @@ async fn load(
             )
             .await
             .map_err(|error| match error {
-                AcquireError::Storage(source) => {
-                    storage_error(storage, MIGRATED_MARKER, &keys[0], source)
-                }
+                AcquireError::Storage(source) => storage.failed(MIGRATED_MARKER, &keys[0], source),
                 AcquireError::Busy { index } => Error::LockTimeout {
                     session: MIGRATED_MARKER,
                     key: keys.get(index).map(ToString::to_string).unwrap_or_default(),
@@ -372,12 +370,11 @@ async fn load(
             .storage
             .load(keys)
             .await
-            .map_err(|source| storage_error(storage, MIGRATED_MARKER, &keys[0], source))?,
+            .map_err(|source| storage.failed(MIGRATED_MARKER, &keys[0], source))?,
     };
     match records.len() == keys.len() {
         true => Ok(records),
-        false => Err(storage_error(
-            storage,
+        false => Err(storage.failed(
             MIGRATED_MARKER,
             &keys[0],
             StorageError::other(format!(
@@ -416,8 +413,7 @@ fn checked(
     let key = |writes: &[Write]| writes.first().map(Write::key).cloned();
     match outcomes {
         Ok(outcomes) if outcomes.len() == writes.len() => Ok(outcomes),
-        Ok(outcomes) => Err(storage_error(
-            storage,
+        Ok(outcomes) => Err(storage.failed(
             MIGRATED_MARKER,
             &key(writes).unwrap_or_else(|| StorageKey::new(None, None, MIGRATED_MARKER, "")),
             StorageError::other(format!(
@@ -426,26 +422,11 @@ fn checked(
                 writes.len()
             )),
         )),
-        Err(source) => Err(storage_error(
-            storage,
+        Err(source) => Err(storage.failed(
             MIGRATED_MARKER,
             &key(writes).unwrap_or_else(|| StorageKey::new(None, None, MIGRATED_MARKER, "")),
             source,
         )),
-    }
-}
-
-fn storage_error(
-    storage: &StorageEntry,
-    session: &'static str,
-    key: &StorageKey,
-    source: StorageError,
-) -> Error {
-    Error::Storage {
-        session,
-        key: key.to_string(),
-        storage: Arc::clone(&storage.name),
-        source,
     }
 }
 
@@ -498,7 +479,7 @@ pub(crate) async fn follow(
                 .storage
                 .load(std::slice::from_ref(&marker))
                 .await
-                .map_err(|source| storage_error(storage, MIGRATED_MARKER, &marker, source))?;
+                .map_err(|source| storage.failed(MIGRATED_MARKER, &marker, source))?;
             let from = loaded
                 .into_iter()
                 .next()
@@ -531,7 +512,7 @@ pub(crate) async fn follow(
             )
             .await
             .map_err(|error| match error {
-                AcquireError::Storage(source) => storage_error(storage, session, &old, source),
+                AcquireError::Storage(source) => storage.failed(session, &old, source),
                 AcquireError::Busy { .. } => Error::LockTimeout {
                     session,
                     key: old.to_string(),
@@ -545,7 +526,7 @@ pub(crate) async fn follow(
             .storage
             .load(std::slice::from_ref(&old))
             .await
-            .map_err(|source| storage_error(storage, session, &old, source))?,
+            .map_err(|source| storage.failed(session, &old, source))?,
     };
     let Some(record) = records.into_iter().next().flatten() else {
         return Ok(None);
@@ -568,11 +549,10 @@ pub(crate) async fn follow(
             });
         }
         Some(WriteOutcome::Failed(source)) => {
-            return Err(storage_error(storage, session, key, source));
+            return Err(storage.failed(session, key, source));
         }
         Some(WriteOutcome::Deleted) | None => {
-            return Err(storage_error(
-                storage,
+            return Err(storage.failed(
                 session,
                 key,
                 StorageError::other("answered no write outcome for one put"),

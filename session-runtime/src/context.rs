@@ -689,14 +689,11 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                             manager.lock_timeout
                         ),
                     );
-                    EntryState::Failed(storage_failed(storage, registration.name, key, source))
+                    EntryState::Failed(storage.failed(registration.name, key, source))
                 }
-                Err(LoadError::Storage(source)) => EntryState::Failed(storage_failed(
-                    storage,
-                    registration.name,
-                    key,
-                    source.clone(),
-                )),
+                Err(LoadError::Storage(source)) => {
+                    EntryState::Failed(storage.failed(registration.name, key, source.clone()))
+                }
             };
             entries.push(SlotEntry {
                 type_id: registration.type_id,
@@ -716,21 +713,7 @@ fn load_error(
 ) -> Error {
     match error {
         LoadError::Leased { .. } => lease_timeout(manager, storage, session, key),
-        LoadError::Storage(source) => storage_failed(storage, session, key, source),
-    }
-}
-
-fn storage_failed(
-    storage: &StorageEntry,
-    session: &'static str,
-    key: &StorageKey,
-    source: StorageError,
-) -> Error {
-    Error::Storage {
-        session,
-        key: key.to_string(),
-        storage: Arc::clone(&storage.name),
-        source,
+        LoadError::Storage(source) => storage.failed(session, key, source),
     }
 }
 

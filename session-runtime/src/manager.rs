@@ -13,7 +13,7 @@ use crate::lock::KeyLocks;
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::memory::MemoryStorage;
-use crate::storage::{Record, SharedStorage, Storage};
+use crate::storage::{Record, SharedStorage, Storage, StorageError};
 
 /// When sessions changed by a handler are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -79,6 +79,23 @@ pub(crate) struct ManagerInner {
 pub(crate) struct StorageEntry {
     pub(crate) storage: SharedStorage,
     pub(crate) name: Arc<str>,
+}
+
+impl StorageEntry {
+    /// This storage's failure at `key` of session `session`, as a user sees it.
+    pub(crate) fn failed(
+        &self,
+        session: &'static str,
+        key: &StorageKey,
+        source: StorageError,
+    ) -> Error {
+        Error::Storage {
+            session,
+            key: key.to_string(),
+            storage: Arc::clone(&self.name),
+            source,
+        }
+    }
 }
 
 /// Decodes a loaded record into a slot of the registered type.

@@ -295,10 +295,9 @@ mod tests {
     use super::derive;
 
     fn expand(input: &DeriveInput) -> String {
-        match derive(input) {
-            Ok(tokens) => tokens.to_string(),
-            Err(failed) => failed.errors.to_string(),
-        }
+        derive(input)
+            .unwrap_or_else(|failed| crate::fallback::failed(input, failed))
+            .to_string()
     }
 
     #[test]

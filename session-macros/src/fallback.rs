@@ -8,7 +8,14 @@ use syn::DeriveInput;
 use crate::ast::Input;
 use crate::expand;
 
-pub(crate) fn expand(input: &DeriveInput, parsed: Option<&Input<'_>>) -> TokenStream {
+/// A failed derive's whole output: its errors, and the stub beside them.
+pub(crate) fn failed(input: &DeriveInput, failed: expand::Failed<'_>) -> TokenStream {
+    let stub = expand(input, failed.parsed.as_deref());
+    let errors = failed.errors;
+    quote! { #errors #stub }
+}
+
+fn expand(input: &DeriveInput, parsed: Option<&Input<'_>>) -> TokenStream {
     if !matches!(input.data, syn::Data::Struct(_) | syn::Data::Enum(_))
         || !input.generics.params.is_empty()
     {

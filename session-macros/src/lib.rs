@@ -18,15 +18,7 @@ use proc_macro::TokenStream;
 #[proc_macro_derive(Session, attributes(session))]
 pub fn derive_session(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
-    let tokens = match expand::derive(&input) {
-        Ok(tokens) => tokens,
-        // The errors, and beside them just enough that the type's uses
-        // compile, so the user sees the real error and no cascade.
-        Err(failed) => {
-            let stub = fallback::expand(&input, failed.parsed.as_deref());
-            let errors = failed.errors;
-            quote::quote! { #errors #stub }
-        }
-    };
-    tokens.into()
+    expand::derive(&input)
+        .unwrap_or_else(|failed| fallback::failed(&input, failed))
+        .into()
 }

@@ -29,18 +29,13 @@ impl FromStr for SessionType {
         let (name, scope) = text
             .split_once(':')
             .ok_or_else(|| format!("`{text}` is not `name:scope` (e.g. `counter:user`)"))?;
-        let scope = match scope {
-            "user" => Scope::User,
-            "chat" => Scope::Chat,
-            "user_in_chat" => Scope::UserInChat,
-            "chat_thread" => Scope::ChatThread,
-            "global" => Scope::Global,
-            other => {
-                return Err(format!(
-                    "unknown scope `{other}`; expected user, chat, user_in_chat, chat_thread or global"
-                ));
-            }
-        };
+        let scope = Scope::from_name(scope).ok_or_else(|| {
+            let names: Vec<&str> = Scope::ALL.iter().map(|scope| scope.name()).collect();
+            format!(
+                "unknown scope `{scope}`; expected one of {}",
+                names.join(", ")
+            )
+        })?;
         Ok(Self {
             name: name.to_owned(),
             scope,

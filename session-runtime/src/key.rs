@@ -105,6 +105,20 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Every scope, in the order of their declaration.
+    pub const ALL: [Scope; 5] = [
+        Scope::User,
+        Scope::Chat,
+        Scope::UserInChat,
+        Scope::ChatThread,
+        Scope::Global,
+    ];
+
+    /// The scope named `name` (as [`Scope::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Scope> {
+        Self::ALL.into_iter().find(|scope| scope.name() == name)
+    }
+
     /// The scope's name as written in `#[session(scope = "...")]`.
     pub fn name(self) -> &'static str {
         match self {

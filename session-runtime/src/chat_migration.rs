@@ -51,6 +51,7 @@ use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::key_lock::{lock_key, next_update_id};
 use crate::lock::{KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, SessionManager, StorageEntry};
+use crate::metrics::SessionNames;
 use crate::storage::{Record, StorageError, Write, WriteOutcome};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
@@ -351,7 +352,7 @@ async fn load(
                 keys,
                 // The move's keys span several session types; its metrics
                 // are labelled as the move.
-                &vec![MIGRATED_MARKER; keys.len()],
+                &SessionNames::collect(std::iter::repeat_n(MIGRATED_MARKER, keys.len())),
                 deadline,
             )
             .await
@@ -507,7 +508,7 @@ pub(crate) async fn follow(
                 &storage.storage,
                 shared,
                 std::slice::from_ref(&old),
-                &[session],
+                &SessionNames::one(session),
                 deadline,
             )
             .await

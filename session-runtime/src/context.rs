@@ -102,7 +102,7 @@ impl UpdateState {
         &self,
         storage_index: usize,
         keys: &[StorageKey],
-        sessions: &[&'static str],
+        sessions: &metrics::SessionNames,
         deadline: Instant,
     ) -> Result<(Vec<Option<Record>>, Option<LeaseOwner>), LoadError> {
         let storage = &self.manager.storages[storage_index];
@@ -300,7 +300,7 @@ impl Sessions {
             .load(
                 storage_index,
                 std::slice::from_ref(&key),
-                &[T::NAME],
+                &metrics::SessionNames::one(T::NAME),
                 deadline,
             )
             .await
@@ -622,7 +622,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
             .drain(..batch)
             .map(|(registration, key, lock)| (key, (registration, lock)))
             .unzip();
-        let sessions: Vec<&'static str> = held.iter().map(|(r, _)| r.name).collect();
+        let sessions = metrics::SessionNames::collect(held.iter().map(|(r, _)| r.name));
         let storage = &manager.storages[storage_index];
         let loaded = state.load(storage_index, &keys, &sessions, deadline).await;
         if let Err(LoadError::Storage(error)) = &loaded {

@@ -119,6 +119,46 @@ pub(crate) enum DecodeError {
     Migration,
 }
 
+/// The session names of a load's keys, in key order: the `session` labels.
+/// Empty (and never allocated) without the feature, so an update pays for
+/// the labels only when they are recorded.
+pub(crate) struct SessionNames {
+    #[cfg(feature = "metrics")]
+    names: Vec<&'static str>,
+}
+
+impl SessionNames {
+    /// The names of a batch, one per key.
+    #[inline(always)]
+    pub(crate) fn collect(names: impl Iterator<Item = &'static str>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = names;
+        Self {
+            #[cfg(feature = "metrics")]
+            names: names.collect(),
+        }
+    }
+
+    /// The name of a single key's session.
+    #[inline(always)]
+    pub(crate) fn one(name: &'static str) -> Self {
+        Self::collect(std::iter::once(name))
+    }
+
+    /// The name of the session of key `index` ("?" past the end, and
+    /// without the feature, where nothing reads it).
+    #[inline(always)]
+    pub(crate) fn get(&self, index: usize) -> &'static str {
+        #[cfg(feature = "metrics")]
+        return self.names.get(index).copied().unwrap_or("?");
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = index;
+            "?"
+        }
+    }
+}
+
 /// Measures one storage call; empty without the feature.
 pub(crate) struct Timer {
     #[cfg(feature = "metrics")]
@@ -189,12 +229,12 @@ impl Drop for LockWait {
 
 /// `sessions` were read from `storage` in one batch.
 #[inline(always)]
-pub(crate) fn loaded(sessions: &[&'static str], storage: &Arc<str>, timer: Timer) {
+pub(crate) fn loaded(sessions: &SessionNames, storage: &Arc<str>, timer: Timer) {
     #[cfg(feature = "metrics")]
     {
         histogram!("tg_session_load_duration_seconds", "storage" => Arc::clone(storage))
             .record(timer.seconds());
-        for &session in sessions {
+        for &session in &sessions.names {
             counter!("tg_session_loads_total", "session" => session, "storage" => Arc::clone(storage))
                 .increment(1);
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use crate::key::StorageKey;
-use crate::metrics::{self, Lock, LockWait, Operation};
+use crate::metrics::{self, Lock, LockWait, Operation, SessionNames};
 use crate::storage::SharedStorage;
 use crate::storage::StorageError;
 use crate::storage::{Lease, LeaseOwner, LeasedLoad, Leases, Record, ReleaseWatch};
@@ -93,7 +93,7 @@ impl UpdateLeases {
         storage: &SharedStorage,
         leases: &dyn Leases,
         keys: &[StorageKey],
-        sessions: &[&'static str],
+        sessions: &SessionNames,
         deadline: Instant,
     ) -> Result<Vec<Option<Record>>, AcquireError> {
         let lease = Lease {
@@ -129,7 +129,7 @@ impl UpdateLeases {
                     return Err(AcquireError::Storage(error));
                 }
             };
-            let session = sessions.get(index).copied().unwrap_or("?");
+            let session = sessions.get(index);
             let wait = wait.get_or_insert_with(|| LockWait::start(session, Lock::Lease));
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(key) = keys.get(index).filter(|_| !left.is_zero()) else {

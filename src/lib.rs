@@ -45,7 +45,8 @@ pub use tg_session_runtime::{codec, data, storage};
 #[doc(hidden)]
 pub mod __private {
     pub use tg_session_runtime::{
-        Error, Json, KeyStrategy, MigrationError, OnDecodeError, Scope, Session, SessionContext,
-        SessionRef, decode_shape, step_from, step_with, unknown_version,
+        CopyByClone, CopyUnavailable, Error, Json, KeyStrategy, MigrationError, OnDecodeError,
+        SameByEq, SameUnavailable, Scope, Session, SessionContext, SessionRef, ValueProbe,
+        decode_shape, step_from, step_with, unknown_version,
     };
 }

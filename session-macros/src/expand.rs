@@ -98,6 +98,18 @@ fn impl_session(input: &Input<'_>) -> TokenStream {
                 #initial
             }
 
+            fn copy_value(&self) -> ::core::option::Option<Self> {
+                #[allow(unused_imports)]
+                use #p::{CopyByClone as _, CopyUnavailable as _};
+                (&&#p::ValueProbe(self)).copy_value()
+            }
+
+            fn same_value(&self, other: &Self) -> ::core::option::Option<bool> {
+                #[allow(unused_imports)]
+                use #p::{SameByEq as _, SameUnavailable as _};
+                (&&#p::ValueProbe(self)).same_value(other)
+            }
+
             #versions
         }
 

@@ -18,6 +18,17 @@ pub trait Codec: Send + Sync + 'static {
 
     /// Decodes bytes produced by [`Codec::encode`].
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>;
+
+    /// Encodes `value` at the end of `buffer`, the bytes [`Codec::encode`]
+    /// returns. The runtime calls it to compare two values with a reused
+    /// buffer; the default appends what `encode` returns.
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        buffer.extend_from_slice(&Self::encode(value)?);
+        Ok(())
+    }
 }
 
 /// JSON through `serde_json`: readable in `redis-cli` and SQL, the default.
@@ -33,6 +44,13 @@ impl Codec for Json {
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         serde_json::from_slice(bytes).map_err(CodecError::new)
+    }
+
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        serde_json::to_writer(buffer, value).map_err(CodecError::new)
     }
 }
 
@@ -55,6 +73,13 @@ impl Codec for MessagePack {
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         rmp_serde::from_slice(bytes).map_err(CodecError::new)
+    }
+
+    fn encode_into<T: Serialize + ?Sized>(
+        value: &T,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        rmp_serde::encode::write_named(buffer, value).map_err(CodecError::new)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::StorageError;
+use crate::storage::memory::MemoryStorage;
 use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
@@ -85,6 +86,13 @@ impl UpdateState {
     fn leases(&self) -> &UpdateLeases {
         self.leases
             .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
+    }
+
+    /// The memory storage of `slot`, when its storage is one.
+    fn in_process(&self, slot: &Arc<dyn ErasedSlot>) -> Option<&MemoryStorage> {
+        self.manager.storages[slot.meta().storage_index]
+            .in_process
+            .as_ref()
     }
 
     fn taker(&self, session: &'static str, type_name: &'static str) -> Taker {
@@ -296,6 +304,14 @@ impl Sessions {
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let lock = lock_key(manager, T::NAME, &key, taker).await?;
         let storage = &manager.storages[storage_index];
+        let follows = T::KEY.follows_members() && crate::chat_migration::in_supergroup(&state.ids);
+        if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
+            let timer = metrics::Timer::start();
+            let meta = slot_meta(storage, storage_index, T::NAME, key, lock, None);
+            let slot = TypedSlot::<T>::erased_in_process(meta, memory)?;
+            metrics::loaded(&metrics::SessionNames::one(T::NAME), &storage.name, timer);
+            return Ok(slot);
+        }
         let (mut records, lease_owner) = state
             .load(
                 storage_index,
@@ -311,9 +327,7 @@ impl Sessions {
                 load_error(manager, storage, T::NAME, &key, error)
             })?;
         let record = match records.pop().flatten() {
-            None if T::KEY.follows_members()
-                && crate::chat_migration::in_supergroup(&state.ids) =>
-            {
+            None if follows => {
                 let taker = state.taker(T::NAME, std::any::type_name::<T>());
                 let ids = &state.ids;
                 let leases = storage.storage.leases().map(|_| state.leases());
@@ -359,13 +373,30 @@ impl Sessions {
             // Read-only, nothing to release: nothing to send anywhere.
             return Ok(());
         }
+        let save =
+            outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
+        let mut errors = Vec::new();
+        match save {
+            // Sessions kept in memory storages are written here and now,
+            // with no await: nothing a cancelled commit could leave half done.
+            true => write_in_process(&state, &entries, &mut errors),
+            false => tracing::debug!("handler failed: session changes dropped"),
+        }
+        let remote = save
+            && entries
+                .iter()
+                .filter_map(|entry| entry.state.loaded())
+                .any(|slot| state.in_process(slot).is_none() && slot.maybe_touched());
+        if !remote && state.leases.get().is_none() {
+            return first_error(errors);
+        }
         // The writes run to completion in a task of their own, holding the
         // keys until they are done: a caller that gives up on the commit
         // (a timeout around the handler, a shutdown) must not let the next
         // update of a key read it before the write it started lands.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => runtime
-                .spawn(write_back(state, entries, outcome))
+                .spawn(write_back(state, entries, save, errors))
                 .await
                 .unwrap_or_else(|error| match error.try_into_panic() {
                     Ok(panic) => std::panic::resume_unwind(panic),
@@ -378,9 +409,64 @@ impl Sessions {
                         )),
                     }),
                 }),
-            Err(_) => write_back(state, entries, outcome).await,
+            Err(_) => write_back(state, entries, save, errors).await,
         }
     }
+}
+
+/// Writes the changed sessions this update keeps in memory storages, as
+/// values (see [`Sessions::commit`]).
+fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec<Error>) {
+    for entry in entries {
+        let Some(slot) = entry.state.loaded() else {
+            continue;
+        };
+        let Some(memory) = state.in_process(slot) else {
+            continue;
+        };
+        let meta = slot.meta();
+        let check_round_trip = || {
+            state
+                .manager
+                .registration(entry.type_id)
+                .is_none_or(Registration::check_round_trip)
+        };
+        let timer = metrics::Timer::start();
+        match slot.write_in_process(memory, &check_round_trip) {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
+                metrics::committed(&meta.storage_name, timer);
+                report_outcome(meta, outcome, errors);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+}
+
+/// Reports what the storage did with one session's write.
+fn report_outcome(meta: &SlotMeta, outcome: WriteOutcome, errors: &mut Vec<Error>) {
+    metrics::written(meta.session, &meta.storage_name, &outcome);
+    match outcome {
+        WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
+            tracing::debug!(session = meta.session, key = %meta.key, "session saved");
+        }
+        WriteOutcome::Conflict(cause) => errors.push(meta.conflict(cause)),
+        WriteOutcome::Failed(source) => {
+            meta.lock.storage_failed(&source, &meta.storage_name);
+            errors.push(meta.storage_error(source));
+        }
+    }
+}
+
+/// The first error is the caller's to report; the others are logged here,
+/// each once.
+fn first_error(errors: Vec<Error>) -> Result<(), Error> {
+    let mut errors = errors.into_iter();
+    let first = errors.next();
+    for error in errors {
+        tracing::warn!(%error, "session not saved");
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// Writes what the update changed and gives back its leases (see
@@ -388,26 +474,25 @@ impl Sessions {
 async fn write_back(
     state: Arc<UpdateState>,
     entries: Vec<SlotEntry>,
-    outcome: HandlerOutcome,
+    save: bool,
+    mut errors: Vec<Error>,
 ) -> Result<(), Error> {
     {
         let state = &*state;
-        let save =
-            outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
-        let mut errors = Vec::new();
         // A read-only update allocates nothing here.
         let mut pending: Vec<(Write, &SlotMeta)> = Vec::new();
-        match save {
-            true => {
-                for slot in entries.iter().filter_map(|entry| entry.state.loaded()) {
-                    match slot.pending_write() {
-                        Ok(Some(write)) => pending.push((write, slot.meta())),
-                        Ok(None) => {}
-                        Err(error) => errors.push(error),
-                    }
+        if save {
+            let remote = entries
+                .iter()
+                .filter_map(|entry| entry.state.loaded())
+                .filter(|slot| state.in_process(slot).is_none());
+            for slot in remote {
+                match slot.pending_write() {
+                    Ok(Some(write)) => pending.push((write, slot.meta())),
+                    Ok(None) => {}
+                    Err(error) => errors.push(error),
                 }
             }
-            false => tracing::debug!("handler failed: session changes dropped"),
         }
         let mut release = match state.leases.get() {
             Some(leases) => leases.for_release(),
@@ -452,17 +537,7 @@ async fn write_back(
             match written {
                 Ok(outcomes) if outcomes.len() == writes.len() => {
                     for (meta, outcome) in metas.iter().zip(outcomes) {
-                        metrics::written(meta.session, &meta.storage_name, &outcome);
-                        match outcome {
-                            WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
-                                tracing::debug!(session = meta.session, key = %meta.key, "session saved");
-                            }
-                            WriteOutcome::Conflict(cause) => errors.push(meta.conflict(cause)),
-                            WriteOutcome::Failed(source) => {
-                                meta.lock.storage_failed(&source, &meta.storage_name);
-                                errors.push(meta.storage_error(source));
-                            }
-                        }
+                        report_outcome(meta, outcome, &mut errors);
                     }
                 }
                 Ok(outcomes) => {
@@ -486,14 +561,7 @@ async fn write_back(
                 }
             }
         }
-        // The first error is the caller's to report; the others are logged
-        // here, each once.
-        let mut errors = errors.into_iter();
-        let first = errors.next();
-        for error in errors {
-            tracing::warn!(%error, "session not saved");
-        }
-        first.map_or(Ok(()), Err)
+        first_error(errors)
     }
 }
 
@@ -624,6 +692,27 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
             .unzip();
         let sessions = metrics::SessionNames::collect(held.iter().map(|(r, _)| r.name));
         let storage = &manager.storages[storage_index];
+        let follows = |registration: &Registration| {
+            registration.key.follows_members() && crate::chat_migration::in_supergroup(&state.ids)
+        };
+        if let Some(memory) = &storage.in_process
+            && !held.iter().any(|(registration, _)| follows(registration))
+        {
+            let timer = metrics::Timer::start();
+            for (key, (registration, lock)) in keys.into_iter().zip(held) {
+                let meta = slot_meta(storage, storage_index, registration.name, key, lock, None);
+                let state = match (registration.open_in_process)(meta, memory) {
+                    Ok(slot) => EntryState::Loaded(slot),
+                    Err(error) => EntryState::Failed(error),
+                };
+                entries.push(SlotEntry {
+                    type_id: registration.type_id,
+                    state,
+                });
+            }
+            metrics::loaded(&sessions, &storage.name, timer);
+            continue;
+        }
         let loaded = state.load(storage_index, &keys, &sessions, deadline).await;
         if let Err(LoadError::Storage(error)) = &loaded {
             for (_, lock) in &held {
@@ -642,9 +731,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                         lease_owner.clone(),
                     );
                     let record = match &records[index] {
-                        None if registration.key.follows_members()
-                            && crate::chat_migration::in_supergroup(&state.ids) =>
-                        {
+                        None if follows(registration) => {
                             let followed = crate::chat_migration::follow(
                                 manager,
                                 lease_owner.as_ref().map(|_| state.leases()),

@@ -193,6 +193,31 @@ pub enum Error {
         source: CodecError,
     },
 
+    /// The value does not come back from its codec as it went in, so a
+    /// storage that keeps bytes (Redis, SQL) would lose it or fail to load
+    /// it. The [`MemoryStorage`](crate::MemoryStorage) keeps values as they
+    /// are, so it checks this instead: on every write in debug builds, on
+    /// the first write of each type otherwise. Nothing was written.
+    #[error(
+        "session `{session}` (key `{key}`): a value of `{type_name}` does not survive the {codec} \
+         codec's round trip, so Redis or SQL could not keep it: {source}; fix its serde \
+         attributes (a field skipped when encoding but not given a default, a map with \
+         non-string keys in JSON, ...)"
+    )]
+    RoundTrip {
+        /// The session's key name.
+        session: &'static str,
+        /// The storage key.
+        key: String,
+        /// The session's Rust type.
+        type_name: &'static str,
+        /// The codec's name.
+        codec: &'static str,
+        /// What went wrong: the codec's error, or the difference.
+        #[source]
+        source: CodecError,
+    },
+
     /// The write was refused and nothing was written; `cause` says why.
     /// The data that stands in the storage is intact.
     #[error(

@@ -8,7 +8,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::error::Error;
 use crate::session::Session;
-use crate::slot::{SlotMeta, SlotState, TypedSlot};
+use crate::slot::{Loaded, SlotMeta, SlotState, TypedSlot};
 use crate::storage::{Record, Write, WriteOutcome};
 
 /// A session of the current update, borrowed from its context.
@@ -38,7 +38,7 @@ impl<T: Session> SessionRef<T> {
 
     /// The stored version this update works on; `None` if nothing is stored.
     pub fn version(&self) -> Option<u64> {
-        self.state.stored.as_ref().map(|record| record.version)
+        self.state.stored.as_ref().map(Loaded::version)
     }
 
     /// Deletes the session from its storage now and resets the value to its
@@ -76,7 +76,7 @@ impl<T: Session> SessionRef<T> {
         let outcome = self.meta().write_now(write).await?;
         match outcome {
             WriteOutcome::Written { version } => {
-                self.state.stored = Some(Record { value, version });
+                self.state.stored = Some(Loaded::Record(Record { value, version }));
                 self.state.touched = false;
                 Ok(())
             }

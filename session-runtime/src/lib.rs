@@ -43,6 +43,8 @@ pub use manager::{
 pub use migrate::{MigrateFrom, MigrationError, MigrationOutput};
 #[doc(hidden)]
 pub use migrate::{decode_shape, step_from, step_with, unknown_version};
+#[doc(hidden)]
+pub use session::{CopyByClone, CopyUnavailable, SameByEq, SameUnavailable, ValueProbe};
 pub use session::{OnDecodeError, Session};
 pub use storage::memory::MemoryStorage;
 #[cfg(feature = "postgres")]

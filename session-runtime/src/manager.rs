@@ -2,8 +2,9 @@
 //! (the update's lifecycle, [`SessionManager::begin`] and [`SessionManager::run`],
 //! lives with the context).
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::chat_migration::lookups::ChatLookups;
@@ -79,6 +80,9 @@ pub(crate) struct ManagerInner {
 pub(crate) struct StorageEntry {
     pub(crate) storage: SharedStorage,
     pub(crate) name: Arc<str>,
+    /// The storage itself when it is a [`MemoryStorage`]: its sessions are
+    /// kept as values, loaded and written with no codec and no await.
+    pub(crate) in_process: Option<MemoryStorage>,
 }
 
 impl StorageEntry {
@@ -101,6 +105,9 @@ impl StorageEntry {
 /// Decodes a loaded record into a slot of the registered type.
 pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>;
 
+/// Loads a slot of the registered type from a memory storage, as a value.
+pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn ErasedSlot>, Error>;
+
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
     pub(crate) type_id: TypeId,
@@ -110,7 +117,11 @@ pub(crate) struct Registration {
     pub(crate) key: KeyStrategy,
     pub(crate) storage_index: usize,
     pub(crate) open: OpenSlot,
+    pub(crate) open_in_process: OpenInProcess,
     pub(crate) ttl: Option<Duration>,
+    /// Set once a value of this type was checked to survive its codec's
+    /// round trip (see [`Registration::check_round_trip`]).
+    round_trip_checked: AtomicBool,
     /// Moved at once when its chat becomes a supergroup.
     pub(crate) follows_chat: bool,
 }
@@ -125,9 +136,20 @@ impl Registration {
             key: T::KEY,
             storage_index,
             open: TypedSlot::<T>::erased,
+            open_in_process: TypedSlot::<T>::erased_in_process,
             ttl: T::TTL,
+            round_trip_checked: AtomicBool::new(false),
             follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),
         }
+    }
+}
+
+impl Registration {
+    /// Whether a value of this type written to a memory storage is first
+    /// checked to survive its codec's round trip: always in debug builds,
+    /// once per type and manager in release builds.
+    pub(crate) fn check_round_trip(&self) -> bool {
+        cfg!(debug_assertions) || !self.round_trip_checked.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -400,5 +422,21 @@ impl SessionManagerBuilder {
 
 fn entry(storage: SharedStorage) -> StorageEntry {
     let name = Arc::from(storage.name());
-    StorageEntry { storage, name }
+    let in_process = memory_storage(&storage);
+    StorageEntry {
+        storage,
+        name,
+        in_process,
+    }
+}
+
+/// The [`MemoryStorage`] behind `storage`, also when it was handed over as a
+/// [`SharedStorage`] of its own; `None` for any other storage, wrappers
+/// included (a wrapper sees every call as bytes, as it expects).
+fn memory_storage(storage: &SharedStorage) -> Option<MemoryStorage> {
+    let any: &dyn Any = &**storage;
+    if let Some(memory) = any.downcast_ref::<MemoryStorage>() {
+        return Some(memory.clone());
+    }
+    any.downcast_ref::<SharedStorage>().and_then(memory_storage)
 }

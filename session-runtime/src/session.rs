@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError, SCHEMA_HEADER_LEN, SCHEMA_TAG};
 use crate::key::{KeyStrategy, Scope};
 use crate::migrate::MigrationError;
 
@@ -81,6 +81,30 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The value of a session that was never stored (or was cleared).
     fn initial() -> Self;
 
+    /// A copy of the value made without the codec, if the type can make one.
+    ///
+    /// The [`MemoryStorage`](crate::MemoryStorage) keeps session values as
+    /// they are, not their encoded bytes; an update works on a copy made
+    /// here. `#[derive(Session)]` returns `Some(self.clone())` for a type
+    /// that is `Clone`. The default, `None`, makes that storage encode and
+    /// decode instead, as a remote storage does.
+    fn copy_value(&self) -> Option<Self> {
+        None
+    }
+
+    /// Whether `self` and `other` are the same value, if the type can tell
+    /// without its codec.
+    ///
+    /// A session that a handler borrowed mutably is written only if it
+    /// changed. `#[derive(Session)]` returns `Some(self == other)` for a
+    /// type that is `PartialEq`, which spares the
+    /// [`MemoryStorage`](crate::MemoryStorage) encoding both values to
+    /// compare their bytes. The default, `None`, compares the bytes.
+    fn same_value(&self, other: &Self) -> Option<bool> {
+        let _ = other;
+        None
+    }
+
     /// Reads a record of an older schema version as the current type.
     ///
     /// Called only for types with a [`SCHEMA_VERSION`](Session::SCHEMA_VERSION),
@@ -98,4 +122,79 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
             payload,
         )
     }
+}
+
+/// Lets `#[derive(Session)]` fill in [`Session::copy_value`] and
+/// [`Session::same_value`] from the type's own `Clone` and `PartialEq`, when
+/// it has them, with no bound on the type: method resolution on
+/// `&&ValueProbe(value)` picks the impl on `&ValueProbe` where the bound
+/// holds, and falls back to the one on `ValueProbe` otherwise
+/// ("autoref specialization"; it works because the derive names a concrete type).
+#[doc(hidden)]
+pub struct ValueProbe<'a, T>(pub &'a T);
+
+#[doc(hidden)]
+pub trait CopyByClone<T> {
+    fn copy_value(&self) -> Option<T>;
+}
+
+impl<T: Clone> CopyByClone<T> for &ValueProbe<'_, T> {
+    fn copy_value(&self) -> Option<T> {
+        Some(self.0.clone())
+    }
+}
+
+#[doc(hidden)]
+pub trait CopyUnavailable<T> {
+    fn copy_value(&self) -> Option<T>;
+}
+
+impl<T> CopyUnavailable<T> for ValueProbe<'_, T> {
+    fn copy_value(&self) -> Option<T> {
+        None
+    }
+}
+
+#[doc(hidden)]
+pub trait SameByEq<T> {
+    fn same_value(&self, other: &T) -> Option<bool>;
+}
+
+impl<T: PartialEq> SameByEq<T> for &ValueProbe<'_, T> {
+    fn same_value(&self, other: &T) -> Option<bool> {
+        Some(self.0 == other)
+    }
+}
+
+#[doc(hidden)]
+pub trait SameUnavailable<T> {
+    fn same_value(&self, other: &T) -> Option<bool>;
+}
+
+impl<T> SameUnavailable<T> for ValueProbe<'_, T> {
+    fn same_value(&self, _: &T) -> Option<bool> {
+        None
+    }
+}
+
+/// The bytes a storage keeps for `value`: its codec's, inside the schema
+/// envelope when the type has a version.
+pub(crate) fn encode_record<T: Session>(value: &T) -> Result<Vec<u8>, CodecError> {
+    // serde_json's own first guess for a small value.
+    let mut record = Vec::with_capacity(128);
+    encode_record_into(value, &mut record)?;
+    Ok(record)
+}
+
+/// [`encode_record`] at the end of `buffer`.
+pub(crate) fn encode_record_into<T: Session>(
+    value: &T,
+    buffer: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    if let Some(version) = T::SCHEMA_VERSION {
+        buffer.reserve(SCHEMA_HEADER_LEN);
+        buffer.push(SCHEMA_TAG);
+        buffer.extend_from_slice(&version.to_be_bytes());
+    }
+    T::Codec::encode_into(value, buffer)
 }

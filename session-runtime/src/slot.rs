@@ -1,6 +1,7 @@
 //! One session of one update: its value, what was loaded, whether it changed.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +13,8 @@ use crate::error::Error;
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
 use crate::metrics::{self, DecodeError, Operation};
-use crate::session::{OnDecodeError, Session};
+use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
+use crate::storage::memory::{Found, MemoryStorage, TypedValue};
 use crate::storage::{LeaseOwner, Record, Storage, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -75,6 +77,25 @@ impl SlotMeta {
         }
     }
 
+    fn encode_failed<T: Session>(&self, source: CodecError) -> Error {
+        Error::Encode {
+            session: self.session,
+            key: self.key.to_string(),
+            codec: T::Codec::NAME,
+            source,
+        }
+    }
+
+    fn round_trip_failed<T: Session>(&self, source: CodecError) -> Error {
+        Error::RoundTrip {
+            session: self.session,
+            key: self.key.to_string(),
+            type_name: std::any::type_name::<T>(),
+            codec: T::Codec::NAME,
+            source,
+        }
+    }
+
     pub(crate) fn already_borrowed(&self) -> Error {
         Error::AlreadyBorrowed {
             session: self.session,
@@ -85,37 +106,44 @@ impl SlotMeta {
 
 pub(crate) struct SlotState<T> {
     pub(crate) value: T,
-    /// The record as loaded or last written by this update; `None` when
-    /// nothing is stored.
-    pub(crate) stored: Option<Record>,
+    /// What is stored, as loaded or last written by this update; `None` when
+    /// nothing is.
+    pub(crate) stored: Option<Loaded>,
     /// Set by mutable access; only touched sessions are encoded at commit.
     pub(crate) touched: bool,
 }
 
+/// What an update loaded, to tell at commit whether its copy changed.
+pub(crate) enum Loaded {
+    /// A record of bytes, as every storage returns.
+    Record(Record),
+    /// The value a memory storage keeps, of the slot's own type.
+    Value {
+        version: u64,
+        value: Arc<dyn TypedValue>,
+    },
+}
+
+impl Loaded {
+    pub(crate) fn version(&self) -> u64 {
+        match self {
+            Loaded::Record(record) => record.version,
+            Loaded::Value { version, .. } => *version,
+        }
+    }
+}
+
 impl<T: Session> SlotState<T> {
-    /// The put this session needs, if its bytes differ from what is stored.
+    /// The put this session needs, if it changed: what is sent to a storage
+    /// that keeps bytes.
     pub(crate) fn pending_write(&self, meta: &SlotMeta) -> Result<Option<Write>, Error> {
         if !self.touched {
             return Ok(None);
         }
-        let encode = |value: &T| {
-            let payload = T::Codec::encode(value).map_err(|source| Error::Encode {
-                session: meta.session,
-                key: meta.key.to_string(),
-                codec: T::Codec::NAME,
-                source,
-            })?;
-            Ok::<_, Error>(match T::SCHEMA_VERSION {
-                Some(version) => codec::with_schema_version(version, &payload),
-                None => payload,
-            })
-        };
-        let bytes = encode(&self.value)?;
+        let bytes = encode_record(&self.value).map_err(|source| meta.encode_failed::<T>(source))?;
         let unchanged = match &self.stored {
-            Some(record) => record.value == bytes,
-            // Never write a session that still is its initial value: a bot
-            // must not store a record for everyone who ever said hello.
-            None => encode(&T::initial())? == bytes,
+            Some(Loaded::Record(record)) => record.value == bytes,
+            _ => !self.changed(meta)?,
         };
         if unchanged {
             return Ok(None);
@@ -123,9 +151,79 @@ impl<T: Session> SlotState<T> {
         Ok(Some(Write::Put {
             key: meta.key.clone(),
             value: Bytes::from(bytes),
-            expected_version: self.stored.as_ref().map(|record| record.version),
+            expected_version: self.stored.as_ref().map(Loaded::version),
             ttl: T::TTL,
         }))
+    }
+
+    /// Whether the value differs from the stored one. Nothing stored counts
+    /// as the initial value: a bot must not store a record for everyone who
+    /// ever said hello.
+    fn changed(&self, meta: &SlotMeta) -> Result<bool, Error> {
+        let encode_failed = |source| meta.encode_failed::<T>(source);
+        let same = match &self.stored {
+            Some(Loaded::Value { value, .. }) => match (&**value as &dyn Any).downcast_ref::<T>() {
+                Some(stored) => same_value(&self.value, stored).map_err(encode_failed)?,
+                // A typed load only keeps a value of the slot's type.
+                None => false,
+            },
+            Some(Loaded::Record(record)) => {
+                encode_record(&self.value).map_err(encode_failed)? == record.value
+            }
+            None => same_value(&self.value, &T::initial()).map_err(encode_failed)?,
+        };
+        Ok(!same)
+    }
+}
+
+/// Whether two values are the same: by `PartialEq` where the type has it,
+/// else by their encoded bytes (in buffers this thread reuses).
+fn same_value<T: Session>(a: &T, b: &T) -> Result<bool, CodecError> {
+    if let Some(same) = a.same_value(b) {
+        return Ok(same);
+    }
+    thread_local! {
+        static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let compare = |(first, second): &mut (Vec<u8>, Vec<u8>)| {
+        first.clear();
+        second.clear();
+        encode_record_into(a, first)?;
+        encode_record_into(b, second)?;
+        Ok(first == second)
+    };
+    BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
+        Ok(mut buffers) => compare(&mut buffers),
+        // Only a `Serialize` impl that compares sessions itself gets here.
+        Err(_) => compare(&mut (Vec::new(), Vec::new())),
+    })
+}
+
+/// Checks that `value` comes back from its codec as it went in, as it must
+/// for Redis or SQL to keep it: encodes, decodes, and compares (by
+/// `PartialEq`, else by encoding again).
+fn check_round_trip<T: Session>(meta: &SlotMeta, value: &T) -> Result<(), Error> {
+    let record = encode_record(value).map_err(|source| meta.encode_failed::<T>(source))?;
+    let payload = match T::SCHEMA_VERSION {
+        Some(_) => codec::split_schema_version(&record).1,
+        None => &record[..],
+    };
+    let decoded: T = T::Codec::decode(payload).map_err(|source| {
+        meta.round_trip_failed::<T>(CodecError::new(format!(
+            "its encoded bytes do not decode: {source}"
+        )))
+    })?;
+    let same = match decoded.same_value(value) {
+        Some(same) => same,
+        None => {
+            encode_record(&decoded).map_err(|source| meta.encode_failed::<T>(source))? == record
+        }
+    };
+    match same {
+        true => Ok(()),
+        false => Err(meta.round_trip_failed::<T>(CodecError::new(
+            "it decodes to a different value (a field the codec skips or cannot represent exactly)",
+        ))),
     }
 }
 
@@ -135,6 +233,15 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn meta(&self) -> &SlotMeta;
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Option<Write>, Error>;
+    /// Writes the session to `memory` as a value if it changed (checking
+    /// first, if `check_round_trip` says so, that it survives its codec's
+    /// round trip); `None`
+    /// when there was nothing to write.
+    fn write_in_process(
+        &self,
+        memory: &MemoryStorage,
+        check_round_trip: &dyn Fn() -> bool,
+    ) -> Result<Option<WriteOutcome>, Error>;
     /// Whether the session may have changed (it was borrowed mutably, or is
     /// borrowed right now), so the commit has work to do.
     fn maybe_touched(&self) -> bool;
@@ -154,14 +261,14 @@ impl<T: Session> TypedSlot<T> {
             None => (T::initial(), false),
             Some(record) => decode::<T>(&meta, &record.value)?,
         };
-        Ok(Self {
+        Ok(Self::with_state(
             meta,
-            state: Arc::new(Mutex::new(SlotState {
+            SlotState {
                 value,
-                stored: record,
+                stored: record.map(Loaded::Record),
                 touched,
-            })),
-        })
+            },
+        ))
     }
 
     pub(crate) fn erased(
@@ -169,6 +276,44 @@ impl<T: Session> TypedSlot<T> {
         record: Option<Record>,
     ) -> Result<Arc<dyn ErasedSlot>, Error> {
         Ok(Arc::new(Self::open(meta, record)?))
+    }
+
+    /// A slot loaded from a memory storage: a copy of the value it keeps,
+    /// or its bytes decoded as [`TypedSlot::open`] does.
+    pub(crate) fn erased_in_process(
+        meta: SlotMeta,
+        memory: &MemoryStorage,
+    ) -> Result<Arc<dyn ErasedSlot>, Error> {
+        let found = memory
+            .load_typed::<T>(meta.key.as_str())
+            .map_err(|source| meta.storage_error(source))?;
+        let slot = match found {
+            Found::Nothing => Self::open(meta, None)?,
+            Found::Record(record) => Self::open(meta, Some(record))?,
+            Found::Value {
+                value,
+                version,
+                stored,
+            } => Self::with_state(
+                meta,
+                SlotState {
+                    value,
+                    stored: Some(Loaded::Value {
+                        version,
+                        value: stored,
+                    }),
+                    touched: false,
+                },
+            ),
+        };
+        Ok(Arc::new(slot))
+    }
+
+    fn with_state(meta: SlotMeta, state: SlotState<T>) -> Self {
+        Self {
+            meta,
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 }
 
@@ -187,6 +332,35 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
             .try_lock()
             .map_err(|_| self.meta.already_borrowed())?;
         state.pending_write(&self.meta)
+    }
+
+    fn write_in_process(
+        &self,
+        memory: &MemoryStorage,
+        check_round_trip: &dyn Fn() -> bool,
+    ) -> Result<Option<WriteOutcome>, Error> {
+        let mut state = self
+            .state
+            .try_lock()
+            .map_err(|_| self.meta.already_borrowed())?;
+        if !state.touched || !state.changed(&self.meta)? {
+            return Ok(None);
+        }
+        if check_round_trip() {
+            self::check_round_trip(&self.meta, &state.value)?;
+        }
+        // The update is over for this slot: its value moves into the
+        // storage, and giving up our share of the stored one lets the
+        // storage overwrite that in place.
+        let expected_version = state.stored.take().as_ref().map(Loaded::version);
+        state.touched = false;
+        let value = std::mem::replace(&mut state.value, T::initial());
+        Ok(Some(memory.put_typed(
+            &self.meta.key,
+            value,
+            expected_version,
+            T::TTL,
+        )))
     }
 
     fn maybe_touched(&self) -> bool {

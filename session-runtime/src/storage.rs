@@ -17,6 +17,7 @@
 //! [`KeyPrefix`], page by page) and [`Storage::restore`] (records written
 //! with their own version and TTL, for copies).
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,7 +202,7 @@ pub enum Conflict {
 /// }
 /// ```
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: Any + Send + Sync {
     /// A short description for error messages and traces (`memory`,
     /// `redis://127.0.0.1:6379`, …). Must not contain secrets.
     fn name(&self) -> &str;

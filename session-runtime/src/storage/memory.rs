@@ -1,4 +1,6 @@
-//! The embedded default storage: encoded bytes in a concurrent map.
+//! The embedded default storage: session values in a concurrent map.
+
+mod typed;
 
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,17 +14,28 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use crate::key::StorageKey;
+use crate::session::Session;
 use crate::storage::StorageError;
 use crate::storage::{
     Conflict, KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
     Storage, Write, WriteOutcome, page_limit,
 };
+use typed::Value;
+pub(crate) use typed::{Found, TypedValue};
 
 /// Sessions in this process's memory, lost on restart.
 ///
-/// It keeps the *encoded* bytes, exactly as Redis or SQL would, so a session
-/// type that does not survive its codec fails in tests rather than first in
-/// production.
+/// It keeps the values an update leaves *as they are*: the next update of the
+/// key works on a clone (for a `Clone` type) and its commit moves the value
+/// back in, with no encoding on the way, and a `PartialEq` type is compared
+/// without encoding to tell whether it changed. Bytes written through
+/// [`Storage::write`] are kept as bytes, and every record reads as bytes
+/// through [`Storage::load`] and [`Storage::scan`], encoded on demand.
+///
+/// Since Redis or SQL keep bytes, a session type that does not survive its
+/// codec's round trip would work here and fail there. Each write checks
+/// that round trip in debug builds (the first write of each type in
+/// release builds) and fails with [`Error::RoundTrip`](crate::Error::RoundTrip).
 ///
 /// - [`MemoryStorage::new`]: unbounded, on [`dashmap`] (sharded locks, the
 ///   fastest for a bot's mix of reads and writes). Expired records are
@@ -54,23 +67,46 @@ struct Unbounded {
 
 #[derive(Clone)]
 struct Stored {
-    record: Record,
+    value: Value,
+    version: u64,
     ttl: Option<Duration>,
     expires_at: Option<Instant>,
 }
 
 impl Stored {
-    fn new(record: Record, ttl: Option<Duration>, now: Instant) -> Self {
+    fn new(value: Value, version: u64, ttl: Option<Duration>, now: Instant) -> Self {
         Self {
-            record,
+            value,
+            version,
             ttl,
-            expires_at: ttl.and_then(|ttl| now.checked_add(ttl)),
+            expires_at: expiry(ttl, now),
         }
     }
 
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|at| at > now)
     }
+
+    /// The record as bytes: what a storage that keeps bytes would return.
+    fn record(&self) -> Result<Record, StorageError> {
+        let value = self.value.encoded().map_err(|error| {
+            StorageError::other(format!("a stored session value does not encode: {error}"))
+        })?;
+        Ok(Record {
+            value,
+            version: self.version,
+        })
+    }
+
+    fn renew(&mut self, version: u64, ttl: Option<Duration>, now: Instant) {
+        self.version = version;
+        self.ttl = ttl;
+        self.expires_at = expiry(ttl, now);
+    }
+}
+
+fn expiry(ttl: Option<Duration>, now: Instant) -> Option<Instant> {
+    ttl.and_then(|ttl| now.checked_add(ttl))
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -98,33 +134,24 @@ impl moka::Expiry<String, Stored> for PerRecordTtl {
     }
 }
 
-/// The conditional put shared by both backends: what to store, or why not.
-fn put(
+/// The version check of a conditional put, shared by both backends: the
+/// version to write, or why not.
+fn next_version(
     current: Option<&Stored>,
-    value: &bytes::Bytes,
     expected_version: Option<u64>,
-    ttl: Option<Duration>,
     now: Instant,
-) -> Result<Stored, Conflict> {
-    let stored = current.filter(|s| s.live(now)).map(|s| s.record.version);
+) -> Result<u64, Conflict> {
+    let stored = current.filter(|s| s.live(now)).map(|s| s.version);
     if stored != expected_version {
         // The record this update read is still there, only expired.
         let expired =
-            stored.is_none() && current.is_some_and(|s| Some(s.record.version) == expected_version);
+            stored.is_none() && current.is_some_and(|s| Some(s.version) == expected_version);
         return Err(match expired {
             true => Conflict::Expired,
             false => Conflict::NewerVersion,
         });
     }
-    let version = Write::next_version(expected_version);
-    Ok(Stored::new(
-        Record {
-            value: value.clone(),
-            version,
-        },
-        ttl,
-        now,
-    ))
+    Ok(Write::next_version(expected_version))
 }
 
 impl MemoryStorage {
@@ -182,17 +209,118 @@ impl MemoryStorage {
         self.len() == 0
     }
 
-    fn get(&self, key: &str, now: Instant) -> Option<Record> {
+    fn get(&self, key: &str, now: Instant) -> Result<Option<Record>, StorageError> {
         match &self.records {
             Records::Unbounded(unbounded) => unbounded
                 .map
                 .get(key)
                 .filter(|stored| stored.live(now))
-                .map(|stored| stored.record.clone()),
+                .map(|stored| stored.record())
+                .transpose(),
             Records::Bounded(cache) => cache
                 .get(key)
                 .filter(|stored| stored.live(now))
-                .map(|stored| stored.record),
+                .map(|stored| stored.record())
+                .transpose(),
+        }
+    }
+
+    /// What is stored at `key`, as a value of `T` where the storage holds
+    /// one it can copy, else as bytes.
+    pub(crate) fn load_typed<T: Session>(&self, key: &str) -> Result<Found<T>, StorageError> {
+        let now = Instant::now();
+        let found = |stored: &Stored| {
+            Found::of(&stored.value, stored.version).map_err(|error| {
+                StorageError::other(format!("a stored session value does not encode: {error}"))
+            })
+        };
+        match &self.records {
+            Records::Unbounded(unbounded) => match unbounded.map.get(key) {
+                Some(stored) if stored.live(now) => found(&stored),
+                _ => Ok(Found::Nothing),
+            },
+            Records::Bounded(cache) => match cache.get(key) {
+                Some(stored) if stored.live(now) => found(&stored),
+                _ => Ok(Found::Nothing),
+            },
+        }
+    }
+
+    /// Stores `value` as the next version of `key` if `expected_version` is
+    /// the stored one, as a [`Write::Put`] does, but keeping the value itself.
+    pub(crate) fn put_typed<T: Session>(
+        &self,
+        key: &StorageKey,
+        value: T,
+        expected_version: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> WriteOutcome {
+        let now = Instant::now();
+        let outcome = self.put(key.as_str(), expected_version, ttl, now, |stored| {
+            stored.set_typed(value);
+        });
+        self.sweep_if_due(now);
+        outcome
+    }
+
+    /// The conditional put of both backends: checks the version, then `set`
+    /// writes the new value over the stored one (in place in the unbounded
+    /// map) or into an empty one.
+    fn put(
+        &self,
+        key: &str,
+        expected_version: Option<u64>,
+        ttl: Option<Duration>,
+        now: Instant,
+        set: impl FnOnce(&mut Value),
+    ) -> WriteOutcome {
+        let written = match &self.records {
+            Records::Unbounded(unbounded) => {
+                let checked = |stored| next_version(stored, expected_version, now);
+                // Most writes update a record that exists: change it in place
+                // and spare the key's copy; a new record takes the entry path.
+                let taken = match unbounded.map.get_mut(key) {
+                    Some(current) => checked(Some(&current)).map(|version| (current, version)),
+                    None => match unbounded.map.entry(key.to_owned()) {
+                        Entry::Occupied(entry) => {
+                            let current = entry.into_ref();
+                            checked(Some(&current)).map(|version| (current, version))
+                        }
+                        Entry::Vacant(entry) => checked(None).map(|version| {
+                            let empty = Value::Encoded(bytes::Bytes::new());
+                            (entry.insert(Stored::new(empty, version, ttl, now)), version)
+                        }),
+                    },
+                };
+                taken.map(|(mut stored, version)| {
+                    set(&mut stored.value);
+                    stored.renew(version, ttl, now);
+                    version
+                })
+            }
+            Records::Bounded(cache) => {
+                let mut written = Err(Conflict::NewerVersion);
+                cache.entry_by_ref(key).and_compute_with(|current| {
+                    let current = current.map(|entry| entry.into_value());
+                    match next_version(current.as_ref(), expected_version, now) {
+                        Ok(version) => {
+                            written = Ok(version);
+                            let mut value = Value::Encoded(bytes::Bytes::new());
+                            set(&mut value);
+                            Op::Put(Stored::new(value, version, ttl, now))
+                        }
+                        Err(cause) => {
+                            written = Err(cause);
+                            Op::Nop
+                        }
+                    }
+                });
+                written
+            }
+        };
+        match written {
+            Ok(version) => WriteOutcome::Written { version },
+            Err(cause) => WriteOutcome::Conflict(cause),
         }
     }
 
@@ -205,66 +333,10 @@ impl MemoryStorage {
                     expected_version,
                     ttl,
                 },
-                Records::Unbounded(unbounded),
-            ) => {
-                // Most writes update a record that exists: change it in place
-                // and spare the key's copy; a new record takes the entry path.
-                let store = |slot: &mut Stored, stored: Stored| {
-                    let version = stored.record.version;
-                    *slot = stored;
-                    version
-                };
-                let next = match unbounded.map.get_mut(key.as_str()) {
-                    Some(mut current) => put(Some(&current), value, *expected_version, *ttl, now)
-                        .map(|stored| store(&mut current, stored)),
-                    None => match unbounded.map.entry(key.as_str().to_owned()) {
-                        Entry::Occupied(mut entry) => {
-                            put(Some(entry.get()), value, *expected_version, *ttl, now)
-                                .map(|stored| store(entry.get_mut(), stored))
-                        }
-                        Entry::Vacant(entry) => {
-                            put(None, value, *expected_version, *ttl, now).map(|stored| {
-                                let version = stored.record.version;
-                                entry.insert(stored);
-                                version
-                            })
-                        }
-                    },
-                };
-                match next {
-                    Ok(version) => WriteOutcome::Written { version },
-                    Err(cause) => WriteOutcome::Conflict(cause),
-                }
-            }
-            (
-                Write::Put {
-                    key,
-                    value,
-                    expected_version,
-                    ttl,
-                },
-                Records::Bounded(cache),
-            ) => {
-                let mut outcome = WriteOutcome::Conflict(Conflict::NewerVersion);
-                cache
-                    .entry_by_ref(key.as_str())
-                    .and_compute_with(|current| {
-                        let current = current.map(|entry| entry.into_value());
-                        match put(current.as_ref(), value, *expected_version, *ttl, now) {
-                            Ok(stored) => {
-                                outcome = WriteOutcome::Written {
-                                    version: stored.record.version,
-                                };
-                                Op::Put(stored)
-                            }
-                            Err(cause) => {
-                                outcome = WriteOutcome::Conflict(cause);
-                                Op::Nop
-                            }
-                        }
-                    });
-                outcome
-            }
+                _,
+            ) => self.put(key.as_str(), *expected_version, *ttl, now, |stored| {
+                *stored = Value::Encoded(value.clone());
+            }),
             (Write::Delete { key }, Records::Unbounded(unbounded)) => {
                 unbounded.map.remove(key.as_str());
                 WriteOutcome::Deleted
@@ -359,28 +431,30 @@ impl PageCollector<'_> {
         self.kept.push(ByKey(key.to_owned(), stored.clone()));
     }
 
-    fn page(self, prefix: &KeyPrefix, with_values: bool) -> ScanPage {
+    fn page(self, prefix: &KeyPrefix, with_values: bool) -> Result<ScanPage, StorageError> {
         let now = self.now;
         let entries: Vec<ScannedRecord> = self
             .kept
             .into_sorted_vec()
             .into_iter()
-            .map(|ByKey(key, stored)| ScannedRecord {
-                key: prefix.key_of(&key),
-                ttl: stored
-                    .expires_at
-                    .filter(|_| with_values)
-                    .map(|at| at.saturating_duration_since(now)),
-                record: with_values.then_some(stored.record),
+            .map(|ByKey(key, stored)| {
+                Ok(ScannedRecord {
+                    key: prefix.key_of(&key),
+                    ttl: stored
+                        .expires_at
+                        .filter(|_| with_values)
+                        .map(|at| at.saturating_duration_since(now)),
+                    record: with_values.then(|| stored.record()).transpose()?,
+                })
             })
-            .collect();
+            .collect::<Result<_, StorageError>>()?;
         let next = match self.more {
             true => entries
                 .last()
                 .map(|entry| ScanCursor::new(entry.key.as_str())),
             false => None,
         };
-        ScanPage { entries, next }
+        Ok(ScanPage { entries, next })
     }
 }
 
@@ -410,7 +484,7 @@ impl Storage for MemoryStorage {
 
     async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
         let now = Instant::now();
-        Ok(keys.iter().map(|key| self.get(key.as_str(), now)).collect())
+        keys.iter().map(|key| self.get(key.as_str(), now)).collect()
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
@@ -450,18 +524,23 @@ impl Storage for MemoryStorage {
                 }
             }
         }
-        Ok(collector.page(prefix, with_values))
+        collector.page(prefix, with_values)
     }
 
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
         let now = Instant::now();
         let newer = |current: Option<&Stored>, restore: &Restore| {
-            current.is_none_or(|stored| stored.record.version < restore.record.version)
+            current.is_none_or(|stored| stored.version < restore.record.version)
         };
         let outcomes = records
             .iter()
             .map(|restore| {
-                let stored = Stored::new(restore.record.clone(), restore.ttl, now);
+                let stored = Stored::new(
+                    Value::Encoded(restore.record.value.clone()),
+                    restore.record.version,
+                    restore.ttl,
+                    now,
+                );
                 match &self.records {
                     Records::Unbounded(unbounded) => {
                         match unbounded.map.entry(restore.key.as_str().to_owned()) {

@@ -1,0 +1,93 @@
+//! Session values the memory storage keeps as they are: the update's copy
+//! comes from a clone, not a decode, and its commit moves the value back in,
+//! with no encode. Bytes are made only when someone asks for them (a plain
+//! `Storage::load`, a scan, a copy to another storage).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::codec::CodecError;
+use crate::session::{Session, encode_record};
+use crate::storage::Record;
+
+/// A session value of some type, as the memory storage keeps it.
+pub(crate) trait TypedValue: Any + Send + Sync {
+    /// The record a storage that keeps bytes would hold for this value.
+    fn encode(&self) -> Result<Bytes, CodecError>;
+}
+
+impl<T: Session> TypedValue for T {
+    fn encode(&self) -> Result<Bytes, CodecError> {
+        encode_record(self).map(Bytes::from)
+    }
+}
+
+/// A stored session's value: bytes written through [`Storage::write`] (or
+/// restored), or a value an update of this process left.
+///
+/// [`Storage::write`]: crate::storage::Storage::write
+#[derive(Clone)]
+pub(super) enum Value {
+    Encoded(Bytes),
+    Typed(Arc<dyn TypedValue>),
+}
+
+impl Value {
+    /// The stored bytes, encoding a typed value.
+    pub(super) fn encoded(&self) -> Result<Bytes, CodecError> {
+        match self {
+            Value::Encoded(bytes) => Ok(bytes.clone()),
+            Value::Typed(value) => value.encode(),
+        }
+    }
+
+    /// Replaces the value by `value`, in place when it already holds a value
+    /// of `T` that nobody else shares (the usual case: no allocation).
+    pub(super) fn set_typed<T: Session>(&mut self, value: T) {
+        if let Value::Typed(stored) = self
+            && let Some(stored) = Arc::get_mut(stored)
+            && let Some(stored) = (stored as &mut dyn Any).downcast_mut::<T>()
+        {
+            *stored = value;
+            return;
+        }
+        *self = Value::Typed(Arc::new(value));
+    }
+}
+
+/// What a typed load found at a key.
+pub(crate) enum Found<T> {
+    /// Nothing stored (or it expired).
+    Nothing,
+    /// A value of `T`, copied without the codec; `stored` is the value
+    /// itself, kept to tell at commit whether the copy changed.
+    Value {
+        value: T,
+        version: u64,
+        stored: Arc<dyn TypedValue>,
+    },
+    /// Bytes, or a value that cannot be copied: decoded as any storage's
+    /// record is.
+    Record(Record),
+}
+
+impl<T: Session> Found<T> {
+    pub(super) fn of(value: &Value, version: u64) -> Result<Self, CodecError> {
+        if let Value::Typed(stored) = value
+            && let Some(typed) = (stored.as_ref() as &dyn Any).downcast_ref::<T>()
+            && let Some(value) = typed.copy_value()
+        {
+            return Ok(Found::Value {
+                value,
+                version,
+                stored: Arc::clone(stored),
+            });
+        }
+        Ok(Found::Record(Record {
+            value: value.encoded()?,
+            version,
+        }))
+    }
+}

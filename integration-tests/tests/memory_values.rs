@@ -218,6 +218,7 @@ mod round_trip {
     struct Broken {
         apple: u32,
         #[serde(skip_serializing)]
+        #[allow(dead_code)]
         secret: u32,
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
+use smallvec::SmallVec;
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
@@ -76,7 +77,7 @@ struct UpdateState {
     ids: UpdateIds,
     /// Tells this update's key locks from other updates' in this process.
     id: u64,
-    slots: Mutex<Vec<SlotEntry>>,
+    slots: Mutex<Slots>,
     /// The cross-process leases this update holds, once it takes one.
     leases: OnceLock<UpdateLeases>,
     finished: AtomicBool,
@@ -179,6 +180,12 @@ enum LoadError {
     },
 }
 
+/// The sessions of an update: inline for the first few, as most updates have.
+type Slots = SmallVec<[SlotEntry; INLINE_SESSIONS]>;
+
+/// How many sessions an update keeps without allocating for them.
+const INLINE_SESSIONS: usize = 4;
+
 struct SlotEntry {
     type_id: TypeId,
     state: EntryState,
@@ -187,13 +194,18 @@ struct SlotEntry {
 enum EntryState {
     /// An eager session, loaded before the handler.
     Loaded(Arc<dyn ErasedSlot>),
-    /// An eager session that could not be loaded.
-    Failed(Error),
+    /// An eager session that could not be loaded (boxed: entries are kept
+    /// inline, and a failure is rare).
+    Failed(Box<Error>),
     /// A lazy session: loaded at most once, on first access.
     Lazy(Arc<OnceCell<Arc<dyn ErasedSlot>>>),
 }
 
 impl EntryState {
+    fn failed(error: Error) -> Self {
+        EntryState::Failed(Box::new(error))
+    }
+
     fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
         match self {
             EntryState::Loaded(slot) => Some(slot),
@@ -209,15 +221,16 @@ impl Sessions {
             manager,
             ids,
             id: next_update_id(),
-            slots: Mutex::new(Vec::new()),
+            slots: Mutex::new(Slots::new()),
             leases: OnceLock::new(),
             finished: AtomicBool::new(false),
         };
-        let slots = load_eager(&state).await;
-        *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
-        Self {
-            inner: Arc::new(state),
+        let state = Arc::new(state);
+        if !load_eager_at_once(&state) {
+            let slots = load_eager(&state).await;
+            *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
         }
+        Self { inner: state }
     }
 
     /// The ids of the update these sessions belong to.
@@ -225,7 +238,7 @@ impl Sessions {
         &self.inner.ids
     }
 
-    fn slots(&self) -> MutexGuard<'_, Vec<SlotEntry>> {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
         // Entries are pushed whole, so a poisoned list is still consistent.
         self.inner
             .slots
@@ -252,7 +265,7 @@ impl Sessions {
                 .iter()
                 .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
-                Some(EntryState::Failed(error)) => return Err(error.clone()),
+                Some(EntryState::Failed(error)) => return Err((**error).clone()),
                 Some(state) => state.loaded().cloned(),
                 None => None,
             }
@@ -277,7 +290,7 @@ impl Sessions {
                 .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
                 Some(EntryState::Loaded(slot)) => return borrow::<T>(slot),
-                Some(EntryState::Failed(error)) => return Err(error.clone()),
+                Some(EntryState::Failed(error)) => return Err((**error).clone()),
                 Some(EntryState::Lazy(cell)) => Arc::clone(cell),
                 None => {
                     let cell = Arc::new(OnceCell::new());
@@ -417,6 +430,8 @@ impl Sessions {
 /// Writes the changed sessions this update keeps in memory storages, as
 /// values (see [`Sessions::commit`]).
 fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec<Error>) {
+    let timer = metrics::Timer::start();
+    let mut written_to: SmallVec<[&Arc<str>; 2]> = SmallVec::new();
     for entry in entries {
         let Some(slot) = entry.state.loaded() else {
             continue;
@@ -431,15 +446,19 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
                 .registration(entry.type_id)
                 .is_none_or(Registration::check_round_trip)
         };
-        let timer = metrics::Timer::start();
         match slot.write_in_process(memory, &check_round_trip) {
             Ok(None) => {}
             Ok(Some(outcome)) => {
-                metrics::committed(&meta.storage_name, timer);
+                if !written_to.contains(&&meta.storage_name) {
+                    written_to.push(&meta.storage_name);
+                }
                 report_outcome(meta, outcome, errors);
             }
             Err(error) => errors.push(error),
         }
+    }
+    for storage in written_to {
+        metrics::committed(storage, timer);
     }
 }
 
@@ -473,7 +492,7 @@ fn first_error(errors: Vec<Error>) -> Result<(), Error> {
 /// [`Sessions::commit`]).
 async fn write_back(
     state: Arc<UpdateState>,
-    entries: Vec<SlotEntry>,
+    entries: Slots,
     save: bool,
     mut errors: Vec<Error>,
 ) -> Result<(), Error> {
@@ -648,17 +667,85 @@ fn slot_meta(
     }
 }
 
+/// Loads the eager sessions of an update with no await when it can: all live
+/// in memory storages, and their keys are free (no other update of this
+/// process holds or waits for them). Answers whether it did; if not, it took
+/// nothing, and [`load_eager`] does the work.
+fn load_eager_at_once(state: &UpdateState) -> bool {
+    let manager = &*state.manager;
+    if !manager.eager_in_process {
+        return false;
+    }
+    let mut entries = Slots::new();
+    let mut wanted: SmallVec<[(&Registration, StorageKey); INLINE_SESSIONS]> = SmallVec::new();
+    for registration in manager.registrations.iter().filter(|r| !r.lazy) {
+        if registration.key.follows_members() && crate::chat_migration::in_supergroup(&state.ids) {
+            return false;
+        }
+        match manager.storage_key(registration.name, &registration.key, &state.ids) {
+            Ok(key) => wanted.push((registration, key)),
+            Err(error) => entries.push(SlotEntry {
+                type_id: registration.type_id,
+                state: EntryState::failed(error),
+            }),
+        }
+    }
+    wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
+    let mut taken: SmallVec<[_; INLINE_SESSIONS]> = SmallVec::new();
+    for (registration, key) in wanted {
+        let taker = state.taker(registration.name, registration.type_name);
+        match manager.locks.try_lock(key.shared(), taker) {
+            Some(lock) => taken.push((registration, key, lock)),
+            // Dropping what was taken gives the keys back.
+            None => return false,
+        }
+    }
+    let timer = metrics::Timer::start();
+    let mut storages_used: SmallVec<[usize; 2]> = SmallVec::new();
+    for (registration, key, lock) in taken {
+        let index = registration.storage_index;
+        let storage = &manager.storages[index];
+        let Some(memory) = &storage.in_process else {
+            return false;
+        };
+        if !storages_used.contains(&index) {
+            storages_used.push(index);
+        }
+        let meta = slot_meta(storage, index, registration.name, key, lock, None);
+        let state = match (registration.open_in_process)(meta, memory) {
+            Ok(slot) => EntryState::Loaded(slot),
+            Err(error) => EntryState::failed(error),
+        };
+        entries.push(SlotEntry {
+            type_id: registration.type_id,
+            state,
+        });
+    }
+    for index in storages_used {
+        let sessions = metrics::SessionNames::collect(
+            manager
+                .registrations
+                .iter()
+                .filter(|r| !r.lazy && r.storage_index == index)
+                .map(|r| r.name),
+        );
+        metrics::loaded(&sessions, &manager.storages[index].name, timer);
+    }
+    *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = entries;
+    true
+}
+
 /// Locks and loads the eager sessions of an update: keys in a fixed order (so
 /// two updates never wait on each other in a cycle), then one load per storage
 /// (taking the keys' leases where the storage has them).
-async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
+async fn load_eager(state: &UpdateState) -> Slots {
     let manager = &*state.manager;
-    let mut entries = Vec::with_capacity(manager.registrations.len());
+    let mut entries = Slots::new();
     let failed = |registration: &Registration, error| SlotEntry {
         type_id: registration.type_id,
-        state: EntryState::Failed(error),
+        state: EntryState::failed(error),
     };
-    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(entries.capacity());
+    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(INLINE_SESSIONS);
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.storage_key(registration.name, &registration.key, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
@@ -703,7 +790,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                 let meta = slot_meta(storage, storage_index, registration.name, key, lock, None);
                 let state = match (registration.open_in_process)(meta, memory) {
                     Ok(slot) => EntryState::Loaded(slot),
-                    Err(error) => EntryState::Failed(error),
+                    Err(error) => EntryState::failed(error),
                 };
                 entries.push(SlotEntry {
                     type_id: registration.type_id,
@@ -750,7 +837,7 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                                 Err(error) => {
                                     entries.push(SlotEntry {
                                         type_id: registration.type_id,
-                                        state: EntryState::Failed(error),
+                                        state: EntryState::failed(error),
                                     });
                                     continue;
                                 }
@@ -760,11 +847,11 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                     };
                     match (registration.open)(meta, record) {
                         Ok(slot) => EntryState::Loaded(slot),
-                        Err(error) => EntryState::Failed(error),
+                        Err(error) => EntryState::failed(error),
                     }
                 }
                 Err(LoadError::Leased { index: busy }) if keys.get(*busy) == Some(key) => {
-                    EntryState::Failed(lease_timeout(manager, storage, registration.name, key))
+                    EntryState::failed(lease_timeout(manager, storage, registration.name, key))
                 }
                 Err(LoadError::Leased { index: busy }) => {
                     let source = StorageError::new(
@@ -776,10 +863,10 @@ async fn load_eager(state: &UpdateState) -> Vec<SlotEntry> {
                             manager.lock_timeout
                         ),
                     );
-                    EntryState::Failed(storage.failed(registration.name, key, source))
+                    EntryState::failed(storage.failed(registration.name, key, source))
                 }
                 Err(LoadError::Storage(source)) => {
-                    EntryState::Failed(storage.failed(registration.name, key, source.clone()))
+                    EntryState::failed(storage.failed(registration.name, key, source.clone()))
                 }
             };
             entries.push(SlotEntry {

@@ -1,6 +1,9 @@
 //! Which ids of an update make a session's key, and how storage keys are built.
 
+use std::cell::RefCell;
 use std::fmt;
+
+use smol_str::SmolStr;
 
 /// The ids of one update that session keys are built from.
 ///
@@ -139,32 +142,36 @@ impl Scope {
 
     /// Appends the scope key to `out` (no allocation of its own on the hot path).
     fn write_scope_key(self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
-        use fmt::Write as _;
         const SENDER: &str = "the sender's user id";
         const CHAT: &str = "a chat id";
-        // Writing to a String cannot fail.
-        let _ = match self {
-            Scope::User => write!(out, "{}", ids.user_id.ok_or(SENDER)?),
-            Scope::Chat => write!(out, "{}", ids.chat_id.ok_or(CHAT)?),
+        match self {
+            Scope::User => push_int(out, ids.user_id.ok_or(SENDER)?),
+            Scope::Chat => push_int(out, ids.chat_id.ok_or(CHAT)?),
             Scope::UserInChat => {
                 let chat = ids.chat_id.ok_or(CHAT)?;
                 let user = ids.user_id.ok_or(SENDER)?;
-                write!(out, "{chat}:{user}")
+                push_int(out, chat);
+                out.push(':');
+                push_int(out, user);
             }
             Scope::ChatThread => {
-                let chat = ids.chat_id.ok_or(CHAT)?;
+                push_int(out, ids.chat_id.ok_or(CHAT)?);
                 match ids.thread_id {
-                    Some(thread) => write!(out, "{chat}:{thread}"),
-                    None => write!(out, "{chat}:main"),
+                    Some(thread) => {
+                        out.push(':');
+                        push_int(out, thread);
+                    }
+                    None => out.push_str(":main"),
                 }
             }
-            Scope::Global => {
-                out.push_str("global");
-                Ok(())
-            }
-        };
+            Scope::Global => out.push_str("global"),
+        }
         Ok(())
     }
+}
+
+fn push_int(out: &mut String, int: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(int));
 }
 
 impl fmt::Display for Scope {
@@ -210,28 +217,54 @@ impl KeyStrategy {
 /// chat (a Redis Cluster hash tag, for instance).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StorageKey {
-    full: String,
+    /// Inline up to 23 bytes (most keys), else shared: a clone never copies
+    /// the text to the heap.
+    full: SmolStr,
     scope_start: usize,
 }
 
 impl StorageKey {
     /// Builds the key of session `name` under an optional prefix and bot id.
     pub fn new(prefix: Option<&str>, bot_id: Option<u64>, name: &str, scope_key: &str) -> Self {
-        let mut key = Self::namespace_of(prefix, bot_id, name, scope_key.len());
-        key.full.push_str(scope_key);
-        key
+        Self::build(|out| {
+            let scope_start = write_namespace(out, prefix, bot_id, name);
+            out.push_str(scope_key);
+            Ok::<_, std::convert::Infallible>(scope_start)
+        })
+        .unwrap_or_else(|never| match never {})
     }
 
     /// A key from its namespace (`[prefix:][bot_id:]name:`, as
     /// [`StorageKey::namespace`] gives it) and its scope key.
     pub fn from_parts(namespace: &str, scope_key: &str) -> Self {
-        let mut full = String::with_capacity(namespace.len() + scope_key.len());
-        full.push_str(namespace);
-        full.push_str(scope_key);
-        Self {
-            full,
-            scope_start: namespace.len(),
+        Self::build(|out| {
+            out.push_str(namespace);
+            out.push_str(scope_key);
+            Ok::<_, std::convert::Infallible>(namespace.len())
+        })
+        .unwrap_or_else(|never| match never {})
+    }
+
+    /// A key written by `write` (which answers where the scope key starts)
+    /// into a buffer this thread reuses, so that the key itself is the only
+    /// copy, and only when it is too long to be inline.
+    fn build<E>(write: impl FnOnce(&mut String) -> Result<usize, E>) -> Result<Self, E> {
+        thread_local! {
+            static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
         }
+        let finish = |out: &mut String| {
+            out.clear();
+            let scope_start = write(out)?;
+            Ok(Self {
+                full: SmolStr::new(&**out),
+                scope_start,
+            })
+        };
+        BUFFER.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut buffer) => finish(&mut buffer),
+            // A `key_fn` that builds keys itself.
+            Err(_) => finish(&mut String::new()),
+        })
     }
 
     /// A key from its whole text, as a storage that keeps keys as text
@@ -274,34 +307,16 @@ impl StorageKey {
         strategy: &KeyStrategy,
         ids: &UpdateIds,
     ) -> Result<Self, &'static str> {
-        let mut key = Self::namespace_of(prefix, bot_id, name, 24);
-        strategy.write_scope_key(ids, &mut key.full)?;
-        Ok(key)
+        Self::build(|out| {
+            let scope_start = write_namespace(out, prefix, bot_id, name);
+            strategy.write_scope_key(ids, out)?;
+            Ok(scope_start)
+        })
     }
 
-    /// `[prefix:][bot_id:]name:`, with room for a scope key of `scope_len` bytes.
-    fn namespace_of(
-        prefix: Option<&str>,
-        bot_id: Option<u64>,
-        name: &str,
-        scope_len: usize,
-    ) -> Self {
-        use fmt::Write as _;
-        let mut full = String::with_capacity(
-            prefix.map_or(0, |p| p.len() + 1) + 21 + name.len() + 1 + scope_len,
-        );
-        if let Some(prefix) = prefix {
-            full.push_str(prefix);
-            full.push(':');
-        }
-        if let Some(bot_id) = bot_id {
-            // Writing to a String cannot fail.
-            let _ = write!(full, "{bot_id}:");
-        }
-        full.push_str(name);
-        full.push(':');
-        let scope_start = full.len();
-        Self { full, scope_start }
+    /// The whole key, shared: what the in-process lock table keeps.
+    pub(crate) fn shared(&self) -> &SmolStr {
+        &self.full
     }
 
     /// The whole key.
@@ -318,6 +333,26 @@ impl StorageKey {
     pub fn scope_key(&self) -> &str {
         &self.full[self.scope_start..]
     }
+}
+
+/// Writes `[prefix:][bot_id:]name:` and answers its length.
+fn write_namespace(
+    out: &mut String,
+    prefix: Option<&str>,
+    bot_id: Option<u64>,
+    name: &str,
+) -> usize {
+    if let Some(prefix) = prefix {
+        out.push_str(prefix);
+        out.push(':');
+    }
+    if let Some(bot_id) = bot_id {
+        push_int(out, bot_id);
+        out.push(':');
+    }
+    out.push_str(name);
+    out.push(':');
+    out.len()
 }
 
 impl fmt::Display for StorageKey {

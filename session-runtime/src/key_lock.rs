@@ -29,7 +29,7 @@ pub(crate) async fn lock_key(
 ) -> Result<KeyLockGuard, Error> {
     manager
         .locks
-        .lock(key.as_str(), taker, manager.lock_timeout)
+        .lock(key.shared(), taker, manager.lock_timeout)
         .await
         .map_err(|error| lock_error(manager, session, key, taker, error))
 }

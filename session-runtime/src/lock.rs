@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
+use smol_str::SmolStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,7 @@ pub(crate) enum LockError {
     HeldByThisUpdate { first: &'static str },
     /// The holder waits, directly or through others, for `held`, a key this
     /// update holds: waiting would never end.
-    Cycle { held: Arc<str> },
+    Cycle { held: SmolStr },
     /// The update that held the key before met this storage failure
     /// `ago`; the storage is not tried again so soon.
     PreviousFailed {
@@ -57,10 +58,18 @@ pub(crate) enum LockError {
     },
 }
 
+/// The mutex of one key; entries give theirs back to the table's spares when
+/// they go, so a busy process does not allocate one per update.
+type KeyMutex = Arc<tokio::sync::Mutex<()>>;
+
+/// Spare mutexes kept for the next keys: enough for the updates of a busy
+/// process in flight at once, little memory after a burst.
+const SPARE_MUTEXES: usize = 256;
+
 struct Entry {
     /// The table's own key, shared with the guards so they need no copy.
-    key: Arc<str>,
-    mutex: Arc<tokio::sync::Mutex<()>>,
+    key: SmolStr,
+    mutex: KeyMutex,
     /// Updates holding or waiting for the key; the entry goes at zero.
     users: usize,
     /// The update holding the key, once it has recorded itself.
@@ -77,22 +86,23 @@ struct Failure {
 
 #[derive(Default)]
 struct Table {
-    entries: HashMap<Arc<str>, Entry, RandomState>,
+    entries: HashMap<SmolStr, Entry, RandomState>,
     /// What each waiting update waits for (an update waits for one key at a time).
-    waiting: HashMap<u64, Arc<str>, RandomState>,
+    waiting: HashMap<u64, SmolStr, RandomState>,
+    spare: Vec<KeyMutex>,
 }
 
 impl Table {
     /// Follows holder → awaited key → holder from `key`; the key `update`
     /// holds at the end of the chain, if the chain comes back to it.
-    fn cycle_through(&self, key: &str, update: u64) -> Option<Arc<str>> {
+    fn cycle_through(&self, key: &str, update: u64) -> Option<SmolStr> {
         let mut current = self.entries.get(key)?;
         // Each step visits another waiting update; a longer chain is a cycle
         // that does not pass through `update` and is not ours to report.
         for _ in 0..=self.waiting.len() {
             let holder = current.holder?;
             if holder.update == update {
-                return Some(Arc::clone(&current.key));
+                return Some(current.key.clone());
             }
             let awaited = self.waiting.get(&holder.update)?;
             current = self.entries.get(awaited)?;
@@ -110,7 +120,7 @@ pub(crate) struct KeyLocks {
 /// when dropped, whether it got the lock, timed out or was cancelled.
 pub(crate) struct KeyLockGuard {
     locks: Arc<KeyLocks>,
-    key: Arc<str>,
+    key: SmolStr,
     taker: Taker,
     held: Option<OwnedMutexGuard<()>>,
 }
@@ -122,28 +132,58 @@ impl KeyLocks {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes `key` for `taker` if no update holds or waits for it, without
+    /// waiting; `None` otherwise (take it with [`KeyLocks::lock`] then,
+    /// which waits, and tells this update's own keys and cycles apart).
+    pub(crate) fn try_lock(self: &Arc<Self>, key: &SmolStr, taker: Taker) -> Option<KeyLockGuard> {
+        let mut table = self.table();
+        let table = &mut *table;
+        if table.entries.contains_key(key.as_str()) {
+            return None;
+        }
+        let mutex: KeyMutex = table.spare.pop().unwrap_or_default();
+        // A new mutex, or a spare nobody else holds: free.
+        let held = Arc::clone(&mutex).try_lock_owned().ok()?;
+        table.entries.insert(
+            key.clone(),
+            Entry {
+                key: key.clone(),
+                mutex,
+                users: 1,
+                holder: Some(taker),
+                failure: None,
+            },
+        );
+        Some(KeyLockGuard {
+            locks: Arc::clone(self),
+            key: key.clone(),
+            taker,
+            held: Some(held),
+        })
+    }
+
     /// Takes `key` for `taker`, waiting at most `timeout` for another update
     /// that holds it.
     pub(crate) async fn lock(
         self: &Arc<Self>,
-        key: &str,
+        key: &SmolStr,
         taker: Taker,
         timeout: Duration,
     ) -> Result<KeyLockGuard, LockError> {
         let (key, mutex) = {
             let mut table = self.table();
-            let entry = match table.entries.get_mut(key) {
+            let table = &mut *table;
+            let entry = match table.entries.get_mut(key.as_str()) {
                 Some(entry) => entry,
                 None => {
-                    let key: Arc<str> = Arc::from(key);
                     let entry = Entry {
-                        key: Arc::clone(&key),
-                        mutex: Arc::default(),
+                        key: key.clone(),
+                        mutex: table.spare.pop().unwrap_or_default(),
                         users: 0,
                         holder: None,
                         failure: None,
                     };
-                    table.entries.entry(key).or_insert(entry)
+                    table.entries.entry(key.clone()).or_insert(entry)
                 }
             };
             if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
@@ -156,20 +196,20 @@ impl KeyLocks {
                 entry.holder = Some(taker);
                 return Ok(KeyLockGuard {
                     locks: Arc::clone(self),
-                    key: Arc::clone(&entry.key),
+                    key: entry.key.clone(),
                     taker,
                     held: Some(held),
                 });
             }
-            let (key, mutex) = (Arc::clone(&entry.key), Arc::clone(&entry.mutex));
+            let (key, mutex) = (entry.key.clone(), Arc::clone(&entry.mutex));
             if let Some(held) = table.cycle_through(&key, taker.update) {
-                drop_unused(&mut table, &key);
+                drop_unused(table, &key);
                 return Err(LockError::Cycle { held });
             }
             if let Some(entry) = table.entries.get_mut(&key) {
                 entry.users += 1;
             }
-            table.waiting.insert(taker.update, Arc::clone(&key));
+            table.waiting.insert(taker.update, key.clone());
             (key, mutex)
         };
         let mut claim = KeyLockGuard {
@@ -221,10 +261,15 @@ impl KeyLocks {
 }
 
 /// Removes the entry of `key` if no update holds or waits for it (one was
-/// created for a request that did not wait).
+/// created for a request that did not wait), keeping its mutex as a spare
+/// when nothing else holds it.
 fn drop_unused(table: &mut Table, key: &str) {
-    if table.entries.get(key).is_some_and(|entry| entry.users == 0) {
-        table.entries.remove(key);
+    if table.entries.get(key).is_some_and(|entry| entry.users == 0)
+        && let Some(entry) = table.entries.remove(key)
+        && table.spare.len() < SPARE_MUTEXES
+        && Arc::strong_count(&entry.mutex) == 1
+    {
+        table.spare.push(entry.mutex);
     }
 }
 
@@ -299,9 +344,15 @@ mod tests {
     #[tokio::test]
     async fn table_forgets_released_and_timed_out_keys() {
         let locks = Arc::new(KeyLocks::default());
-        let first = locks.lock("a", update(1), WAIT).await;
+        let first = locks.lock(&SmolStr::new_static("a"), update(1), WAIT).await;
         assert!(first.is_ok());
-        let second = locks.lock("a", update(2), Duration::from_millis(10)).await;
+        let second = locks
+            .lock(
+                &SmolStr::new_static("a"),
+                update(2),
+                Duration::from_millis(10),
+            )
+            .await;
         assert_eq!(second.err(), Some(LockError::Timeout));
         assert_eq!(locks.len(), 1);
         drop(first);
@@ -312,10 +363,15 @@ mod tests {
     #[tokio::test]
     async fn cancelled_waiter_leaves_no_entry() {
         let locks = Arc::new(KeyLocks::default());
-        let held = locks.lock("a", update(1), WAIT).await;
+        let held = locks.lock(&SmolStr::new_static("a"), update(1), WAIT).await;
         let waiter = tokio::spawn({
             let locks = Arc::clone(&locks);
-            async move { locks.lock("a", update(2), WAIT).await.is_ok() }
+            async move {
+                locks
+                    .lock(&SmolStr::new_static("a"), update(2), WAIT)
+                    .await
+                    .is_ok()
+            }
         });
         tokio::task::yield_now().await;
         waiter.abort();
@@ -333,8 +389,11 @@ mod tests {
             session: "counter",
             type_name: "Counter",
         };
-        let _held = locks.lock("a", taker, WAIT).await.unwrap();
-        let again = locks.lock("a", update(1), WAIT).await;
+        let _held = locks
+            .lock(&SmolStr::new_static("a"), taker, WAIT)
+            .await
+            .unwrap();
+        let again = locks.lock(&SmolStr::new_static("a"), update(1), WAIT).await;
         assert_eq!(
             again.err(),
             Some(LockError::HeldByThisUpdate { first: "Counter" })
@@ -345,24 +404,35 @@ mod tests {
     #[tokio::test]
     async fn a_cycle_of_waits_fails_at_once_and_names_the_held_key() {
         let locks = Arc::new(KeyLocks::default());
-        let a = locks.lock("a", update(1), WAIT).await.unwrap();
-        let b = locks.lock("b", update(2), WAIT).await.unwrap();
+        let a = locks
+            .lock(&SmolStr::new_static("a"), update(1), WAIT)
+            .await
+            .unwrap();
+        let b = locks
+            .lock(&SmolStr::new_static("b"), update(2), WAIT)
+            .await
+            .unwrap();
         // Update 1 waits for b (held by 2) ...
         let first = tokio::spawn({
             let locks = Arc::clone(&locks);
-            async move { locks.lock("b", update(1), WAIT).await.map(drop) }
+            async move {
+                locks
+                    .lock(&SmolStr::new_static("b"), update(1), WAIT)
+                    .await
+                    .map(drop)
+            }
         });
         while !locks.table().waiting.contains_key(&1) {
             tokio::task::yield_now().await;
         }
         // ... so update 2 waiting for a (held by 1) would close the cycle.
         let started = std::time::Instant::now();
-        let second = locks.lock("a", update(2), WAIT).await;
+        let second = locks.lock(&SmolStr::new_static("a"), update(2), WAIT).await;
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(
             second.err(),
             Some(LockError::Cycle {
-                held: Arc::from("b")
+                held: SmolStr::new_static("b")
             })
         );
         // Update 2 gives up b: update 1 goes on.
@@ -375,18 +445,34 @@ mod tests {
     #[tokio::test]
     async fn waiting_behind_a_holder_that_waits_elsewhere_is_no_cycle() {
         let locks = Arc::new(KeyLocks::default());
-        let c = locks.lock("c", update(3), WAIT).await.unwrap();
-        let a = locks.lock("a", update(1), WAIT).await.unwrap();
+        let c = locks
+            .lock(&SmolStr::new_static("c"), update(3), WAIT)
+            .await
+            .unwrap();
+        let a = locks
+            .lock(&SmolStr::new_static("a"), update(1), WAIT)
+            .await
+            .unwrap();
         let first = tokio::spawn({
             let locks = Arc::clone(&locks);
-            async move { locks.lock("c", update(1), WAIT).await.map(drop) }
+            async move {
+                locks
+                    .lock(&SmolStr::new_static("c"), update(1), WAIT)
+                    .await
+                    .map(drop)
+            }
         });
         while !locks.table().waiting.contains_key(&1) {
             tokio::task::yield_now().await;
         }
         let second = tokio::spawn({
             let locks = Arc::clone(&locks);
-            async move { locks.lock("a", update(2), WAIT).await.map(drop) }
+            async move {
+                locks
+                    .lock(&SmolStr::new_static("a"), update(2), WAIT)
+                    .await
+                    .map(drop)
+            }
         });
         tokio::task::yield_now().await;
         drop(c);
@@ -399,11 +485,19 @@ mod tests {
     #[tokio::test]
     async fn waiters_behind_a_storage_failure_fail_at_once() {
         let locks = Arc::new(KeyLocks::default());
-        let holder = locks.lock("a", update(1), WAIT).await.unwrap();
+        let holder = locks
+            .lock(&SmolStr::new_static("a"), update(1), WAIT)
+            .await
+            .unwrap();
         let waiters: Vec<_> = (2..6)
             .map(|id| {
                 let locks = Arc::clone(&locks);
-                tokio::spawn(async move { locks.lock("a", update(id), WAIT).await.map(drop) })
+                tokio::spawn(async move {
+                    locks
+                        .lock(&SmolStr::new_static("a"), update(id), WAIT)
+                        .await
+                        .map(drop)
+                })
             })
             .collect();
         tokio::task::yield_now().await;
@@ -420,6 +514,11 @@ mod tests {
         }
         // Once nobody queues, the failure is forgotten with the entry.
         assert_eq!(locks.len(), 0);
-        assert!(locks.lock("a", update(9), WAIT).await.is_ok());
+        assert!(
+            locks
+                .lock(&SmolStr::new_static("a"), update(9), WAIT)
+                .await
+                .is_ok()
+        );
     }
 }

@@ -72,6 +72,9 @@ pub(crate) struct ManagerInner {
     pub(crate) lock_timeout: Duration,
     pub(crate) lease_ttl: Duration,
     pub(crate) registrations: Vec<Registration>,
+    /// Every eager session type lives in a memory storage: an update whose
+    /// keys are free loads them all at once, with no await.
+    pub(crate) eager_in_process: bool,
     pub(crate) locks: Arc<KeyLocks>,
     /// Which supergroups this process saw come from which group.
     pub(crate) chat_lookups: ChatLookups,
@@ -404,8 +407,13 @@ impl SessionManagerBuilder {
             }
             registrations.push(registration);
         }
+        let eager_in_process = registrations
+            .iter()
+            .filter(|registration| !registration.lazy)
+            .all(|registration| storages[registration.storage_index].in_process.is_some());
         SessionManager {
             inner: Arc::new(ManagerInner {
+                eager_in_process,
                 storages,
                 prefix: self.prefix,
                 bot_id_in_keys: self.bot_id_in_keys,

@@ -124,7 +124,7 @@ pub(crate) enum DecodeError {
 /// the labels only when they are recorded.
 pub(crate) struct SessionNames {
     #[cfg(feature = "metrics")]
-    names: Vec<&'static str>,
+    names: smallvec::SmallVec<[&'static str; 4]>,
 }
 
 impl SessionNames {
@@ -160,6 +160,7 @@ impl SessionNames {
 }
 
 /// Measures one storage call; empty without the feature.
+#[derive(Clone, Copy)]
 pub(crate) struct Timer {
     #[cfg(feature = "metrics")]
     started: Instant,

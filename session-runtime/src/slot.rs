@@ -177,25 +177,33 @@ impl<T: Session> SlotState<T> {
 }
 
 /// Whether two values are the same: by `PartialEq` where the type has it,
-/// else by their encoded bytes (in buffers this thread reuses).
+/// else by their encoded bytes.
 fn same_value<T: Session>(a: &T, b: &T) -> Result<bool, CodecError> {
     if let Some(same) = a.same_value(b) {
         return Ok(same);
     }
-    thread_local! {
-        static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    }
-    let compare = |(first, second): &mut (Vec<u8>, Vec<u8>)| {
-        first.clear();
-        second.clear();
+    with_buffers(|first, second| {
         encode_record_into(a, first)?;
         encode_record_into(b, second)?;
         Ok(first == second)
-    };
+    })
+}
+
+/// Runs `f` with two empty buffers this thread reuses, so comparing encoded
+/// values allocates nothing once they have grown.
+fn with_buffers<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
     BUFFERS.with(|buffers| match buffers.try_borrow_mut() {
-        Ok(mut buffers) => compare(&mut buffers),
+        Ok(mut buffers) => {
+            let (first, second) = &mut *buffers;
+            first.clear();
+            second.clear();
+            f(first, second)
+        }
         // Only a `Serialize` impl that compares sessions itself gets here.
-        Err(_) => compare(&mut (Vec::new(), Vec::new())),
+        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
     })
 }
 
@@ -203,28 +211,32 @@ fn same_value<T: Session>(a: &T, b: &T) -> Result<bool, CodecError> {
 /// for Redis or SQL to keep it: encodes, decodes, and compares (by
 /// `PartialEq`, else by encoding again).
 fn check_round_trip<T: Session>(meta: &SlotMeta, value: &T) -> Result<(), Error> {
-    let record = encode_record(value).map_err(|source| meta.encode_failed::<T>(source))?;
-    let payload = match T::SCHEMA_VERSION {
-        Some(_) => codec::split_schema_version(&record).1,
-        None => &record[..],
-    };
-    let decoded: T = T::Codec::decode(payload).map_err(|source| {
-        meta.round_trip_failed::<T>(CodecError::new(format!(
-            "its encoded bytes do not decode: {source}"
-        )))
-    })?;
-    let same = match decoded.same_value(value) {
-        Some(same) => same,
-        None => {
-            encode_record(&decoded).map_err(|source| meta.encode_failed::<T>(source))? == record
+    with_buffers(|record, again| {
+        encode_record_into(value, record).map_err(|source| meta.encode_failed::<T>(source))?;
+        let payload = match T::SCHEMA_VERSION {
+            Some(_) => codec::split_schema_version(record).1,
+            None => &record[..],
+        };
+        let decoded: T = T::Codec::decode(payload).map_err(|source| {
+            meta.round_trip_failed::<T>(CodecError::new(format!(
+                "its encoded bytes do not decode: {source}"
+            )))
+        })?;
+        let same = match decoded.same_value(value) {
+            Some(same) => same,
+            None => {
+                encode_record_into(&decoded, again)
+                    .map_err(|source| meta.encode_failed::<T>(source))?;
+                again == record
+            }
+        };
+        match same {
+            true => Ok(()),
+            false => Err(meta.round_trip_failed::<T>(CodecError::new(
+                "it decodes to a different value (a field the codec skips or cannot represent exactly)",
+            ))),
         }
-    };
-    match same {
-        true => Ok(()),
-        false => Err(meta.round_trip_failed::<T>(CodecError::new(
-            "it decodes to a different value (a field the codec skips or cannot represent exactly)",
-        ))),
-    }
+    })
 }
 
 /// A session slot with its type erased, as the context keeps it.

@@ -1,0 +1,141 @@
+//! Heap allocations per update: one eager read-modify-write, counted by a
+//! counting global allocator (dhat's, in testing mode) over many updates,
+//! on each storage. The bounds are the budget the hot path is held to;
+//! the counts are printed (`--nocapture`) for the record.
+//!
+//! One test: dhat counts the whole process, so nothing may run beside it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde::{Deserialize, Serialize};
+use tg_session::{
+    HandlerOutcome, MemoryStorage, RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds,
+};
+use tg_session_test_kit::redis_server::RedisServer;
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+macro_rules! session_types {
+    ($($ty:ident $key:literal),*) => {$(
+        /// The benchmarks' session: a counter bot's.
+        #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
+        #[session(key = $key)]
+        struct $ty {
+            apple: u32,
+            name: Option<String>,
+        }
+    )*};
+}
+
+session_types!(One "one", Two "two", Three "three", Four "four");
+
+/// Users the updates cycle over, all stored before counting starts.
+const USERS: u64 = 100;
+const UPDATES: u64 = 1_000;
+
+async fn update_one(manager: &SessionManager, user: u64) {
+    let ctx = manager.begin(UpdateIds::new().user(user)).await;
+    ctx.one().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+async fn update_four(manager: &SessionManager, user: u64) {
+    let ctx = manager.begin(UpdateIds::new().user(user)).await;
+    ctx.one().unwrap().apple += 1;
+    ctx.two().unwrap().apple += 1;
+    ctx.three().unwrap().apple += 1;
+    ctx.four().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+/// Allocations per update, once every user's records exist.
+async fn per_update<F: AsyncFn(&SessionManager, u64)>(manager: &SessionManager, update: F) -> f64 {
+    for user in 1..=USERS {
+        update(manager, user).await;
+    }
+    let before = dhat::HeapStats::get().total_blocks;
+    for n in 0..UPDATES {
+        update(manager, n % USERS + 1).await;
+    }
+    let after = dhat::HeapStats::get().total_blocks;
+    (after - before) as f64 / UPDATES as f64
+}
+
+fn manager(storage: impl tg_session::storage::Storage, four: bool) -> SessionManager {
+    let builder = SessionManager::builder().storage(storage).register::<One>();
+    match four {
+        true => builder
+            .register::<Two>()
+            .register::<Three>()
+            .register::<Four>(),
+        false => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn allocations_per_read_modify_write_stay_within_budget() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let memory_one = per_update(&manager(MemoryStorage::new(), false), update_one).await;
+        let memory_four = per_update(&manager(MemoryStorage::new(), true), update_four).await;
+        let bounded_one = per_update(
+            &manager(MemoryStorage::with_capacity(10_000), false),
+            update_one,
+        )
+        .await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStorage::open(dir.path().join("allocations.db"))
+            .await
+            .unwrap();
+        let sqlite_one = per_update(&manager(sqlite.clone(), false), update_one).await;
+        let sqlite_four = per_update(&manager(sqlite, true), update_four).await;
+
+        let server = RedisServer::start();
+        let redis = RedisStorage::connect(&server.url()).await.unwrap();
+        let redis_one = per_update(&manager(redis.clone(), false), update_one).await;
+        let redis_four = per_update(&manager(redis, true), update_four).await;
+
+        println!("allocations per eager read-modify-write (metrics feature on):");
+        for (storage, one, four) in [
+            ("memory", memory_one, memory_four),
+            ("memory (bounded)", bounded_one, f64::NAN),
+            ("sqlite", sqlite_one, sqlite_four),
+            ("redis", redis_one, redis_four),
+        ] {
+            println!("  {storage:<17} 1 session: {one:>6.1}   4 sessions: {four:>6.1}");
+        }
+        // The budget on the memory storage is 4 per update; it takes 3: the
+        // update's state, and per session its slot and the slot's lock
+        // state. This crate builds tg-session with `metrics`, and each
+        // metric recorded builds its labels on the heap (`metrics`' macros
+        // do), even with no recorder installed: per update, a load's
+        // duration, and per session its load count and its write count, and
+        // one commit duration.
+        let metrics_labels = |sessions: f64| 2.0 + 2.0 * sessions;
+        assert!(
+            memory_one <= 4.0 + metrics_labels(1.0),
+            "memory, 1 session: {memory_one}"
+        );
+        assert!(
+            memory_four <= 1.0 + 2.0 * 4.0 + metrics_labels(4.0),
+            "memory, 4 sessions: {memory_four}"
+        );
+        assert!(
+            bounded_one <= 20.0,
+            "bounded memory, 1 session: {bounded_one}"
+        );
+        // Regression bounds for the storages that go over the network or
+        // to a file: what the storage client needs, plus ours.
+        assert!(sqlite_one <= 75.0, "sqlite, 1 session: {sqlite_one}");
+        assert!(sqlite_four <= 180.0, "sqlite, 4 sessions: {sqlite_four}");
+        assert!(redis_one <= 110.0, "redis, 1 session: {redis_one}");
+        assert!(redis_four <= 230.0, "redis, 4 sessions: {redis_four}");
+    });
+}

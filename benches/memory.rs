@@ -4,6 +4,9 @@
 //! Per update: begin → eager load → mutate → commit (ours), or
 //! `Dialogue::get_or_default` + `Dialogue::update` per session type
 //! (teloxide), cycling over 1,000 users, with 1 and 4 session types.
+//! The workload's types are `Clone` but not `PartialEq`, so ours tell a
+//! change by encoding; the `PartialEq` rows measure the same sessions
+//! deriving it, as the README advises.
 //!
 //! `cargo bench -p tg-session-benches --bench memory`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -13,12 +16,46 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde::{Deserialize, Serialize};
 use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
 use teloxide::types::ChatId;
-use tg_session::SessionManager;
+use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
 
 mod workload;
 use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
+
+macro_rules! comparable_types {
+    ($($ty:ident $key:literal),*) => {$(
+        /// The workload's session, deriving `PartialEq`.
+        #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
+        #[session(key = $key)]
+        struct $ty {
+            apple: u32,
+            name: Option<String>,
+        }
+    )*};
+}
+
+comparable_types!(EqOne "eq_one", EqTwo "eq_two", EqThree "eq_three", EqFour "eq_four");
+
+async fn ours_one_eq(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.eq_one().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+async fn ours_four_eq(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.eq_one().unwrap().apple += 1;
+    ctx.eq_two().unwrap().apple += 1;
+    ctx.eq_three().unwrap().apple += 1;
+    ctx.eq_four().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
 
 async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
     storage: &Arc<InMemStorage<D>>,
@@ -44,6 +81,17 @@ fn bench(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| ours_one(&one, black_box(next_user(&user))))
     });
+    let one_eq = SessionManager::builder()
+        .register::<EqOne>()
+        .build()
+        .unwrap();
+    group.bench_function(
+        BenchmarkId::new("tg_session", "1 session (PartialEq)"),
+        |b| {
+            b.to_async(&runtime)
+                .iter(|| ours_one_eq(&one_eq, black_box(next_user(&user))))
+        },
+    );
     let storage = InMemStorage::<One>::new();
     group.bench_function(BenchmarkId::new("teloxide_dialogue", "1 session"), |b| {
         b.to_async(&runtime)
@@ -61,6 +109,20 @@ fn bench(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| ours_four(&four, black_box(next_user(&user))))
     });
+    let four_eq = SessionManager::builder()
+        .register::<EqOne>()
+        .register::<EqTwo>()
+        .register::<EqThree>()
+        .register::<EqFour>()
+        .build()
+        .unwrap();
+    group.bench_function(
+        BenchmarkId::new("tg_session", "4 sessions (PartialEq)"),
+        |b| {
+            b.to_async(&runtime)
+                .iter(|| ours_four_eq(&four_eq, black_box(next_user(&user))))
+        },
+    );
     let storages = (
         InMemStorage::<One>::new(),
         InMemStorage::<Two>::new(),

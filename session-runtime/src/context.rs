@@ -12,7 +12,7 @@ use tracing::Instrument as _;
 
 use crate::error::{Error, LockHolder};
 use crate::guard::SessionRef;
-use crate::key::{StorageKey, UpdateIds};
+use crate::key::{KeyStrategy, StorageKey, UpdateIds};
 use crate::key_lock::{lock_key, next_update_id};
 use crate::lock::{KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
@@ -87,6 +87,12 @@ impl UpdateState {
     fn leases(&self) -> &UpdateLeases {
         self.leases
             .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
+    }
+
+    /// Whether a session keyed by `key` may have to be moved from the group
+    /// this update's supergroup was, on first use (see `chat_migration`).
+    fn follows_members(&self, key: &KeyStrategy) -> bool {
+        key.follows_members() && crate::chat_migration::in_supergroup(&self.ids)
     }
 
     /// The memory storage of `slot`, when its storage is one.
@@ -227,7 +233,9 @@ impl Sessions {
         };
         let state = Arc::new(state);
         if !load_eager_at_once(&state) {
-            let slots = load_eager(&state).await;
+            // Boxed: the path that waits (for a key, a remote storage) is
+            // large, and an update that never takes it should not carry it.
+            let slots = Box::pin(load_eager(&state)).await;
             *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
         }
         Self { inner: state }
@@ -317,7 +325,7 @@ impl Sessions {
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let lock = lock_key(manager, T::NAME, &key, taker).await?;
         let storage = &manager.storages[storage_index];
-        let follows = T::KEY.follows_members() && crate::chat_migration::in_supergroup(&state.ids);
+        let follows = state.follows_members(&T::KEY);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
             let meta = slot_meta(storage, storage_index, T::NAME, key, lock, None);
@@ -679,7 +687,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
     let mut entries = Slots::new();
     let mut wanted: SmallVec<[(&Registration, StorageKey); INLINE_SESSIONS]> = SmallVec::new();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        if registration.key.follows_members() && crate::chat_migration::in_supergroup(&state.ids) {
+        if state.follows_members(&registration.key) {
             return false;
         }
         match manager.storage_key(registration.name, &registration.key, &state.ids) {
@@ -779,9 +787,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
             .unzip();
         let sessions = metrics::SessionNames::collect(held.iter().map(|(r, _)| r.name));
         let storage = &manager.storages[storage_index];
-        let follows = |registration: &Registration| {
-            registration.key.follows_members() && crate::chat_migration::in_supergroup(&state.ids)
-        };
+        let follows = |registration: &Registration| state.follows_members(&registration.key);
         if let Some(memory) = &storage.in_process
             && !held.iter().any(|(registration, _)| follows(registration))
         {

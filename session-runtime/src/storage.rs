@@ -201,6 +201,12 @@ pub enum Conflict {
 ///     }
 /// }
 /// ```
+///
+/// The `Any` bound costs an implementation nothing (every `'static` type is
+/// `Any`): it lets the manager recognise a [`MemoryStorage`] handed over as a
+/// [`SharedStorage`] and keep its sessions as values.
+///
+/// [`MemoryStorage`]: crate::MemoryStorage
 #[async_trait]
 pub trait Storage: Any + Send + Sync {
     /// A short description for error messages and traces (`memory`,

@@ -141,9 +141,18 @@ impl<T: Session> SlotState<T> {
             return Ok(None);
         }
         let bytes = encode_record(&self.value).map_err(|source| meta.encode_failed::<T>(source))?;
+        // The value's bytes are at hand: compare them rather than encode again.
         let unchanged = match &self.stored {
             Some(Loaded::Record(record)) => record.value == bytes,
-            _ => !self.changed(meta)?,
+            None => match T::initial().same_value(&self.value) {
+                Some(same) => same,
+                None => {
+                    encode_record(&T::initial())
+                        .map_err(|source| meta.encode_failed::<T>(source))?
+                        == bytes
+                }
+            },
+            Some(Loaded::Value { .. }) => !self.changed(meta)?,
         };
         if unchanged {
             return Ok(None);

@@ -650,9 +650,10 @@ fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error
         .downcast::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
         .map_err(|_| slot.meta().already_borrowed())?;
-    let state = Arc::clone(&typed.state)
-        .try_lock_owned()
-        .map_err(|_| typed.meta.already_borrowed())?;
+    let state = typed
+        .state
+        .try_lock_arc()
+        .ok_or_else(|| typed.meta.already_borrowed())?;
     Ok(SessionRef::new(typed, state))
 }
 

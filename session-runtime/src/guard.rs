@@ -4,11 +4,9 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use tokio::sync::OwnedMutexGuard;
-
 use crate::error::Error;
 use crate::session::Session;
-use crate::slot::{Loaded, SlotMeta, SlotState, TypedSlot};
+use crate::slot::{Loaded, SlotMeta, StateGuard, TypedSlot};
 use crate::storage::{Record, Write, WriteOutcome};
 
 /// A session of the current update, borrowed from its context.
@@ -19,11 +17,11 @@ use crate::storage::{Record, Write, WriteOutcome};
 /// session can be alive at a time.
 pub struct SessionRef<T: Session> {
     slot: Arc<TypedSlot<T>>,
-    state: OwnedMutexGuard<SlotState<T>>,
+    state: StateGuard<T>,
 }
 
 impl<T: Session> SessionRef<T> {
-    pub(crate) fn new(slot: Arc<TypedSlot<T>>, state: OwnedMutexGuard<SlotState<T>>) -> Self {
+    pub(crate) fn new(slot: Arc<TypedSlot<T>>, state: StateGuard<T>) -> Self {
         Self { slot, state }
     }
 

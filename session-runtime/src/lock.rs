@@ -58,24 +58,52 @@ pub(crate) enum LockError {
     },
 }
 
-/// The mutex of one key; entries give theirs back to the table's spares when
-/// they go, so a busy process does not allocate one per update.
+/// The mutex of one key, made only once a second update asks for it: an
+/// update alone on its key (the usual case) holds it by being its entry's
+/// `holder`, which costs one insert and one remove in the table.
 type KeyMutex = Arc<tokio::sync::Mutex<()>>;
-
-/// Spare mutexes kept for the next keys: enough for the updates of a busy
-/// process in flight at once, little memory after a burst.
-const SPARE_MUTEXES: usize = 256;
 
 struct Entry {
     /// The table's own key, shared with the guards so they need no copy.
     key: SmolStr,
-    mutex: KeyMutex,
+    /// The key's queue, once an update waits for it.
+    mutex: Option<KeyMutex>,
+    /// The mutex's guard, taken on behalf of a holder that took the key
+    /// before the mutex existed; that holder's release drops it.
+    holder_guard: Option<OwnedMutexGuard<()>>,
     /// Updates holding or waiting for the key; the entry goes at zero.
     users: usize,
     /// The update holding the key, once it has recorded itself.
     holder: Option<Taker>,
     /// The last storage failure of a holder, while updates queue on the key.
     failure: Option<Failure>,
+}
+
+impl Entry {
+    fn new(key: SmolStr) -> Self {
+        Self {
+            key,
+            mutex: None,
+            holder_guard: None,
+            users: 0,
+            holder: None,
+            failure: None,
+        }
+    }
+
+    /// The key's mutex, made now if the key had none: held on behalf of the
+    /// holder, if there is one.
+    fn mutex(&mut self) -> KeyMutex {
+        if let Some(mutex) = &self.mutex {
+            return Arc::clone(mutex);
+        }
+        let mutex = KeyMutex::default();
+        if self.holder.is_some() {
+            self.holder_guard = Arc::clone(&mutex).try_lock_owned().ok();
+        }
+        self.mutex = Some(Arc::clone(&mutex));
+        mutex
+    }
 }
 
 struct Failure {
@@ -89,7 +117,6 @@ struct Table {
     entries: HashMap<SmolStr, Entry, RandomState>,
     /// What each waiting update waits for (an update waits for one key at a time).
     waiting: HashMap<u64, SmolStr, RandomState>,
-    spare: Vec<KeyMutex>,
 }
 
 impl Table {
@@ -116,13 +143,24 @@ pub(crate) struct KeyLocks {
     table: Mutex<Table>,
 }
 
-/// A claim on a key: holds it once `held` is set, and leaves the table clean
+/// A claim on a key: holds it once `held` says so, and leaves the table clean
 /// when dropped, whether it got the lock, timed out or was cancelled.
 pub(crate) struct KeyLockGuard {
     locks: Arc<KeyLocks>,
     key: SmolStr,
     taker: Taker,
-    held: Option<OwnedMutexGuard<()>>,
+    held: Held,
+}
+
+/// How a [`KeyLockGuard`] holds its key.
+enum Held {
+    /// Not yet: waiting (or it timed out, or was cancelled).
+    Waiting,
+    /// As its entry's holder, with no update queued when it took the key
+    /// (a later one made the entry's mutex and holds its guard for us).
+    Alone,
+    /// Through the key's mutex, after waiting for it.
+    Queued(OwnedMutexGuard<()>),
 }
 
 impl KeyLocks {
@@ -137,29 +175,21 @@ impl KeyLocks {
     /// which waits, and tells this update's own keys and cycles apart).
     pub(crate) fn try_lock(self: &Arc<Self>, key: &SmolStr, taker: Taker) -> Option<KeyLockGuard> {
         let mut table = self.table();
-        let table = &mut *table;
-        if table.entries.contains_key(key.as_str()) {
-            return None;
+        match table.entries.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                let mut entry = Entry::new(key.clone());
+                entry.users = 1;
+                entry.holder = Some(taker);
+                vacant.insert(entry);
+                Some(KeyLockGuard {
+                    locks: Arc::clone(self),
+                    key: key.clone(),
+                    taker,
+                    held: Held::Alone,
+                })
+            }
         }
-        let mutex: KeyMutex = table.spare.pop().unwrap_or_default();
-        // A new mutex, or a spare nobody else holds: free.
-        let held = Arc::clone(&mutex).try_lock_owned().ok()?;
-        table.entries.insert(
-            key.clone(),
-            Entry {
-                key: key.clone(),
-                mutex,
-                users: 1,
-                holder: Some(taker),
-                failure: None,
-            },
-        );
-        Some(KeyLockGuard {
-            locks: Arc::clone(self),
-            key: key.clone(),
-            taker,
-            held: Some(held),
-        })
     }
 
     /// Takes `key` for `taker`, waiting at most `timeout` for another update
@@ -173,50 +203,62 @@ impl KeyLocks {
         let (key, mutex) = {
             let mut table = self.table();
             let table = &mut *table;
-            let entry = match table.entries.get_mut(key.as_str()) {
-                Some(entry) => entry,
-                None => {
-                    let entry = Entry {
-                        key: key.clone(),
-                        mutex: table.spare.pop().unwrap_or_default(),
-                        users: 0,
-                        holder: None,
-                        failure: None,
-                    };
-                    table.entries.entry(key.clone()).or_insert(entry)
-                }
-            };
+            let entry = table
+                .entries
+                .entry(key.clone())
+                .or_insert_with(|| Entry::new(key.clone()));
             if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
                 return Err(LockError::HeldByThisUpdate {
                     first: holder.type_name,
                 });
             }
-            if let Ok(held) = Arc::clone(&entry.mutex).try_lock_owned() {
-                entry.users += 1;
-                entry.holder = Some(taker);
-                return Ok(KeyLockGuard {
-                    locks: Arc::clone(self),
-                    key: entry.key.clone(),
-                    taker,
-                    held: Some(held),
-                });
+            if entry.holder.is_none() {
+                let free = match &entry.mutex {
+                    None => Some(Held::Alone),
+                    // Taken if no queued update was handed it yet.
+                    Some(mutex) => Arc::clone(mutex).try_lock_owned().ok().map(Held::Queued),
+                };
+                if let Some(held) = free {
+                    entry.users += 1;
+                    entry.holder = Some(taker);
+                    return Ok(KeyLockGuard {
+                        locks: Arc::clone(self),
+                        key: entry.key.clone(),
+                        taker,
+                        held,
+                    });
+                }
             }
-            let (key, mutex) = (entry.key.clone(), Arc::clone(&entry.mutex));
+            let key = entry.key.clone();
             if let Some(held) = table.cycle_through(&key, taker.update) {
-                drop_unused(table, &key);
                 return Err(LockError::Cycle { held });
             }
-            if let Some(entry) = table.entries.get_mut(&key) {
-                entry.users += 1;
-            }
+            let entry = table
+                .entries
+                .entry(key.clone())
+                .or_insert_with(|| Entry::new(key.clone()));
+            entry.users += 1;
+            let mutex = entry.mutex();
             table.waiting.insert(taker.update, key.clone());
             (key, mutex)
         };
+        self.wait(key, mutex, taker, timeout).await
+    }
+
+    /// Waits for `mutex`, the queue of `key`, which this update already
+    /// counts itself a user of and is recorded as waiting for.
+    async fn wait(
+        self: &Arc<Self>,
+        key: SmolStr,
+        mutex: KeyMutex,
+        taker: Taker,
+        timeout: Duration,
+    ) -> Result<KeyLockGuard, LockError> {
         let mut claim = KeyLockGuard {
             locks: Arc::clone(self),
             key,
             taker,
-            held: None,
+            held: Held::Waiting,
         };
         let held = {
             let wait = LockWait::start(taker.session, Lock::InProcess);
@@ -244,7 +286,7 @@ impl KeyLocks {
             }
             None => None,
         };
-        claim.held = Some(held);
+        claim.held = Held::Queued(held);
         drop(table);
         match failed {
             // Dropping the claim hands the key to the next waiter, which
@@ -257,19 +299,6 @@ impl KeyLocks {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table().entries.len()
-    }
-}
-
-/// Removes the entry of `key` if no update holds or waits for it (one was
-/// created for a request that did not wait), keeping its mutex as a spare
-/// when nothing else holds it.
-fn drop_unused(table: &mut Table, key: &str) {
-    if table.entries.get(key).is_some_and(|entry| entry.users == 0)
-        && let Some(entry) = table.entries.remove(key)
-        && table.spare.len() < SPARE_MUTEXES
-        && Arc::strong_count(&entry.mutex) == 1
-    {
-        table.spare.push(entry.mutex);
     }
 }
 
@@ -299,16 +328,26 @@ impl KeyLockGuard {
 impl Drop for KeyLockGuard {
     fn drop(&mut self) {
         let mut table = self.locks.table();
-        match self.held.take() {
-            Some(held) => {
-                if let Some(entry) = table.entries.get_mut(&*self.key) {
-                    entry.holder = None;
-                }
-                // Unlock inside the table's lock, so a new entry for this key
-                // can never coexist with a guard of the old one.
-                drop(held);
+        let table = &mut *table;
+        // The usual case, an update alone on its key from start to end: one
+        // remove, and the key is free.
+        let Some(mut entry) = table.entries.remove(&*self.key) else {
+            return;
+        };
+        entry.users -= 1;
+        match std::mem::replace(&mut self.held, Held::Waiting) {
+            Held::Alone => {
+                entry.holder = None;
+                // Hands the key to the first update queued since, if any.
+                drop(entry.holder_guard.take());
             }
-            None => {
+            Held::Queued(guard) => {
+                entry.holder = None;
+                // Unlocked inside the table's lock, so a new entry for this
+                // key can never coexist with a guard of the old one.
+                drop(guard);
+            }
+            Held::Waiting => {
                 // Timed out or cancelled while waiting.
                 if table
                     .waiting
@@ -319,10 +358,9 @@ impl Drop for KeyLockGuard {
                 }
             }
         }
-        if let Some(entry) = table.entries.get_mut(&*self.key) {
-            entry.users -= 1;
+        if entry.users > 0 {
+            table.entries.insert(entry.key.clone(), entry);
         }
-        drop_unused(&mut table, &self.key);
     }
 }
 

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::codec::CodecError;
 use crate::codec::{self, Codec};
@@ -270,8 +270,14 @@ pub(crate) trait ErasedSlot: Send + Sync {
 
 pub(crate) struct TypedSlot<T> {
     pub(crate) meta: SlotMeta,
+    /// Borrowed by one `SessionRef` (across awaits, hence the `Arc` and the
+    /// owned guard) or the commit at a time; never waited for: a second
+    /// borrow is an error at once.
     pub(crate) state: Arc<Mutex<SlotState<T>>>,
 }
+
+/// A slot's state, borrowed by a `SessionRef`.
+pub(crate) type StateGuard<T> = parking_lot::ArcMutexGuard<parking_lot::RawMutex, SlotState<T>>;
 
 impl<T: Session> TypedSlot<T> {
     /// A slot from what the storage returned, decoding it per the type's
@@ -351,7 +357,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
         let state = self
             .state
             .try_lock()
-            .map_err(|_| self.meta.already_borrowed())?;
+            .ok_or_else(|| self.meta.already_borrowed())?;
         state.pending_write(&self.meta)
     }
 
@@ -363,7 +369,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
         let mut state = self
             .state
             .try_lock()
-            .map_err(|_| self.meta.already_borrowed())?;
+            .ok_or_else(|| self.meta.already_borrowed())?;
         if !state.touched || !state.changed(&self.meta)? {
             return Ok(None);
         }
@@ -385,7 +391,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     }
 
     fn maybe_touched(&self) -> bool {
-        self.state.try_lock().map_or(true, |state| state.touched)
+        self.state.try_lock().is_none_or(|state| state.touched)
     }
 }
 

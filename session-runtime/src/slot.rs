@@ -168,14 +168,18 @@ impl<T: Session> SlotState<T> {
     /// Whether the value differs from the stored one. Nothing stored counts
     /// as the initial value: a bot must not store a record for everyone who
     /// ever said hello.
+    ///
+    /// A value a memory storage keeps is compared only by `PartialEq`:
+    /// putting it back costs a move, less than encoding both to compare, and
+    /// shows only in the version.
     fn changed(&self, meta: &SlotMeta) -> Result<bool, Error> {
         let encode_failed = |source| meta.encode_failed::<T>(source);
         let same = match &self.stored {
-            Some(Loaded::Value { value, .. }) => match (&**value as &dyn Any).downcast_ref::<T>() {
-                Some(stored) => same_value(&self.value, stored).map_err(encode_failed)?,
+            Some(Loaded::Value { value, .. }) => (&**value as &dyn Any)
+                .downcast_ref::<T>()
+                .and_then(|stored| self.value.same_value(stored))
                 // A typed load only keeps a value of the slot's type.
-                None => false,
-            },
+                .unwrap_or(false),
             Some(Loaded::Record(record)) => {
                 encode_record(&self.value).map_err(encode_failed)? == record.value
             }

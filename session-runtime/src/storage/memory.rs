@@ -2,8 +2,9 @@
 
 mod typed;
 
+use std::cell::Cell;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -62,6 +63,9 @@ struct Unbounded {
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
+    /// Whether a record with a TTL was ever stored: until then there is
+    /// nothing to sweep, and no reason to read the clock.
+    expiring: AtomicBool,
     sweep_every: Duration,
 }
 
@@ -74,7 +78,7 @@ struct Stored {
 }
 
 impl Stored {
-    fn new(value: Value, version: u64, ttl: Option<Duration>, now: Instant) -> Self {
+    fn new(value: Value, version: u64, ttl: Option<Duration>, now: &Now) -> Self {
         Self {
             value,
             version,
@@ -83,8 +87,8 @@ impl Stored {
         }
     }
 
-    fn live(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
+    fn live(&self, now: &Now) -> bool {
+        self.expires_at.is_none_or(|at| at > now.get())
     }
 
     /// The record as bytes: what a storage that keeps bytes would return.
@@ -98,15 +102,37 @@ impl Stored {
         })
     }
 
-    fn renew(&mut self, version: u64, ttl: Option<Duration>, now: Instant) {
+    fn renew(&mut self, version: u64, ttl: Option<Duration>, now: &Now) {
         self.version = version;
         self.ttl = ttl;
         self.expires_at = expiry(ttl, now);
     }
 }
 
-fn expiry(ttl: Option<Duration>, now: Instant) -> Option<Instant> {
-    ttl.and_then(|ttl| now.checked_add(ttl))
+fn expiry(ttl: Option<Duration>, now: &Now) -> Option<Instant> {
+    ttl.and_then(|ttl| now.get().checked_add(ttl))
+}
+
+/// The time of one storage call, read from the clock at most once and only
+/// if a TTL makes it matter: most sessions have none, and an update's load
+/// and commit are cheap enough that the clock would show.
+struct Now(Cell<Option<Instant>>);
+
+impl Now {
+    fn lazy() -> Self {
+        Self(Cell::new(None))
+    }
+
+    fn get(&self) -> Instant {
+        match self.0.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                self.0.set(Some(now));
+                now
+            }
+        }
+    }
 }
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -139,7 +165,7 @@ impl moka::Expiry<String, Stored> for PerRecordTtl {
 fn next_version(
     current: Option<&Stored>,
     expected_version: Option<u64>,
-    now: Instant,
+    now: &Now,
 ) -> Result<u64, Conflict> {
     let stored = current.filter(|s| s.live(now)).map(|s| s.version);
     if stored != expected_version {
@@ -166,6 +192,7 @@ impl MemoryStorage {
                 map: DashMap::default(),
                 created: Instant::now(),
                 next_sweep_ms: AtomicU64::new(0),
+                expiring: AtomicBool::new(false),
                 sweep_every,
             })),
         }
@@ -192,13 +219,17 @@ impl MemoryStorage {
     pub fn len(&self) -> u64 {
         match &self.records {
             Records::Unbounded(unbounded) => {
-                let now = Instant::now();
-                let live = unbounded.map.iter().filter(|entry| entry.live(now)).count();
+                let now = Now::lazy();
+                let live = unbounded
+                    .map
+                    .iter()
+                    .filter(|entry| entry.live(&now))
+                    .count();
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
             Records::Bounded(cache) => {
-                let now = Instant::now();
-                let live = cache.iter().filter(|(_, stored)| stored.live(now)).count();
+                let now = Now::lazy();
+                let live = cache.iter().filter(|(_, stored)| stored.live(&now)).count();
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
         }
@@ -209,7 +240,7 @@ impl MemoryStorage {
         self.len() == 0
     }
 
-    fn get(&self, key: &str, now: Instant) -> Result<Option<Record>, StorageError> {
+    fn get(&self, key: &str, now: &Now) -> Result<Option<Record>, StorageError> {
         match &self.records {
             Records::Unbounded(unbounded) => unbounded
                 .map
@@ -228,7 +259,7 @@ impl MemoryStorage {
     /// What is stored at `key`, as a value of `T` where the storage holds
     /// one it can copy, else as bytes.
     pub(crate) fn load_typed<T: Session>(&self, key: &str) -> Result<Found<T>, StorageError> {
-        let now = Instant::now();
+        let now = Now::lazy();
         let found = |stored: &Stored| {
             Found::of(&stored.value, stored.version).map_err(|error| {
                 StorageError::other(format!("a stored session value does not encode: {error}"))
@@ -236,11 +267,11 @@ impl MemoryStorage {
         };
         match &self.records {
             Records::Unbounded(unbounded) => match unbounded.map.get(key) {
-                Some(stored) if stored.live(now) => found(&stored),
+                Some(stored) if stored.live(&now) => found(&stored),
                 _ => Ok(Found::Nothing),
             },
             Records::Bounded(cache) => match cache.get(key) {
-                Some(stored) if stored.live(now) => found(&stored),
+                Some(stored) if stored.live(&now) => found(&stored),
                 _ => Ok(Found::Nothing),
             },
         }
@@ -255,11 +286,11 @@ impl MemoryStorage {
         expected_version: Option<u64>,
         ttl: Option<Duration>,
     ) -> WriteOutcome {
-        let now = Instant::now();
-        let outcome = self.put(key.as_str(), expected_version, ttl, now, |stored| {
+        let now = Now::lazy();
+        let outcome = self.put(key.as_str(), expected_version, ttl, &now, |stored| {
             stored.set_typed(value);
         });
-        self.sweep_if_due(now);
+        self.sweep_if_due(&now);
         outcome
     }
 
@@ -271,11 +302,14 @@ impl MemoryStorage {
         key: &str,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
-        now: Instant,
+        now: &Now,
         set: impl FnOnce(&mut Value),
     ) -> WriteOutcome {
         let written = match &self.records {
             Records::Unbounded(unbounded) => {
+                if ttl.is_some() {
+                    unbounded.expiring.store(true, Ordering::Relaxed);
+                }
                 let checked = |stored| next_version(stored, expected_version, now);
                 // Most writes update a record that exists: change it in place
                 // and spare the key's copy; a new record takes the entry path.
@@ -324,7 +358,7 @@ impl MemoryStorage {
         }
     }
 
-    fn apply(&self, write: &Write, now: Instant) -> WriteOutcome {
+    fn apply(&self, write: &Write, now: &Now) -> WriteOutcome {
         match (write, &self.records) {
             (
                 Write::Put {
@@ -350,12 +384,19 @@ impl MemoryStorage {
 
     /// Drops expired records from the unbounded map, at most once per
     /// [`SWEEP_EVERY`], so records nobody reads again do not pile up.
-    fn sweep_if_due(&self, now: Instant) {
+    fn sweep_if_due(&self, now: &Now) {
         let Records::Unbounded(unbounded) = &self.records else {
             return;
         };
-        let elapsed = u64::try_from(now.saturating_duration_since(unbounded.created).as_millis())
-            .unwrap_or(u64::MAX);
+        if !unbounded.expiring.load(Ordering::Relaxed) {
+            return;
+        }
+        let elapsed = u64::try_from(
+            now.get()
+                .saturating_duration_since(unbounded.created)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
         let due = unbounded.next_sweep_ms.load(Ordering::Relaxed);
         if elapsed < due {
             return;
@@ -379,7 +420,7 @@ struct PageCollector<'a> {
     prefix: &'a str,
     after: Option<&'a str>,
     limit: usize,
-    now: Instant,
+    now: Now,
     /// A max-heap: the largest key kept is dropped first.
     kept: BinaryHeap<ByKey>,
     /// More keys than `limit` were found.
@@ -412,7 +453,7 @@ impl PageCollector<'_> {
     fn offer(&mut self, key: &str, stored: &Stored) {
         if !key.starts_with(self.prefix)
             || self.after.is_some_and(|after| key <= after)
-            || !stored.live(self.now)
+            || !stored.live(&self.now)
         {
             return;
         }
@@ -432,7 +473,7 @@ impl PageCollector<'_> {
     }
 
     fn page(self, prefix: &KeyPrefix, with_values: bool) -> Result<ScanPage, StorageError> {
-        let now = self.now;
+        let now = self.now.get();
         let entries: Vec<ScannedRecord> = self
             .kept
             .into_sorted_vec()
@@ -483,14 +524,16 @@ impl Storage for MemoryStorage {
     }
 
     async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
-        let now = Instant::now();
-        keys.iter().map(|key| self.get(key.as_str(), now)).collect()
+        let now = Now::lazy();
+        keys.iter()
+            .map(|key| self.get(key.as_str(), &now))
+            .collect()
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        let now = Instant::now();
-        let outcomes = writes.iter().map(|write| self.apply(write, now)).collect();
-        self.sweep_if_due(now);
+        let now = Now::lazy();
+        let outcomes = writes.iter().map(|write| self.apply(write, &now)).collect();
+        self.sweep_if_due(&now);
         Ok(outcomes)
     }
 
@@ -508,7 +551,7 @@ impl Storage for MemoryStorage {
             prefix: &text,
             after: cursor.map(ScanCursor::as_str),
             limit: page_limit(limit),
-            now: Instant::now(),
+            now: Now::lazy(),
             kept: BinaryHeap::new(),
             more: false,
         };
@@ -528,7 +571,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
-        let now = Instant::now();
+        let now = Now::lazy();
         let newer = |current: Option<&Stored>, restore: &Restore| {
             current.is_none_or(|stored| stored.version < restore.record.version)
         };
@@ -539,10 +582,13 @@ impl Storage for MemoryStorage {
                     Value::Encoded(restore.record.value.clone()),
                     restore.record.version,
                     restore.ttl,
-                    now,
+                    &now,
                 );
                 match &self.records {
                     Records::Unbounded(unbounded) => {
+                        if restore.ttl.is_some() {
+                            unbounded.expiring.store(true, Ordering::Relaxed);
+                        }
                         match unbounded.map.entry(restore.key.as_str().to_owned()) {
                             Entry::Occupied(mut entry) if newer(Some(entry.get()), restore) => {
                                 entry.insert(stored);
@@ -573,7 +619,7 @@ impl Storage for MemoryStorage {
                 }
             })
             .collect();
-        self.sweep_if_due(now);
+        self.sweep_if_due(&now);
         Ok(outcomes)
     }
 }

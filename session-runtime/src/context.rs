@@ -680,67 +680,67 @@ fn slot_meta(
 /// in memory storages, and their keys are free (no other update of this
 /// process holds or waits for them). Answers whether it did; if not, it took
 /// nothing, and [`load_eager`] does the work.
+///
+/// Keys are taken in registration order: an update that waits for none
+/// cannot close a cycle of waits, so the key order [`load_eager`] keeps for
+/// that is not needed here.
 fn load_eager_at_once(state: &UpdateState) -> bool {
     let manager = &*state.manager;
     if !manager.eager_in_process {
         return false;
     }
-    let mut entries = Slots::new();
-    let mut wanted: SmallVec<[(&Registration, StorageKey); INLINE_SESSIONS]> = SmallVec::new();
-    for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        if state.follows_members(&registration.key) {
-            return false;
-        }
-        match manager.storage_key(registration.name, &registration.key, &state.ids) {
-            Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state: EntryState::failed(error),
-            }),
-        }
-    }
-    wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    let mut taken: SmallVec<[_; INLINE_SESSIONS]> = SmallVec::new();
-    for (registration, key) in wanted {
-        let taker = state.taker(registration.name, registration.type_name);
-        match manager.locks.try_lock(key.shared(), taker) {
-            Some(lock) => taken.push((registration, key, lock)),
-            // Dropping what was taken gives the keys back.
-            None => return false,
-        }
-    }
+    let mut slots = state.slots.lock().unwrap_or_else(PoisonError::into_inner);
     let timer = metrics::Timer::start();
-    let mut storages_used: SmallVec<[usize; 2]> = SmallVec::new();
-    for (registration, key, lock) in taken {
+    for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         let index = registration.storage_index;
         let storage = &manager.storages[index];
-        let Some(memory) = &storage.in_process else {
+        let (Some(memory), false) = (
+            &storage.in_process,
+            state.follows_members(&registration.key),
+        ) else {
+            slots.clear();
             return false;
         };
-        if !storages_used.contains(&index) {
-            storages_used.push(index);
-        }
+        let key = match manager.storage_key(registration.name, &registration.key, &state.ids) {
+            Ok(key) => key,
+            Err(error) => {
+                slots.push(SlotEntry {
+                    type_id: registration.type_id,
+                    state: EntryState::failed(error),
+                });
+                continue;
+            }
+        };
+        let taker = state.taker(registration.name, registration.type_name);
+        let Some(lock) = manager.locks.try_lock(key.shared(), taker) else {
+            // Dropping what was taken gives the keys back.
+            slots.clear();
+            return false;
+        };
         let meta = slot_meta(storage, index, registration.name, key, lock, None);
         let state = match (registration.open_in_process)(meta, memory) {
             Ok(slot) => EntryState::Loaded(slot),
             Err(error) => EntryState::failed(error),
         };
-        entries.push(SlotEntry {
+        slots.push(SlotEntry {
             type_id: registration.type_id,
             state,
         });
     }
-    for index in storages_used {
-        let sessions = metrics::SessionNames::collect(
-            manager
-                .registrations
-                .iter()
-                .filter(|r| !r.lazy && r.storage_index == index)
-                .map(|r| r.name),
-        );
-        metrics::loaded(&sessions, &manager.storages[index].name, timer);
+    for (index, storage) in manager.storages.iter().enumerate() {
+        if !metrics::ENABLED {
+            break;
+        }
+        let mut eager = manager
+            .registrations
+            .iter()
+            .filter(|r| !r.lazy && r.storage_index == index)
+            .map(|r| r.name)
+            .peekable();
+        if eager.peek().is_some() {
+            metrics::loaded(&metrics::SessionNames::collect(eager), &storage.name, timer);
+        }
     }
-    *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = entries;
     true
 }
 

@@ -148,7 +148,8 @@ pub(crate) struct KeyLocks {
 pub(crate) struct KeyLockGuard {
     locks: Arc<KeyLocks>,
     key: SmolStr,
-    taker: Taker,
+    /// The update taking the key (see [`Taker::update`]).
+    update: u64,
     held: Held,
 }
 
@@ -185,7 +186,7 @@ impl KeyLocks {
                 Some(KeyLockGuard {
                     locks: Arc::clone(self),
                     key: key.clone(),
-                    taker,
+                    update: taker.update,
                     held: Held::Alone,
                 })
             }
@@ -224,7 +225,7 @@ impl KeyLocks {
                     return Ok(KeyLockGuard {
                         locks: Arc::clone(self),
                         key: entry.key.clone(),
-                        taker,
+                        update: taker.update,
                         held,
                     });
                 }
@@ -257,7 +258,7 @@ impl KeyLocks {
         let mut claim = KeyLockGuard {
             locks: Arc::clone(self),
             key,
-            taker,
+            update: taker.update,
             held: Held::Waiting,
         };
         let held = {
@@ -351,10 +352,10 @@ impl Drop for KeyLockGuard {
                 // Timed out or cancelled while waiting.
                 if table
                     .waiting
-                    .get(&self.taker.update)
+                    .get(&self.update)
                     .is_some_and(|key| **key == *self.key)
                 {
-                    table.waiting.remove(&self.taker.update);
+                    table.waiting.remove(&self.update);
                 }
             }
         }

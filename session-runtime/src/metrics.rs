@@ -119,6 +119,10 @@ pub(crate) enum DecodeError {
     Migration,
 }
 
+/// Whether metrics are recorded (the `metrics` feature): work done only to
+/// build labels can be skipped without it.
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
 /// The session names of a load's keys, in key order: the `session` labels.
 /// Empty (and never allocated) without the feature, so an update pays for
 /// the labels only when they are recorded.

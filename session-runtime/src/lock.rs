@@ -64,8 +64,6 @@ pub(crate) enum LockError {
 type KeyMutex = Arc<tokio::sync::Mutex<()>>;
 
 struct Entry {
-    /// The table's own key, shared with the guards so they need no copy.
-    key: SmolStr,
     /// The key's queue, once an update waits for it.
     mutex: Option<KeyMutex>,
     /// The mutex's guard, taken on behalf of a holder that took the key
@@ -75,14 +73,14 @@ struct Entry {
     users: usize,
     /// The update holding the key, once it has recorded itself.
     holder: Option<Taker>,
-    /// The last storage failure of a holder, while updates queue on the key.
-    failure: Option<Failure>,
+    /// The last storage failure of a holder, while updates queue on the key
+    /// (boxed: entries are moved in and out of the table, failures are rare).
+    failure: Option<Box<Failure>>,
 }
 
 impl Entry {
-    fn new(key: SmolStr) -> Self {
+    fn new() -> Self {
         Self {
-            key,
             mutex: None,
             holder_guard: None,
             users: 0,
@@ -122,17 +120,17 @@ struct Table {
 impl Table {
     /// Follows holder → awaited key → holder from `key`; the key `update`
     /// holds at the end of the chain, if the chain comes back to it.
-    fn cycle_through(&self, key: &str, update: u64) -> Option<SmolStr> {
-        let mut current = self.entries.get(key)?;
+    fn cycle_through(&self, key: &SmolStr, update: u64) -> Option<SmolStr> {
+        let mut current = (key, self.entries.get(key)?);
         // Each step visits another waiting update; a longer chain is a cycle
         // that does not pass through `update` and is not ours to report.
         for _ in 0..=self.waiting.len() {
-            let holder = current.holder?;
+            let holder = current.1.holder?;
             if holder.update == update {
-                return Some(current.key.clone());
+                return Some(current.0.clone());
             }
             let awaited = self.waiting.get(&holder.update)?;
-            current = self.entries.get(awaited)?;
+            current = (awaited, self.entries.get(awaited)?);
         }
         None
     }
@@ -179,7 +177,7 @@ impl KeyLocks {
         match table.entries.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(_) => None,
             std::collections::hash_map::Entry::Vacant(vacant) => {
-                let mut entry = Entry::new(key.clone());
+                let mut entry = Entry::new();
                 entry.users = 1;
                 entry.holder = Some(taker);
                 vacant.insert(entry);
@@ -204,10 +202,7 @@ impl KeyLocks {
         let (key, mutex) = {
             let mut table = self.table();
             let table = &mut *table;
-            let entry = table
-                .entries
-                .entry(key.clone())
-                .or_insert_with(|| Entry::new(key.clone()));
+            let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
             if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
                 return Err(LockError::HeldByThisUpdate {
                     first: holder.type_name,
@@ -224,24 +219,20 @@ impl KeyLocks {
                     entry.holder = Some(taker);
                     return Ok(KeyLockGuard {
                         locks: Arc::clone(self),
-                        key: entry.key.clone(),
+                        key: key.clone(),
                         update: taker.update,
                         held,
                     });
                 }
             }
-            let key = entry.key.clone();
-            if let Some(held) = table.cycle_through(&key, taker.update) {
+            if let Some(held) = table.cycle_through(key, taker.update) {
                 return Err(LockError::Cycle { held });
             }
-            let entry = table
-                .entries
-                .entry(key.clone())
-                .or_insert_with(|| Entry::new(key.clone()));
+            let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
             entry.users += 1;
             let mutex = entry.mutex();
             table.waiting.insert(taker.update, key.clone());
-            (key, mutex)
+            (key.clone(), mutex)
         };
         self.wait(key, mutex, taker, timeout).await
     }
@@ -317,11 +308,11 @@ impl KeyLockGuard {
             return;
         }
         if let Some(entry) = self.locks.table().entries.get_mut(&*self.key) {
-            entry.failure = Some(Failure {
+            entry.failure = Some(Box::new(Failure {
                 at: Instant::now(),
                 error: error.clone(),
                 storage: Arc::clone(storage),
-            });
+            }));
         }
     }
 }
@@ -360,7 +351,7 @@ impl Drop for KeyLockGuard {
             }
         }
         if entry.users > 0 {
-            table.entries.insert(entry.key.clone(), entry);
+            table.entries.insert(self.key.clone(), entry);
         }
     }
 }

@@ -1,9 +1,8 @@
 //! Which ids of an update make a session's key, and how storage keys are built.
 
-use std::cell::RefCell;
 use std::fmt;
 
-use smol_str::SmolStr;
+use smol_str::{SmolStr, SmolStrBuilder};
 
 /// The ids of one update that session keys are built from.
 ///
@@ -135,13 +134,17 @@ impl Scope {
 
     /// The part of the storage key this scope takes from `ids`, or what is missing.
     pub fn scope_key(self, ids: &UpdateIds) -> Result<String, &'static str> {
-        let mut out = String::new();
+        let mut out = SmolStrBuilder::new();
         self.write_scope_key(ids, &mut out)?;
-        Ok(out)
+        Ok(out.as_str().to_owned())
     }
 
     /// Appends the scope key to `out` (no allocation of its own on the hot path).
-    fn write_scope_key(self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
+    fn write_scope_key(
+        self,
+        ids: &UpdateIds,
+        out: &mut SmolStrBuilder,
+    ) -> Result<(), &'static str> {
         const SENDER: &str = "the sender's user id";
         const CHAT: &str = "a chat id";
         match self {
@@ -170,7 +173,7 @@ impl Scope {
     }
 }
 
-fn push_int(out: &mut String, int: impl itoa::Integer) {
+fn push_int(out: &mut SmolStrBuilder, int: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(int));
 }
 
@@ -200,7 +203,11 @@ impl KeyStrategy {
         matches!(self, KeyStrategy::Scope(Scope::UserInChat))
     }
 
-    fn write_scope_key(&self, ids: &UpdateIds, out: &mut String) -> Result<(), &'static str> {
+    fn write_scope_key(
+        &self,
+        ids: &UpdateIds,
+        out: &mut SmolStrBuilder,
+    ) -> Result<(), &'static str> {
         match self {
             KeyStrategy::Scope(scope) => scope.write_scope_key(ids, out),
             KeyStrategy::Custom(key_fn) => {
@@ -246,24 +253,13 @@ impl StorageKey {
     }
 
     /// A key written by `write` (which answers where the scope key starts)
-    /// into a buffer this thread reuses, so that the key itself is the only
-    /// copy, and only when it is too long to be inline.
-    fn build<E>(write: impl FnOnce(&mut String) -> Result<usize, E>) -> Result<Self, E> {
-        thread_local! {
-            static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
-        }
-        let finish = |out: &mut String| {
-            out.clear();
-            let scope_start = write(out)?;
-            Ok(Self {
-                full: SmolStr::new(&**out),
-                scope_start,
-            })
-        };
-        BUFFER.with(|buffer| match buffer.try_borrow_mut() {
-            Ok(mut buffer) => finish(&mut buffer),
-            // A `key_fn` that builds keys itself.
-            Err(_) => finish(&mut String::new()),
+    /// in place: inline when it fits (most keys), with no copy.
+    fn build<E>(write: impl FnOnce(&mut SmolStrBuilder) -> Result<usize, E>) -> Result<Self, E> {
+        let mut out = SmolStrBuilder::new();
+        let scope_start = write(&mut out)?;
+        Ok(Self {
+            full: out.finish(),
+            scope_start,
         })
     }
 
@@ -337,7 +333,7 @@ impl StorageKey {
 
 /// Writes `[prefix:][bot_id:]name:` and answers its length.
 fn write_namespace(
-    out: &mut String,
+    out: &mut SmolStrBuilder,
     prefix: Option<&str>,
     bot_id: Option<u64>,
     name: &str,

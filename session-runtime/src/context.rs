@@ -18,10 +18,10 @@ use crate::lock::{KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
 use crate::metrics::{self, Operation};
 use crate::session::Session;
-use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
+use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
 use crate::storage::StorageError;
 use crate::storage::memory::MemoryStorage;
-use crate::storage::{LeaseOwner, Record, Write, WriteOutcome};
+use crate::storage::{LeaseOwner, Record, Write};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
 /// How the handler of an update ended, for [`Sessions::commit`].
@@ -95,11 +95,38 @@ impl UpdateState {
         key.follows_members() && crate::chat_migration::in_supergroup(&self.ids)
     }
 
-    /// The memory storage of `slot`, when its storage is one.
-    fn in_process(&self, slot: &Arc<dyn ErasedSlot>) -> Option<&MemoryStorage> {
-        self.manager.storages[slot.meta().storage_index]
+    /// The storage of the sessions of type `type_id` (the first for a type
+    /// that was not registered, as its lazy load takes).
+    fn storage_index(&self, type_id: TypeId) -> usize {
+        self.manager
+            .registration(type_id)
+            .map_or(0, |registration| registration.storage_index)
+    }
+
+    /// The memory storage of the sessions of type `type_id`, when their
+    /// storage is one.
+    fn in_process(&self, type_id: TypeId) -> Option<&MemoryStorage> {
+        self.manager.storages[self.storage_index(type_id)]
             .in_process
             .as_ref()
+    }
+
+    /// The error for a session of type `type_id` that a `SessionRef` holds
+    /// when it is asked for again (its key is built anew: this is rare).
+    fn already_borrowed(&self, type_id: TypeId, session: &'static str) -> Error {
+        let key = self
+            .manager
+            .registration(type_id)
+            .and_then(|r| self.manager.storage_key(r.name, &r.key, &self.ids).ok())
+            .map_or_else(|| "?".to_owned(), |key| key.to_string());
+        Error::AlreadyBorrowed { session, key }
+    }
+
+    /// The name of the sessions of type `type_id`.
+    fn session_name(&self, type_id: TypeId) -> &'static str {
+        self.manager
+            .registration(type_id)
+            .map_or("(unregistered)", |registration| registration.name)
     }
 
     fn taker(&self, session: &'static str, type_name: &'static str) -> Taker {
@@ -279,7 +306,7 @@ impl Sessions {
             }
         };
         match slot {
-            Some(slot) => borrow::<T>(&slot),
+            Some(slot) => borrow::<T>(&self.inner, &slot),
             None => Err(Error::NotRegistered {
                 session: T::NAME,
                 type_name: std::any::type_name::<T>(),
@@ -297,7 +324,7 @@ impl Sessions {
                 .iter()
                 .find(|entry| entry.type_id == TypeId::of::<T>());
             match entry.map(|entry| &entry.state) {
-                Some(EntryState::Loaded(slot)) => return borrow::<T>(slot),
+                Some(EntryState::Loaded(slot)) => return borrow::<T>(&self.inner, slot),
                 Some(EntryState::Failed(error)) => return Err((**error).clone()),
                 Some(EntryState::Lazy(cell)) => Arc::clone(cell),
                 None => {
@@ -311,7 +338,7 @@ impl Sessions {
             }
         };
         let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
-        borrow::<T>(slot)
+        borrow::<T>(&self.inner, slot)
     }
 
     async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {
@@ -328,8 +355,8 @@ impl Sessions {
         let follows = state.follows_members(&T::KEY);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
-            let meta = slot_meta(storage, storage_index, T::NAME, key, lock, None);
-            let slot = TypedSlot::<T>::erased_in_process(meta, memory)?;
+            let meta = slot_meta(storage, T::NAME, key, lock, None);
+            let slot = slot::open_in_process::<T>(meta, memory)?;
             metrics::loaded(&metrics::SessionNames::one(T::NAME), &storage.name, timer);
             return Ok(slot);
         }
@@ -369,8 +396,8 @@ impl Sessions {
             record => record,
         };
         tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
-        let meta = slot_meta(storage, storage_index, T::NAME, key, lock, lease_owner);
-        TypedSlot::<T>::erased(meta, record)
+        let meta = slot_meta(storage, T::NAME, key, lock, lease_owner);
+        slot::open::<T>(meta, record)
     }
 
     /// Writes the sessions this update changed, in one batch per storage, and
@@ -406,8 +433,9 @@ impl Sessions {
         let remote = save
             && entries
                 .iter()
+                .filter(|entry| state.in_process(entry.type_id).is_none())
                 .filter_map(|entry| entry.state.loaded())
-                .any(|slot| state.in_process(slot).is_none() && slot.maybe_touched());
+                .any(|slot| slot.maybe_touched());
         if !remote && state.leases.get().is_none() {
             return first_error(errors);
         }
@@ -439,49 +467,30 @@ impl Sessions {
 /// values (see [`Sessions::commit`]).
 fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec<Error>) {
     let timer = metrics::Timer::start();
-    let mut written_to: SmallVec<[&Arc<str>; 2]> = SmallVec::new();
+    let mut written_to: SmallVec<[usize; 2]> = SmallVec::new();
     for entry in entries {
         let Some(slot) = entry.state.loaded() else {
             continue;
         };
-        let Some(memory) = state.in_process(slot) else {
+        let storage_index = state.storage_index(entry.type_id);
+        let Some(memory) = &state.manager.storages[storage_index].in_process else {
             continue;
         };
-        let meta = slot.meta();
         let check_round_trip = || {
             state
                 .manager
                 .registration(entry.type_id)
                 .is_none_or(Registration::check_round_trip)
         };
-        match slot.write_in_process(memory, &check_round_trip) {
-            Ok(None) => {}
-            Ok(Some(outcome)) => {
-                if !written_to.contains(&&meta.storage_name) {
-                    written_to.push(&meta.storage_name);
-                }
-                report_outcome(meta, outcome, errors);
-            }
-            Err(error) => errors.push(error),
+        match slot.write_in_process(memory, &check_round_trip, errors) {
+            Ok(true) if !written_to.contains(&storage_index) => written_to.push(storage_index),
+            Ok(_) => {}
+            Err(Borrowed) => errors
+                .push(state.already_borrowed(entry.type_id, state.session_name(entry.type_id))),
         }
     }
-    for storage in written_to {
-        metrics::committed(storage, timer);
-    }
-}
-
-/// Reports what the storage did with one session's write.
-fn report_outcome(meta: &SlotMeta, outcome: WriteOutcome, errors: &mut Vec<Error>) {
-    metrics::written(meta.session, &meta.storage_name, &outcome);
-    match outcome {
-        WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
-            tracing::debug!(session = meta.session, key = %meta.key, "session saved");
-        }
-        WriteOutcome::Conflict(cause) => errors.push(meta.conflict(cause)),
-        WriteOutcome::Failed(source) => {
-            meta.lock.storage_failed(&source, &meta.storage_name);
-            errors.push(meta.storage_error(source));
-        }
+    for storage_index in written_to {
+        metrics::committed(&state.manager.storages[storage_index].name, timer);
     }
 }
 
@@ -507,17 +516,23 @@ async fn write_back(
     {
         let state = &*state;
         // A read-only update allocates nothing here.
-        let mut pending: Vec<(Write, &SlotMeta)> = Vec::new();
+        let mut pending: Vec<(Write, usize, &Arc<dyn ErasedSlot>)> = Vec::new();
         if save {
-            let remote = entries
-                .iter()
-                .filter_map(|entry| entry.state.loaded())
-                .filter(|slot| state.in_process(slot).is_none());
-            for slot in remote {
+            for entry in &entries {
+                let storage_index = state.storage_index(entry.type_id);
+                let Some(slot) = entry.state.loaded() else {
+                    continue;
+                };
+                if state.manager.storages[storage_index].in_process.is_some() {
+                    continue;
+                }
                 match slot.pending_write() {
-                    Ok(Some(write)) => pending.push((write, slot.meta())),
-                    Ok(None) => {}
-                    Err(error) => errors.push(error),
+                    Ok(Ok(Some(write))) => pending.push((write, storage_index, slot)),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(error)) => errors.push(error),
+                    Err(Borrowed) => errors.push(
+                        state.already_borrowed(entry.type_id, state.session_name(entry.type_id)),
+                    ),
                 }
             }
         }
@@ -526,17 +541,20 @@ async fn write_back(
             None => Vec::new(),
         };
         // Stable: one batch per storage, in the order the sessions were taken.
-        pending.sort_by_key(|(_, meta)| meta.storage_index);
+        pending.sort_by_key(|(_, storage_index, _)| *storage_index);
         while let Some(storage_index) = pending
             .first()
-            .map(|(_, meta)| meta.storage_index)
+            .map(|(_, storage_index, _)| *storage_index)
             .or_else(|| release.first().map(|(index, _)| *index))
         {
             let batch = pending
                 .iter()
-                .take_while(|(_, meta)| meta.storage_index == storage_index)
+                .take_while(|(_, index, _)| *index == storage_index)
                 .count();
-            let (writes, metas): (Vec<Write>, Vec<&SlotMeta>) = pending.drain(..batch).unzip();
+            let (writes, slots): (Vec<Write>, Vec<&Arc<dyn ErasedSlot>>) = pending
+                .drain(..batch)
+                .map(|(write, _, slot)| (write, slot))
+                .unzip();
             let keys = match release
                 .iter()
                 .position(|(index, _)| *index == storage_index)
@@ -563,8 +581,8 @@ async fn write_back(
             }
             match written {
                 Ok(outcomes) if outcomes.len() == writes.len() => {
-                    for (meta, outcome) in metas.iter().zip(outcomes) {
-                        report_outcome(meta, outcome, &mut errors);
+                    for (slot, outcome) in slots.iter().zip(outcomes) {
+                        slot.report(outcome, &mut errors);
                     }
                 }
                 Ok(outcomes) => {
@@ -574,16 +592,17 @@ async fn write_back(
                         writes.len()
                     ));
                     metrics::storage_failed(&storage.name, Operation::Commit, &source);
-                    errors.extend(metas.iter().map(|meta| meta.storage_error(source.clone())));
+                    for slot in &slots {
+                        slot.storage_failed(&source, &mut errors);
+                    }
                 }
                 Err(source) => {
                     metrics::storage_failed(&storage.name, Operation::Commit, &source);
-                    if metas.is_empty() {
+                    if slots.is_empty() {
                         tracing::warn!(storage = %storage.name, error = %source, "session leases not released; they expire by themselves");
                     }
-                    for meta in &metas {
-                        meta.lock.storage_failed(&source, &meta.storage_name);
-                        errors.push(meta.storage_error(source.clone()));
+                    for slot in &slots {
+                        slot.storage_failed(&source, &mut errors);
                     }
                 }
             }
@@ -644,22 +663,22 @@ impl std::fmt::Debug for Sessions {
 }
 
 /// Borrows the typed value of a loaded slot for one accessor call.
-fn borrow<T: Session>(slot: &Arc<dyn ErasedSlot>) -> Result<SessionRef<T>, Error> {
+fn borrow<T: Session>(
+    state: &UpdateState,
+    slot: &Arc<dyn ErasedSlot>,
+) -> Result<SessionRef<T>, Error> {
+    let borrowed = || state.already_borrowed(TypeId::of::<T>(), T::NAME);
     let typed = Arc::clone(slot)
         .into_any()
         .downcast::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
-        .map_err(|_| slot.meta().already_borrowed())?;
-    let state = typed
-        .state
-        .try_lock_arc()
-        .ok_or_else(|| typed.meta.already_borrowed())?;
-    Ok(SessionRef::new(typed, state))
+        .map_err(|_| borrowed())?;
+    let guard = typed.try_lock_arc().ok_or_else(borrowed)?;
+    Ok(SessionRef::new(guard))
 }
 
 fn slot_meta(
     storage: &StorageEntry,
-    storage_index: usize,
     session: &'static str,
     key: StorageKey,
     lock: KeyLockGuard,
@@ -669,7 +688,6 @@ fn slot_meta(
         session,
         key,
         storage: Arc::clone(&storage.storage),
-        storage_index,
         storage_name: Arc::clone(&storage.name),
         lease_owner,
         lock,
@@ -717,7 +735,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             slots.clear();
             return false;
         };
-        let meta = slot_meta(storage, index, registration.name, key, lock, None);
+        let meta = slot_meta(storage, registration.name, key, lock, None);
         let state = match (registration.open_in_process)(meta, memory) {
             Ok(slot) => EntryState::Loaded(slot),
             Err(error) => EntryState::failed(error),
@@ -794,7 +812,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
         {
             let timer = metrics::Timer::start();
             for (key, (registration, lock)) in keys.into_iter().zip(held) {
-                let meta = slot_meta(storage, storage_index, registration.name, key, lock, None);
+                let meta = slot_meta(storage, registration.name, key, lock, None);
                 let state = match (registration.open_in_process)(meta, memory) {
                     Ok(slot) => EntryState::Loaded(slot),
                     Err(error) => EntryState::failed(error),
@@ -818,7 +836,6 @@ async fn load_eager(state: &UpdateState) -> Slots {
                 Ok((records, lease_owner)) => {
                     let meta = slot_meta(
                         storage,
-                        storage_index,
                         registration.name,
                         key.clone(),
                         lock,

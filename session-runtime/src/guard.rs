@@ -2,11 +2,10 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use crate::error::Error;
 use crate::session::Session;
-use crate::slot::{Loaded, SlotMeta, StateGuard, TypedSlot};
+use crate::slot::{Loaded, SlotGuard, SlotMeta};
 use crate::storage::{Record, Write, WriteOutcome};
 
 /// A session of the current update, borrowed from its context.
@@ -16,17 +15,16 @@ use crate::storage::{Record, Write, WriteOutcome};
 /// was loaded. Drop it before the handler returns: only one `SessionRef` per
 /// session can be alive at a time.
 pub struct SessionRef<T: Session> {
-    slot: Arc<TypedSlot<T>>,
-    state: StateGuard<T>,
+    state: SlotGuard<T>,
 }
 
 impl<T: Session> SessionRef<T> {
-    pub(crate) fn new(slot: Arc<TypedSlot<T>>, state: StateGuard<T>) -> Self {
-        Self { slot, state }
+    pub(crate) fn new(state: SlotGuard<T>) -> Self {
+        Self { state }
     }
 
     fn meta(&self) -> &SlotMeta {
-        &self.slot.meta
+        &self.state.meta
     }
 
     /// The storage key of this session (`[prefix:][bot:]name:scope`).
@@ -63,7 +61,7 @@ impl<T: Session> SessionRef<T> {
     /// the write was refused (see its cause); the change is then dropped, so
     /// the commit does not send the same refused write again.
     pub async fn save(&mut self) -> Result<(), Error> {
-        let Some(write) = self.state.pending_write(self.meta())? else {
+        let Some(write) = self.state.pending_write()? else {
             self.state.touched = false;
             return Ok(());
         };

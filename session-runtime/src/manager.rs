@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::KeyLocks;
 use crate::session::Session;
-use crate::slot::{ErasedSlot, SlotMeta, TypedSlot};
+use crate::slot::{self, ErasedSlot, SlotMeta};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{Record, SharedStorage, Storage, StorageError};
 
@@ -138,8 +138,8 @@ impl Registration {
             lazy: T::LAZY,
             key: T::KEY,
             storage_index,
-            open: TypedSlot::<T>::erased,
-            open_in_process: TypedSlot::<T>::erased_in_process,
+            open: slot::open::<T>,
+            open_in_process: slot::open_in_process::<T>,
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
             follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),

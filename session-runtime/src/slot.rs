@@ -15,7 +15,7 @@ use crate::lock::KeyLockGuard;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
 use crate::storage::memory::{Found, MemoryStorage, TypedValue};
-use crate::storage::{LeaseOwner, Record, Storage, Write, WriteOutcome};
+use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
 /// locked for this update.
@@ -23,7 +23,6 @@ pub(crate) struct SlotMeta {
     pub(crate) session: &'static str,
     pub(crate) key: StorageKey,
     pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) storage_index: usize,
     pub(crate) storage_name: Arc<str>,
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
@@ -96,15 +95,29 @@ impl SlotMeta {
         }
     }
 
-    pub(crate) fn already_borrowed(&self) -> Error {
-        Error::AlreadyBorrowed {
-            session: self.session,
-            key: self.key.to_string(),
+    /// Reports what the storage did with this session's write: metrics, a
+    /// debug line, or the error the commit answers.
+    pub(crate) fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
+        metrics::written(self.session, &self.storage_name, &outcome);
+        match outcome {
+            WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
+                tracing::debug!(session = self.session, key = %self.key, "session saved");
+            }
+            WriteOutcome::Conflict(cause) => errors.push(self.conflict(cause)),
+            WriteOutcome::Failed(source) => {
+                self.lock.storage_failed(&source, &self.storage_name);
+                errors.push(self.storage_error(source));
+            }
         }
     }
 }
 
+/// One session of one update: where it lives and its value, in one
+/// allocation (an `Arc` of the mutex), borrowed by one `SessionRef` (across
+/// awaits, hence the owned guard) or the commit at a time, never waited
+/// for: a second borrow is an error at once.
 pub(crate) struct SlotState<T> {
+    pub(crate) meta: SlotMeta,
     pub(crate) value: T,
     /// What is stored, as loaded or last written by this update; `None` when
     /// nothing is.
@@ -112,6 +125,16 @@ pub(crate) struct SlotState<T> {
     /// Set by mutable access; only touched sessions are encoded at commit.
     pub(crate) touched: bool,
 }
+
+/// A session slot of type `T`.
+pub(crate) type TypedSlot<T> = Mutex<SlotState<T>>;
+
+/// A slot borrowed by a `SessionRef`.
+pub(crate) type SlotGuard<T> = parking_lot::ArcMutexGuard<parking_lot::RawMutex, SlotState<T>>;
+
+/// A `SessionRef` holds the slot: the commit cannot borrow it.
+#[derive(Debug)]
+pub(crate) struct Borrowed;
 
 /// What an update loaded, to tell at commit whether its copy changed.
 pub(crate) enum Loaded {
@@ -134,9 +157,36 @@ impl Loaded {
 }
 
 impl<T: Session> SlotState<T> {
+    /// Moves the value into `memory` if it changed (see
+    /// [`ErasedSlot::write_in_process`]): the update is over for this slot.
+    fn write_value(
+        &mut self,
+        memory: &MemoryStorage,
+        check_round_trip: &dyn Fn() -> bool,
+    ) -> Result<Option<WriteOutcome>, Error> {
+        if !self.touched || !self.changed()? {
+            return Ok(None);
+        }
+        if check_round_trip() {
+            self::check_round_trip(&self.meta, &self.value)?;
+        }
+        // Giving up our share of the stored value lets the storage
+        // overwrite it in place.
+        let expected_version = self.stored.take().as_ref().map(Loaded::version);
+        self.touched = false;
+        let value = std::mem::replace(&mut self.value, T::initial());
+        Ok(Some(memory.put_typed(
+            &self.meta.key,
+            value,
+            expected_version,
+            T::TTL,
+        )))
+    }
+
     /// The put this session needs, if it changed: what is sent to a storage
     /// that keeps bytes.
-    pub(crate) fn pending_write(&self, meta: &SlotMeta) -> Result<Option<Write>, Error> {
+    pub(crate) fn pending_write(&self) -> Result<Option<Write>, Error> {
+        let meta = &self.meta;
         if !self.touched {
             return Ok(None);
         }
@@ -152,7 +202,7 @@ impl<T: Session> SlotState<T> {
                         == bytes
                 }
             },
-            Some(Loaded::Value { .. }) => !self.changed(meta)?,
+            Some(Loaded::Value { .. }) => !self.changed()?,
         };
         if unchanged {
             return Ok(None);
@@ -172,8 +222,8 @@ impl<T: Session> SlotState<T> {
     /// A value a memory storage keeps is compared only by `PartialEq`:
     /// putting it back costs a move, less than encoding both to compare, and
     /// shows only in the version.
-    fn changed(&self, meta: &SlotMeta) -> Result<bool, Error> {
-        let encode_failed = |source| meta.encode_failed::<T>(source);
+    fn changed(&self) -> Result<bool, Error> {
+        let encode_failed = |source| self.meta.encode_failed::<T>(source);
         let same = match &self.stored {
             Some(Loaded::Value { value, .. }) => (&**value as &dyn Any)
                 .downcast_ref::<T>()
@@ -252,100 +302,81 @@ fn check_round_trip<T: Session>(meta: &SlotMeta, value: &T) -> Result<(), Error>
     })
 }
 
-/// A session slot with its type erased, as the context keeps it.
+/// A session slot with its type erased, as the context keeps it. A method
+/// that needs the slot answers [`Borrowed`] while a `SessionRef` holds it.
 pub(crate) trait ErasedSlot: Send + Sync {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    fn meta(&self) -> &SlotMeta;
     /// The write commit must send for this slot, if any.
-    fn pending_write(&self) -> Result<Option<Write>, Error>;
+    fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed>;
     /// Writes the session to `memory` as a value if it changed (checking
     /// first, if `check_round_trip` says so, that it survives its codec's
-    /// round trip); `None`
-    /// when there was nothing to write.
+    /// round trip), reporting the outcome into `errors`; whether it wrote.
     fn write_in_process(
         &self,
         memory: &MemoryStorage,
         check_round_trip: &dyn Fn() -> bool,
-    ) -> Result<Option<WriteOutcome>, Error>;
+        errors: &mut Vec<Error>,
+    ) -> Result<bool, Borrowed>;
+    /// Reports what the storage did with this slot's write.
+    fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>);
+    /// Reports that this slot's write failed in its storage.
+    fn storage_failed(&self, source: &StorageError, errors: &mut Vec<Error>);
     /// Whether the session may have changed (it was borrowed mutably, or is
     /// borrowed right now), so the commit has work to do.
     fn maybe_touched(&self) -> bool;
 }
 
-pub(crate) struct TypedSlot<T> {
-    pub(crate) meta: SlotMeta,
-    /// Borrowed by one `SessionRef` (across awaits, hence the `Arc` and the
-    /// owned guard) or the commit at a time; never waited for: a second
-    /// borrow is an error at once.
-    pub(crate) state: Arc<Mutex<SlotState<T>>>,
+/// A slot from what the storage returned, decoding it per the type's
+/// policy; a record of an older schema version is migrated and marked
+/// touched, so the commit writes it back in the current shape.
+fn open_state<T: Session>(meta: SlotMeta, record: Option<Record>) -> Result<SlotState<T>, Error> {
+    let (value, touched) = match &record {
+        None => (T::initial(), false),
+        Some(record) => decode::<T>(&meta, &record.value)?,
+    };
+    Ok(SlotState {
+        meta,
+        value,
+        stored: record.map(Loaded::Record),
+        touched,
+    })
 }
 
-/// A slot's state, borrowed by a `SessionRef`.
-pub(crate) type StateGuard<T> = parking_lot::ArcMutexGuard<parking_lot::RawMutex, SlotState<T>>;
+/// A slot from what a storage returned (see [`open_state`]).
+pub(crate) fn open<T: Session>(
+    meta: SlotMeta,
+    record: Option<Record>,
+) -> Result<Arc<dyn ErasedSlot>, Error> {
+    Ok(Arc::new(Mutex::new(open_state::<T>(meta, record)?)))
+}
 
-impl<T: Session> TypedSlot<T> {
-    /// A slot from what the storage returned, decoding it per the type's
-    /// policy; a record of an older schema version is migrated and marked
-    /// touched, so the commit writes it back in the current shape.
-    pub(crate) fn open(meta: SlotMeta, record: Option<Record>) -> Result<Self, Error> {
-        let (value, touched) = match &record {
-            None => (T::initial(), false),
-            Some(record) => decode::<T>(&meta, &record.value)?,
-        };
-        Ok(Self::with_state(
+/// A slot loaded from a memory storage: a copy of the value it keeps, or
+/// its bytes decoded as [`open`] does.
+pub(crate) fn open_in_process<T: Session>(
+    meta: SlotMeta,
+    memory: &MemoryStorage,
+) -> Result<Arc<dyn ErasedSlot>, Error> {
+    let found = memory
+        .load_typed::<T>(meta.key.as_str())
+        .map_err(|source| meta.storage_error(source))?;
+    let state = match found {
+        Found::Nothing => open_state::<T>(meta, None)?,
+        Found::Record(record) => open_state::<T>(meta, Some(record))?,
+        Found::Value {
+            value,
+            version,
+            stored,
+        } => SlotState {
             meta,
-            SlotState {
-                value,
-                stored: record.map(Loaded::Record),
-                touched,
-            },
-        ))
-    }
-
-    pub(crate) fn erased(
-        meta: SlotMeta,
-        record: Option<Record>,
-    ) -> Result<Arc<dyn ErasedSlot>, Error> {
-        Ok(Arc::new(Self::open(meta, record)?))
-    }
-
-    /// A slot loaded from a memory storage: a copy of the value it keeps,
-    /// or its bytes decoded as [`TypedSlot::open`] does.
-    pub(crate) fn erased_in_process(
-        meta: SlotMeta,
-        memory: &MemoryStorage,
-    ) -> Result<Arc<dyn ErasedSlot>, Error> {
-        let found = memory
-            .load_typed::<T>(meta.key.as_str())
-            .map_err(|source| meta.storage_error(source))?;
-        let slot = match found {
-            Found::Nothing => Self::open(meta, None)?,
-            Found::Record(record) => Self::open(meta, Some(record))?,
-            Found::Value {
-                value,
+            value,
+            stored: Some(Loaded::Value {
                 version,
-                stored,
-            } => Self::with_state(
-                meta,
-                SlotState {
-                    value,
-                    stored: Some(Loaded::Value {
-                        version,
-                        value: stored,
-                    }),
-                    touched: false,
-                },
-            ),
-        };
-        Ok(Arc::new(slot))
-    }
-
-    fn with_state(meta: SlotMeta, state: SlotState<T>) -> Self {
-        Self {
-            meta,
-            state: Arc::new(Mutex::new(state)),
-        }
-    }
+                value: stored,
+            }),
+            touched: false,
+        },
+    };
+    Ok(Arc::new(Mutex::new(state)))
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {
@@ -353,49 +384,59 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
         self
     }
 
-    fn meta(&self) -> &SlotMeta {
-        &self.meta
-    }
-
-    fn pending_write(&self) -> Result<Option<Write>, Error> {
-        let state = self
-            .state
-            .try_lock()
-            .ok_or_else(|| self.meta.already_borrowed())?;
-        state.pending_write(&self.meta)
+    fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed> {
+        Ok(self.try_lock().ok_or(Borrowed)?.pending_write())
     }
 
     fn write_in_process(
         &self,
         memory: &MemoryStorage,
         check_round_trip: &dyn Fn() -> bool,
-    ) -> Result<Option<WriteOutcome>, Error> {
-        let mut state = self
-            .state
-            .try_lock()
-            .ok_or_else(|| self.meta.already_borrowed())?;
-        if !state.touched || !state.changed(&self.meta)? {
-            return Ok(None);
+        errors: &mut Vec<Error>,
+    ) -> Result<bool, Borrowed> {
+        let mut state = self.try_lock().ok_or(Borrowed)?;
+        let state = &mut *state;
+        Ok(match state.write_value(memory, check_round_trip) {
+            Ok(None) => false,
+            Ok(Some(outcome)) => {
+                state.meta.report(outcome, errors);
+                true
+            }
+            Err(error) => {
+                errors.push(error);
+                false
+            }
+        })
+    }
+
+    fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
+        match self.try_lock() {
+            Some(state) => state.meta.report(outcome, errors),
+            // The update is finished: no accessor hands the slot out again.
+            None => tracing::warn!(
+                ?outcome,
+                "session write not reported: the session is borrowed"
+            ),
         }
-        if check_round_trip() {
-            self::check_round_trip(&self.meta, &state.value)?;
+    }
+
+    fn storage_failed(&self, source: &StorageError, errors: &mut Vec<Error>) {
+        match self.try_lock() {
+            Some(state) => {
+                state
+                    .meta
+                    .lock
+                    .storage_failed(source, &state.meta.storage_name);
+                errors.push(state.meta.storage_error(source.clone()));
+            }
+            None => {
+                tracing::warn!(error = %source, "session write failed; the session is borrowed")
+            }
         }
-        // The update is over for this slot: its value moves into the
-        // storage, and giving up our share of the stored one lets the
-        // storage overwrite that in place.
-        let expected_version = state.stored.take().as_ref().map(Loaded::version);
-        state.touched = false;
-        let value = std::mem::replace(&mut state.value, T::initial());
-        Ok(Some(memory.put_typed(
-            &self.meta.key,
-            value,
-            expected_version,
-            T::TTL,
-        )))
     }
 
     fn maybe_touched(&self) -> bool {
-        self.state.try_lock().is_none_or(|state| state.touched)
+        self.try_lock().is_none_or(|state| state.touched)
     }
 }
 

@@ -458,7 +458,9 @@ impl Sessions {
                         )),
                     }),
                 }),
-            Err(_) => write_back(state, entries, save, errors).await,
+            // Boxed: a commit that writes only in memory never comes here,
+            // and should not carry this future in its own.
+            Err(_) => Box::pin(write_back(state, entries, save, errors)).await,
         }
     }
 }

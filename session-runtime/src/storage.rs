@@ -233,8 +233,9 @@ pub trait Storage: Any + Send + Sync {
     /// `with_values`, each with its record and remaining TTL. Start with
     /// `cursor` `None`, then pass the page's [`ScanPage::next`] until it is
     /// `None`. At most `limit` entries a page (at least 1, at most
-    /// [`MAX_SCAN_PAGE`]); memory stays bounded by the page, whatever the
-    /// number of keys. Expired records and the storage's own bookkeeping
+    /// [`MAX_SCAN_PAGE`]), or a few more where the storage's own paging is
+    /// a hint (Redis: its last `SCAN` step's keys); memory stays bounded by
+    /// the page, whatever the number of keys. Expired records and the storage's own bookkeeping
     /// (leases) are never listed.
     ///
     /// The default answers an error of kind

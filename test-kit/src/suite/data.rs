@@ -86,9 +86,12 @@ pub async fn scan_all(
     let mut all = Vec::new();
     let mut pages = 0;
     while let Some(entries) = scanner.next_page().await.expect("scan") {
-        // Redis's `COUNT` is a hint: a page may run a little over.
+        // Redis's `COUNT` is a hint: a page may run over by the keys of its
+        // last `SCAN` step, which visits both tables of a keyspace being
+        // rehashed (11 keys for a page of 5 was seen). Still a page, not
+        // the whole keyspace.
         assert!(
-            entries.len() <= 2 * page,
+            entries.len() <= 4 * page,
             "a page of {} for {page}",
             entries.len()
         );

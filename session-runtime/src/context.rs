@@ -458,9 +458,7 @@ impl Sessions {
                         )),
                     }),
                 }),
-            // Boxed: a commit that writes only in memory never comes here,
-            // and should not carry this future in its own.
-            Err(_) => Box::pin(write_back(state, entries, save, errors)).await,
+            Err(_) => write_back(state, entries, save, errors).await,
         }
     }
 }

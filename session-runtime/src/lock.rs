@@ -412,6 +412,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_released_with_updates_queued_goes_to_them_in_order() {
+        let locks = Arc::new(KeyLocks::default());
+        // Taken alone: no queue yet, until the first waiter makes one.
+        let holder = locks.try_lock(&SmolStr::new_static("a"), update(1));
+        assert!(holder.is_some());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |id| {
+            let (locks, order) = (Arc::clone(&locks), Arc::clone(&order));
+            tokio::spawn(async move {
+                let held = locks
+                    .lock(&SmolStr::new_static("a"), update(id), WAIT)
+                    .await;
+                order.lock().unwrap().push(id);
+                drop(held);
+            })
+        };
+        let second = waiter(2);
+        while !locks.table().waiting.contains_key(&2) {
+            tokio::task::yield_now().await;
+        }
+        let third = waiter(3);
+        while !locks.table().waiting.contains_key(&3) {
+            tokio::task::yield_now().await;
+        }
+        drop(holder);
+        // Handed to update 2, which has not run yet: a newcomer queues.
+        assert!(
+            locks
+                .try_lock(&SmolStr::new_static("a"), update(4))
+                .is_none()
+        );
+        let fourth = locks.lock(&SmolStr::new_static("a"), update(4), WAIT).await;
+        assert!(fourth.is_ok());
+        order.lock().unwrap().push(4);
+        drop(fourth);
+        second.await.unwrap();
+        third.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![2, 3, 4]);
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
     async fn an_update_never_waits_on_itself() {
         let locks = Arc::new(KeyLocks::default());
         let taker = Taker {

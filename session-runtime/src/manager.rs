@@ -152,7 +152,11 @@ impl Registration {
     /// checked to survive its codec's round trip: always in debug builds,
     /// once per type and manager in release builds.
     pub(crate) fn check_round_trip(&self) -> bool {
-        cfg!(debug_assertions) || !self.round_trip_checked.swap(true, Ordering::Relaxed)
+        // Read before the swap: every later write only reads the flag, with
+        // no write to a line the threads share.
+        cfg!(debug_assertions)
+            || (!self.round_trip_checked.load(Ordering::Relaxed)
+                && !self.round_trip_checked.swap(true, Ordering::Relaxed))
     }
 }
 

@@ -694,6 +694,26 @@ fn slot_meta(
     }
 }
 
+/// The entry of a session kept in `memory`, whose key `lock` holds: its
+/// slot, or the error its load met.
+fn in_process_entry(
+    storage: &StorageEntry,
+    memory: &MemoryStorage,
+    registration: &Registration,
+    key: StorageKey,
+    lock: KeyLockGuard,
+) -> SlotEntry {
+    let meta = slot_meta(storage, registration.name, key, lock, None);
+    let state = match (registration.open_in_process)(meta, memory) {
+        Ok(slot) => EntryState::Loaded(slot),
+        Err(error) => EntryState::failed(error),
+    };
+    SlotEntry {
+        type_id: registration.type_id,
+        state,
+    }
+}
+
 /// Loads the eager sessions of an update with no await when it can: all live
 /// in memory storages, and their keys are free (no other update of this
 /// process holds or waits for them). Answers whether it did; if not, it took
@@ -735,20 +755,15 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             slots.clear();
             return false;
         };
-        let meta = slot_meta(storage, registration.name, key, lock, None);
-        let state = match (registration.open_in_process)(meta, memory) {
-            Ok(slot) => EntryState::Loaded(slot),
-            Err(error) => EntryState::failed(error),
-        };
-        slots.push(SlotEntry {
-            type_id: registration.type_id,
-            state,
-        });
+        slots.push(in_process_entry(storage, memory, registration, key, lock));
     }
-    for (index, storage) in manager.storages.iter().enumerate() {
-        if !metrics::ENABLED {
-            break;
-        }
+    // Without the feature, nothing reads the labels this would gather.
+    for (index, storage) in manager
+        .storages
+        .iter()
+        .enumerate()
+        .filter(|_| metrics::ENABLED)
+    {
         let mut eager = manager
             .registrations
             .iter()
@@ -812,15 +827,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
         {
             let timer = metrics::Timer::start();
             for (key, (registration, lock)) in keys.into_iter().zip(held) {
-                let meta = slot_meta(storage, registration.name, key, lock, None);
-                let state = match (registration.open_in_process)(meta, memory) {
-                    Ok(slot) => EntryState::Loaded(slot),
-                    Err(error) => EntryState::failed(error),
-                };
-                entries.push(SlotEntry {
-                    type_id: registration.type_id,
-                    state,
-                });
+                entries.push(in_process_entry(storage, memory, registration, key, lock));
             }
             metrics::loaded(&sessions, &storage.name, timer);
             continue;

@@ -103,21 +103,13 @@ impl UpdateState {
             .map_or(0, |registration| registration.storage_index)
     }
 
-    /// The memory storage of the sessions of type `type_id`, when their
-    /// storage is one.
-    fn in_process(&self, type_id: TypeId) -> Option<&MemoryStorage> {
-        self.manager.storages[self.storage_index(type_id)]
-            .in_process
-            .as_ref()
-    }
-
     /// The error for a session of type `type_id` that a `SessionRef` holds
     /// when it is asked for again (its key is built anew: this is rare).
     fn already_borrowed(&self, type_id: TypeId, session: &'static str) -> Error {
         let key = self
             .manager
             .registration(type_id)
-            .and_then(|r| self.manager.storage_key(r.name, &r.key, &self.ids).ok())
+            .and_then(|r| self.manager.registration_key(r, &self.ids).ok())
             .map_or_else(|| "?".to_owned(), |key| key.to_string());
         Error::AlreadyBorrowed { session, key }
     }
@@ -221,7 +213,23 @@ const INLINE_SESSIONS: usize = 4;
 
 struct SlotEntry {
     type_id: TypeId,
+    /// The storage its session is kept in (see `ManagerInner::storages`).
+    storage_index: usize,
     state: EntryState,
+}
+
+impl SlotEntry {
+    fn new(registration: &Registration, state: EntryState) -> Self {
+        Self {
+            type_id: registration.type_id,
+            storage_index: registration.storage_index,
+            state,
+        }
+    }
+
+    fn failed(registration: &Registration, error: Error) -> Self {
+        Self::new(registration, EntryState::failed(error))
+    }
 }
 
 enum EntryState {
@@ -331,6 +339,7 @@ impl Sessions {
                     let cell = Arc::new(OnceCell::new());
                     slots.push(SlotEntry {
                         type_id: TypeId::of::<T>(),
+                        storage_index: self.inner.storage_index(TypeId::of::<T>()),
                         state: EntryState::Lazy(Arc::clone(&cell)),
                     });
                     cell
@@ -344,10 +353,12 @@ impl Sessions {
     async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {
         let state = &*self.inner;
         let manager = &state.manager;
-        let storage_index = manager
-            .registration(TypeId::of::<T>())
-            .map_or(0, |registration| registration.storage_index);
-        let key = manager.storage_key(T::NAME, &T::KEY, &state.ids)?;
+        let registration = manager.registration(TypeId::of::<T>());
+        let storage_index = registration.map_or(0, |registration| registration.storage_index);
+        let key = match registration {
+            Some(registration) => manager.registration_key(registration, &state.ids)?,
+            None => manager.storage_key(T::NAME, &T::KEY, &state.ids)?,
+        };
         let deadline = Instant::now() + manager.lock_timeout;
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let lock = lock_key(manager, T::NAME, &key, taker).await?;
@@ -433,7 +444,11 @@ impl Sessions {
         let remote = save
             && entries
                 .iter()
-                .filter(|entry| state.in_process(entry.type_id).is_none())
+                .filter(|entry| {
+                    state.manager.storages[entry.storage_index]
+                        .in_process
+                        .is_none()
+                })
                 .filter_map(|entry| entry.state.loaded())
                 .any(|slot| slot.maybe_touched());
         if !remote && state.leases.get().is_none() {
@@ -472,7 +487,7 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
         let Some(slot) = entry.state.loaded() else {
             continue;
         };
-        let storage_index = state.storage_index(entry.type_id);
+        let storage_index = entry.storage_index;
         let Some(memory) = &state.manager.storages[storage_index].in_process else {
             continue;
         };
@@ -519,7 +534,7 @@ async fn write_back(
         let mut pending: Vec<(Write, usize, &Arc<dyn ErasedSlot>)> = Vec::new();
         if save {
             for entry in &entries {
-                let storage_index = state.storage_index(entry.type_id);
+                let storage_index = entry.storage_index;
                 let Some(slot) = entry.state.loaded() else {
                     continue;
                 };
@@ -708,10 +723,7 @@ fn in_process_entry(
         Ok(slot) => EntryState::Loaded(slot),
         Err(error) => EntryState::failed(error),
     };
-    SlotEntry {
-        type_id: registration.type_id,
-        state,
-    }
+    SlotEntry::new(registration, state)
 }
 
 /// Loads the eager sessions of an update with no await when it can: all live
@@ -739,13 +751,10 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             slots.clear();
             return false;
         };
-        let key = match manager.storage_key(registration.name, &registration.key, &state.ids) {
+        let key = match manager.registration_key(registration, &state.ids) {
             Ok(key) => key,
             Err(error) => {
-                slots.push(SlotEntry {
-                    type_id: registration.type_id,
-                    state: EntryState::failed(error),
-                });
+                slots.push(SlotEntry::failed(registration, error));
                 continue;
             }
         };
@@ -783,15 +792,11 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
 async fn load_eager(state: &UpdateState) -> Slots {
     let manager = &*state.manager;
     let mut entries = Slots::new();
-    let failed = |registration: &Registration, error| SlotEntry {
-        type_id: registration.type_id,
-        state: EntryState::failed(error),
-    };
     let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(INLINE_SESSIONS);
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        match manager.storage_key(registration.name, &registration.key, &state.ids) {
+        match manager.registration_key(registration, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(failed(registration, error)),
+            Err(error) => entries.push(SlotEntry::failed(registration, error)),
         }
     }
     if wanted.is_empty() {
@@ -804,7 +809,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
         let taker = state.taker(registration.name, registration.type_name);
         match lock_key(manager, registration.name, &key, taker).await {
             Ok(lock) => locked.push((registration, key, lock)),
-            Err(error) => entries.push(failed(registration, error)),
+            Err(error) => entries.push(SlotEntry::failed(registration, error)),
         }
     }
     // Stable: keeps the key order inside each storage's batch.
@@ -866,10 +871,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                             match followed {
                                 Ok(record) => record,
                                 Err(error) => {
-                                    entries.push(SlotEntry {
-                                        type_id: registration.type_id,
-                                        state: EntryState::failed(error),
-                                    });
+                                    entries.push(SlotEntry::failed(registration, error));
                                     continue;
                                 }
                             }
@@ -900,10 +902,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                     EntryState::failed(storage.failed(registration.name, key, source.clone()))
                 }
             };
-            entries.push(SlotEntry {
-                type_id: registration.type_id,
-                state,
-            });
+            entries.push(SlotEntry::new(registration, state));
         }
     }
     entries

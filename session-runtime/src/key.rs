@@ -310,6 +310,29 @@ impl StorageKey {
         })
     }
 
+    /// The namespace of session `name`'s keys (`[prefix:]name:`) when no
+    /// bot id goes in them: the same for every update, so it is built once.
+    pub(crate) fn namespace_of(prefix: Option<&str>, name: &str) -> SmolStr {
+        let mut out = SmolStrBuilder::new();
+        write_namespace(&mut out, prefix, None, name);
+        out.finish()
+    }
+
+    /// Builds the key in `namespace` (from [`StorageKey::namespace_of`]) for
+    /// the update `ids`, or says which id is missing: as
+    /// [`StorageKey::for_update`] does, with the namespace already written.
+    pub(crate) fn in_namespace(
+        namespace: &str,
+        strategy: &KeyStrategy,
+        ids: &UpdateIds,
+    ) -> Result<Self, &'static str> {
+        Self::build(|out| {
+            out.push_str(namespace);
+            strategy.write_scope_key(ids, out)?;
+            Ok(namespace.len())
+        })
+    }
+
     /// The whole key, shared: what the in-process lock table keeps.
     pub(crate) fn shared(&self) -> &SmolStr {
         &self.full

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use smol_str::SmolStr;
+
 use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
@@ -127,6 +129,9 @@ pub(crate) struct Registration {
     round_trip_checked: AtomicBool,
     /// Moved at once when its chat becomes a supergroup.
     pub(crate) follows_chat: bool,
+    /// The text its keys start with, when it is the same for every update
+    /// (no bot id in keys): set by the builder.
+    namespace: Option<SmolStr>,
 }
 
 impl Registration {
@@ -142,6 +147,7 @@ impl Registration {
             open_in_process: slot::open_in_process::<T>,
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
+            namespace: None,
             follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),
         }
     }
@@ -180,6 +186,26 @@ impl ManagerInner {
             false => None,
         };
         StorageKey::for_update(self.prefix.as_deref(), bot_id, name, strategy, ids).map_err(missing)
+    }
+
+    /// The key of `registration`'s session for the update `ids`, from its
+    /// namespace built once when it has one.
+    pub(crate) fn registration_key(
+        &self,
+        registration: &Registration,
+        ids: &UpdateIds,
+    ) -> Result<StorageKey, Error> {
+        match &registration.namespace {
+            Some(namespace) => {
+                StorageKey::in_namespace(namespace, &registration.key, ids).map_err(|needs| {
+                    Error::MissingId {
+                        session: registration.name,
+                        needs,
+                    }
+                })
+            }
+            None => self.storage_key(registration.name, &registration.key, ids),
+        }
     }
 
     /// The key prefix every key starts with, if any.
@@ -393,6 +419,8 @@ impl SessionManagerBuilder {
         let mut storages = vec![entry(default)];
         let mut registrations = Vec::with_capacity(self.registrations.len());
         for (mut registration, storage) in self.registrations {
+            registration.namespace = (!self.bot_id_in_keys)
+                .then(|| StorageKey::namespace_of(self.prefix.as_deref(), registration.name));
             registration.follows_chat |= self
                 .chat_keyed
                 .iter()

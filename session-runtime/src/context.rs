@@ -693,7 +693,7 @@ fn borrow<T: Session>(
 }
 
 fn slot_meta(
-    storage: &StorageEntry,
+    storage: &Arc<StorageEntry>,
     session: &'static str,
     key: StorageKey,
     lock: KeyLockGuard,
@@ -702,8 +702,7 @@ fn slot_meta(
     SlotMeta {
         session,
         key,
-        storage: Arc::clone(&storage.storage),
-        storage_name: Arc::clone(&storage.name),
+        storage: Arc::clone(storage),
         lease_owner,
         lock,
     }
@@ -712,7 +711,7 @@ fn slot_meta(
 /// The entry of a session kept in `memory`, whose key `lock` holds: its
 /// slot, or the error its load met.
 fn in_process_entry(
-    storage: &StorageEntry,
+    storage: &Arc<StorageEntry>,
     memory: &MemoryStorage,
     registration: &Registration,
     key: StorageKey,

@@ -67,7 +67,7 @@ pub struct SessionManager {
 
 pub(crate) struct ManagerInner {
     /// Index 0 is the default storage.
-    pub(crate) storages: Vec<StorageEntry>,
+    pub(crate) storages: Vec<Arc<StorageEntry>>,
     prefix: Option<String>,
     bot_id_in_keys: bool,
     pub(crate) save_policy: SavePolicy,
@@ -426,7 +426,7 @@ impl SessionManagerBuilder {
                 .iter()
                 .any(|(type_id, ..)| *type_id == registration.type_id);
             if let Some(storage) = storage {
-                let same = |entry: &StorageEntry| {
+                let same = |entry: &Arc<StorageEntry>| {
                     std::ptr::addr_eq(Arc::as_ptr(&entry.storage), Arc::as_ptr(&storage))
                 };
                 registration.storage_index = match storages.iter().position(same) {
@@ -460,14 +460,14 @@ impl SessionManagerBuilder {
     }
 }
 
-fn entry(storage: SharedStorage) -> StorageEntry {
+fn entry(storage: SharedStorage) -> Arc<StorageEntry> {
     let name = Arc::from(storage.name());
     let in_process = memory_storage(&storage);
-    StorageEntry {
+    Arc::new(StorageEntry {
         storage,
         name,
         in_process,
-    }
+    })
 }
 
 /// The [`MemoryStorage`] behind `storage`, also when it was handed over as a

@@ -12,6 +12,7 @@ use crate::codec::{self, Codec};
 use crate::error::Error;
 use crate::key::StorageKey;
 use crate::lock::KeyLockGuard;
+use crate::manager::StorageEntry;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
 use crate::storage::memory::{Found, MemoryStorage, TypedValue};
@@ -22,8 +23,8 @@ use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutc
 pub(crate) struct SlotMeta {
     pub(crate) session: &'static str,
     pub(crate) key: StorageKey,
-    pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) storage_name: Arc<str>,
+    /// Its storage, shared with the manager (one reference to count, not two).
+    pub(crate) storage: Arc<StorageEntry>,
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
     pub(crate) lock: KeyLockGuard,
@@ -34,7 +35,7 @@ impl SlotMeta {
         Error::Storage {
             session: self.session,
             key: self.key.to_string(),
-            storage: Arc::clone(&self.storage_name),
+            storage: Arc::clone(&self.storage.name),
             source,
         }
     }
@@ -43,7 +44,7 @@ impl SlotMeta {
         Error::Conflict {
             session: self.session,
             key: self.key.to_string(),
-            storage: Arc::clone(&self.storage_name),
+            storage: Arc::clone(&self.storage.name),
             cause,
         }
     }
@@ -52,17 +53,17 @@ impl SlotMeta {
     /// where the key has one; the lease stays held until the commit.
     pub(crate) async fn write_now(&self, write: Write) -> Result<WriteOutcome, Error> {
         let writes = std::slice::from_ref(&write);
-        let outcomes = match (&self.lease_owner, self.storage.leases()) {
+        let outcomes = match (&self.lease_owner, self.storage.storage.leases()) {
             (Some(owner), Some(leases)) => leases.write_and_release(writes, &[], owner).await,
-            _ => self.storage.write(writes).await,
+            _ => self.storage.storage.write(writes).await,
         }
         .map_err(|source| {
-            metrics::storage_failed(&self.storage_name, Operation::Write, &source);
+            metrics::storage_failed(&self.storage.name, Operation::Write, &source);
             self.storage_error(source)
         })?;
         match <[WriteOutcome; 1]>::try_from(outcomes) {
             Ok([outcome]) => {
-                metrics::written(self.session, &self.storage_name, &outcome);
+                metrics::written(self.session, &self.storage.name, &outcome);
                 Ok(outcome)
             }
             Err(outcomes) => {
@@ -70,7 +71,7 @@ impl SlotMeta {
                     "answered {} outcomes for one write",
                     outcomes.len()
                 ));
-                metrics::storage_failed(&self.storage_name, Operation::Write, &source);
+                metrics::storage_failed(&self.storage.name, Operation::Write, &source);
                 Err(self.storage_error(source))
             }
         }
@@ -98,14 +99,14 @@ impl SlotMeta {
     /// Reports what the storage did with this session's write: metrics, a
     /// debug line, or the error the commit answers.
     pub(crate) fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
-        metrics::written(self.session, &self.storage_name, &outcome);
+        metrics::written(self.session, &self.storage.name, &outcome);
         match outcome {
             WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
                 tracing::debug!(session = self.session, key = %self.key, "session saved");
             }
             WriteOutcome::Conflict(cause) => errors.push(self.conflict(cause)),
             WriteOutcome::Failed(source) => {
-                self.lock.storage_failed(&source, &self.storage_name);
+                self.lock.storage_failed(&source, &self.storage.name);
                 errors.push(self.storage_error(source));
             }
         }
@@ -426,7 +427,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
                 state
                     .meta
                     .lock
-                    .storage_failed(source, &state.meta.storage_name);
+                    .storage_failed(source, &state.meta.storage.name);
                 errors.push(state.meta.storage_error(source.clone()));
             }
             None => {
@@ -463,11 +464,11 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
         Some(stored) if stored > current => Err(newer_schema::<T>(meta, stored)),
         stored_version => match T::migrate(stored_version, payload) {
             Ok(value) => {
-                metrics::migrated(meta.session, &meta.storage_name);
+                metrics::migrated(meta.session, &meta.storage.name);
                 tracing::info!(
                     session = meta.session,
                     key = %meta.key,
-                    storage = %meta.storage_name,
+                    storage = %meta.storage.name,
                     from = ?stored_version,
                     to = current,
                     "stored session migrated; the commit writes it back"
@@ -475,11 +476,11 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
                 Ok((value, true))
             }
             Err(source) => {
-                metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Migration);
+                metrics::decode_failed(meta.session, &meta.storage.name, DecodeError::Migration);
                 Err(Error::Migration {
                     session: meta.session,
                     key: meta.key.to_string(),
-                    storage: Arc::clone(&meta.storage_name),
+                    storage: Arc::clone(&meta.storage.name),
                     type_name: std::any::type_name::<T>(),
                     stored_version,
                     target_version: current,
@@ -495,22 +496,22 @@ fn decode<T: Session>(meta: &SlotMeta, bytes: &[u8]) -> Result<(T, bool), Error>
 fn decode_failed<T: Session>(meta: &SlotMeta, source: CodecError) -> Result<T, Error> {
     match T::ON_DECODE_ERROR {
         OnDecodeError::Error => {
-            metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Decode);
+            metrics::decode_failed(meta.session, &meta.storage.name, DecodeError::Decode);
             Err(Error::Decode {
                 session: meta.session,
                 key: meta.key.to_string(),
-                storage: Arc::clone(&meta.storage_name),
+                storage: Arc::clone(&meta.storage.name),
                 type_name: std::any::type_name::<T>(),
                 codec: T::Codec::NAME,
                 source,
             })
         }
         OnDecodeError::Reset => {
-            metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::Reset);
+            metrics::decode_failed(meta.session, &meta.storage.name, DecodeError::Reset);
             tracing::warn!(
                 session = meta.session,
                 key = %meta.key,
-                storage = %meta.storage_name,
+                storage = %meta.storage.name,
                 error = %source,
                 "stored session does not decode; starting from its initial value \
                  (on_decode_error = \"reset\")"
@@ -521,11 +522,11 @@ fn decode_failed<T: Session>(meta: &SlotMeta, source: CodecError) -> Result<T, E
 }
 
 fn newer_schema<T: Session>(meta: &SlotMeta, stored_version: u32) -> Error {
-    metrics::decode_failed(meta.session, &meta.storage_name, DecodeError::NewerSchema);
+    metrics::decode_failed(meta.session, &meta.storage.name, DecodeError::NewerSchema);
     Error::NewerSchema {
         session: meta.session,
         key: meta.key.to_string(),
-        storage: Arc::clone(&meta.storage_name),
+        storage: Arc::clone(&meta.storage.name),
         type_name: std::any::type_name::<T>(),
         stored_version,
         known_version: T::SCHEMA_VERSION,

@@ -142,9 +142,11 @@ impl Statements {
     fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let live = "s.value IS NOT NULL AND (s.expires_at IS NULL OR s.expires_at > now())";
+        // The rows of the keys `$1`, locked in key order.
+        let ordered = format!("SELECT key FROM {t} WHERE key = ANY($1) ORDER BY key FOR UPDATE");
         // `$n::bigint * interval`: a NULL TTL gives a NULL expiry (kept forever).
         Self {
-            lock_rows: format!("SELECT 1 FROM {t} WHERE key = ANY($1) ORDER BY key FOR UPDATE"),
+            lock_rows: ordered.clone(),
             load: format!(
                 "SELECT key, value, version FROM {t} \
                  WHERE key = ANY($1) AND value IS NOT NULL \
@@ -203,26 +205,36 @@ impl Statements {
             ),
             // $1 keys, $2 owner, $3 someone listens: flag the rows so their
             // release notifies, and say how long their leases still live.
+            // Every statement that locks several rows takes them in key
+            // order first ({ordered}), as a multi-statement commit does
+            // (`lock_rows`): in the plan's order, one could hold a row that
+            // a commit waits for while it waits for one the commit holds,
+            // and PostgreSQL would break the deadlock by failing one.
             busy: format!(
-                "UPDATE {t} SET lease_waiters = lease_waiters OR $3 \
-                 WHERE key = ANY($1) AND lease_owner <> $2 AND lease_until > now() \
-                 RETURNING key, \
-                 greatest(ceil(extract(epoch from lease_until - now()) * 1000), 0)::bigint"
+                "WITH locked AS ({ordered}) \
+                 UPDATE {t} AS s SET lease_waiters = s.lease_waiters OR $3 FROM locked \
+                 WHERE s.key = locked.key AND s.lease_owner <> $2 AND s.lease_until > now() \
+                 RETURNING s.key, \
+                 greatest(ceil(extract(epoch from s.lease_until - now()) * 1000), 0)::bigint"
             ),
             // $1 keys, $2 owner, $3 channel: lease-only rows go, the others
             // lose their lease; flagged rows notify their waiters.
             release: format!(
-                "WITH gone AS (DELETE FROM {t} WHERE key = ANY($1) AND lease_owner = $2 \
-                     AND value IS NULL RETURNING key, lease_waiters), \
-                 kept AS (UPDATE {t} AS s SET {release} \
-                     WHERE s.key = ANY($1) AND s.lease_owner = $2 AND s.value IS NOT NULL \
+                "WITH locked AS ({ordered}), \
+                 gone AS (DELETE FROM {t} AS s USING locked WHERE s.key = locked.key \
+                     AND s.lease_owner = $2 AND s.value IS NULL \
+                     RETURNING s.key, s.lease_waiters), \
+                 kept AS (UPDATE {t} AS s SET {release} FROM locked \
+                     WHERE s.key = locked.key AND s.lease_owner = $2 AND s.value IS NOT NULL \
                      RETURNING 1) \
                  SELECT pg_notify($3, key) FROM gone WHERE lease_waiters",
                 release = release_columns("true", "$3"),
             ),
             renew: format!(
-                "UPDATE {t} SET lease_until = now() + $3::bigint * interval '1 millisecond' \
-                 WHERE key = ANY($1) AND lease_owner = $2"
+                "WITH locked AS ({ordered}) \
+                 UPDATE {t} AS s \
+                 SET lease_until = now() + $3::bigint * interval '1 millisecond' FROM locked \
+                 WHERE s.key = locked.key AND s.lease_owner = $2"
             ),
             // Expired records and lease-only rows, unless a live lease holds them.
             cleanup: format!(

@@ -174,10 +174,7 @@ impl ManagerInner {
         strategy: &KeyStrategy,
         ids: &UpdateIds,
     ) -> Result<StorageKey, Error> {
-        let missing = |needs| Error::MissingId {
-            session: name,
-            needs,
-        };
+        let missing = |needs| missing_id(name, needs);
         let bot_id = match self.bot_id_in_keys {
             true => Some(
                 ids.bot_id()
@@ -196,14 +193,8 @@ impl ManagerInner {
         ids: &UpdateIds,
     ) -> Result<StorageKey, Error> {
         match &registration.namespace {
-            Some(namespace) => {
-                StorageKey::in_namespace(namespace, &registration.key, ids).map_err(|needs| {
-                    Error::MissingId {
-                        session: registration.name,
-                        needs,
-                    }
-                })
-            }
+            Some(namespace) => StorageKey::in_namespace(namespace, &registration.key, ids)
+                .map_err(|needs| missing_id(registration.name, needs)),
             None => self.storage_key(registration.name, &registration.key, ids),
         }
     }
@@ -458,6 +449,11 @@ impl SessionManagerBuilder {
             }),
         }
     }
+}
+
+/// The error for a key of session `session` that needs an id the update lacks.
+fn missing_id(session: &'static str, needs: &'static str) -> Error {
+    Error::MissingId { session, needs }
 }
 
 fn entry(storage: SharedStorage) -> Arc<StorageEntry> {

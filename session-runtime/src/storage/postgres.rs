@@ -142,7 +142,11 @@ impl Statements {
     fn new(table: &TableName) -> Self {
         let t = table.quoted();
         let live = "s.value IS NOT NULL AND (s.expires_at IS NULL OR s.expires_at > now())";
-        // The rows of the keys `$1`, locked in key order.
+        // The rows of the keys `$1`, locked in key order. Every statement
+        // that locks several rows takes them this way first, as a
+        // multi-statement commit does (`lock_rows`): in its plan's order, one
+        // could hold a row a commit waits for while it waits for one the
+        // commit holds, and PostgreSQL would break the deadlock by failing one.
         let ordered = format!("SELECT key FROM {t} WHERE key = ANY($1) ORDER BY key FOR UPDATE");
         // `$n::bigint * interval`: a NULL TTL gives a NULL expiry (kept forever).
         Self {
@@ -205,11 +209,6 @@ impl Statements {
             ),
             // $1 keys, $2 owner, $3 someone listens: flag the rows so their
             // release notifies, and say how long their leases still live.
-            // Every statement that locks several rows takes them in key
-            // order first ({ordered}), as a multi-statement commit does
-            // (`lock_rows`): in the plan's order, one could hold a row that
-            // a commit waits for while it waits for one the commit holds,
-            // and PostgreSQL would break the deadlock by failing one.
             busy: format!(
                 "WITH locked AS ({ordered}) \
                  UPDATE {t} AS s SET lease_waiters = s.lease_waiters OR $3 FROM locked \

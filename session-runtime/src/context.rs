@@ -512,6 +512,10 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
 /// The first error is the caller's to report; the others are logged here,
 /// each once.
 fn first_error(errors: Vec<Error>) -> Result<(), Error> {
+    // The usual case, on every commit: no iterator to build and drop.
+    if errors.is_empty() {
+        return Ok(());
+    }
     let mut errors = errors.into_iter();
     let first = errors.next();
     for error in errors {

@@ -11,7 +11,7 @@
 //! - **At once**, in one load and at most two writes per storage: every
 //!   registered type of scope `chat`, `chat_thread` (a basic group has no
 //!   forum topics, so its only thread key is `main`) and every `key_fn` type
-//!   named with [`SessionManagerBuilder::follow_chat_migration`].
+//!   named with [`SessionManagerBuilder::follow_chat_migration`](crate::SessionManagerBuilder::follow_chat_migration).
 //! - **On first use** in the supergroup: `user_in_chat` sessions. There is
 //!   one per member and no storage can list them cheaply, so the move writes
 //!   a marker, `[prefix:][bot_id:]tg_session_chat_migrated:<new chat id>`

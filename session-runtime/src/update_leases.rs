@@ -2,7 +2,7 @@
 //! them (waiting for other processes' updates), renewing them while a long
 //! handler runs, and giving them back if the update is dropped uncommitted.
 //!
-//! The storage side of the contract is [`Leases`](crate::storage::Leases).
+//! The storage side of the contract is [`Leases`].
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};

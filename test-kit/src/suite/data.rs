@@ -1,5 +1,5 @@
 //! The data operations over every storage that has them (issue 10 item 2):
-//! scans, a user's or a chat's erasure, copies. Run by [`data_suite!`] from
+//! scans, a user's or a chat's erasure, copies. Run by [`data_suite!`](crate::data_suite) from
 //! the test file of each storage.
 
 use std::collections::{BTreeMap, BTreeSet};

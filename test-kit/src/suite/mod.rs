@@ -1,5 +1,5 @@
 //! The behaviour suite: every rule of SPEC §3 that depends on the storage,
-//! written once and run over every storage by [`behaviour_suite!`].
+//! written once and run over every storage by [`behaviour_suite!`](crate::behaviour_suite).
 //!
 //! Each test builds its managers with a unique key prefix, so a factory may
 //! hand out one shared server or database to all of them.

@@ -148,16 +148,10 @@ async fn get(storage: &dyn Storage, key: &str, codec: crate::decode::CodecChoice
         })?;
     let decoded = decode(&record.value, codec)
         .map_err(|error| format!("the record at `{key}` does not decode: {error}"))?;
-    // The remaining TTL is only reported by a scan.
-    let prefix = KeyPrefix::scope(key.namespace(), key.scope_key());
-    let ttl = match storage.scan(&prefix, None, 16, false).await {
-        Ok(page) => page
-            .entries
-            .into_iter()
-            .find(|entry| entry.key == key)
-            .and_then(|entry| entry.ttl),
-        Err(_) => None,
-    };
+    let ttl = remaining_ttl(storage, &key).await.unwrap_or_else(|why| {
+        eprintln!("the remaining TTL of `{key}` is unknown: {why}");
+        None
+    });
     let shown = json!({
         "key": key.as_str(),
         "version": record.version,
@@ -168,6 +162,31 @@ async fn get(storage: &dyn Storage, key: &str, codec: crate::decode::CodecChoice
     let text = serde_json::to_string_pretty(&shown).map_err(|error| error.to_string())?;
     println!("{text}");
     Ok(())
+}
+
+/// The remaining TTL of the record at `key` (`None`: it has none), which
+/// only a scan with values reports. The key is the first of its scope
+/// prefix in key order, so a SQL scan finds it on the first page; Redis
+/// pages through its `SCAN` until it turns up.
+async fn remaining_ttl(
+    storage: &dyn Storage,
+    key: &StorageKey,
+) -> Result<Option<Duration>, String> {
+    let prefix = KeyPrefix::scope(key.namespace(), key.scope_key());
+    let mut cursor = None;
+    loop {
+        let page = storage
+            .scan(&prefix, cursor.as_ref(), 16, true)
+            .await
+            .map_err(|error| error.to_string())?;
+        if let Some(entry) = page.entries.into_iter().find(|entry| entry.key == *key) {
+            return Ok(entry.ttl);
+        }
+        cursor = Some(
+            page.next
+                .ok_or("the record was gone by the time it was scanned")?,
+        );
+    }
 }
 
 async fn rm(storage: &dyn Storage, keys: &[String], dry_run: bool) -> Outcome {

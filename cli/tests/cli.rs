@@ -1,12 +1,16 @@
-//! The `tg-session` binary against a real redis-server and a SQLite file,
-//! filled by a bot's manager the way a bot fills them.
+//! The `tg-session` binary against a real redis-server, a real PostgreSQL
+//! and a SQLite file, filled by a bot's manager the way a bot fills them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tg_session::{RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds};
+use tg_session::{
+    PostgresStorage, RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds,
+};
+use tg_session_test_kit::postgres_server::PostgresServer;
 use tg_session_test_kit::redis_server::RedisServer;
 
 #[derive(Session, Serialize, Deserialize, Debug, Default, PartialEq)]
@@ -19,6 +23,12 @@ struct Counter {
 #[session(key = "profile", lazy, scope = "user_in_chat")]
 struct Profile {
     name: String,
+}
+
+#[derive(Session, Serialize, Deserialize, Debug, Default, PartialEq)]
+#[session(key = "visit", ttl = "1h")]
+struct Visit {
+    count: u32,
 }
 
 /// Runs the binary; its exit status, stdout and stderr.
@@ -216,6 +226,62 @@ async fn copy_sqlite_to_redis_keeps_versions_and_runs_again_as_a_no_op() {
     let (ok, out, _) = tg_session(&["copy", "--from", &from, "--to", &to]);
     assert!(ok);
     assert!(out.starts_with("0 copied, 6 skipped"), "{out}");
+}
+
+/// `get` shows the remaining TTL of a record that has one, and `null` for
+/// one that has none, on SQLite, Redis and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_shows_the_remaining_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.db");
+    let sqlite = SqliteStorage::open(&path).await.unwrap();
+    let redis = RedisServer::start();
+    let postgres = PostgresServer::start();
+    let urls = [
+        format!("sqlite:{}", path.display()),
+        redis.url(),
+        postgres.url(),
+    ];
+    let storages: [tg_session::storage::SharedStorage; 3] = [
+        Arc::new(sqlite),
+        Arc::new(RedisStorage::connect(&redis.url()).await.unwrap()),
+        Arc::new(PostgresStorage::connect(&postgres.url()).await.unwrap()),
+    ];
+    for (url, storage) in urls.iter().zip(storages) {
+        let manager = SessionManager::builder()
+            .storage(storage)
+            .register::<Visit>()
+            .register::<Counter>()
+            .build()
+            .unwrap();
+        manager
+            .run(UpdateIds::new().user(42), |ctx| async move {
+                ctx.visit()?.count = 1;
+                ctx.counter()?.apple = 1;
+                Ok::<_, tg_session::Error>(())
+            })
+            .await
+            .unwrap();
+
+        let (ok, out, err) = tg_session(&["get", url, "visit:42"]);
+        assert!(ok, "{err}");
+        let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ttl = shown["ttl_seconds"].as_u64();
+        assert!(
+            ttl.is_some_and(|ttl| (3_500..=3_600).contains(&ttl)),
+            "{url}: {out}"
+        );
+        assert_eq!(err, "", "{url}");
+
+        let (ok, out, err) = tg_session(&["get", url, "counter:42"]);
+        assert!(ok, "{err}");
+        let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            shown["ttl_seconds"],
+            serde_json::Value::Null,
+            "{url}: {out}"
+        );
+    }
 }
 
 #[test]

@@ -416,3 +416,63 @@ fn another_process_holding_a_redis_lease_counts_a_lease_wait_and_a_timeout() {
         Vec::<&str>::new()
     );
 }
+
+/// The label `tg_session_storage_errors_total` gives a kind of failure.
+fn kind_label(error: &Error) -> &'static str {
+    use tg_session::storage::StorageErrorKind;
+    let Error::Storage { source, .. } = error else {
+        panic!("not a storage failure: {error:?}");
+    };
+    match source.kind() {
+        StorageErrorKind::Unavailable => "unavailable",
+        StorageErrorKind::Timeout => "timeout",
+        StorageErrorKind::Unsupported => "unsupported",
+        _ => "other",
+    }
+}
+
+#[test]
+fn a_storage_gone_down_counts_its_failures_by_operation_and_kind() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let mut failures = Vec::new();
+    let mut storage_name = String::new();
+    let scrape = recorded(|_| {
+        let (server, failures, storage_name) = (&mut server, &mut failures, &mut storage_name);
+        async move {
+            let storage: SharedStorage = Arc::new(RedisStorage::connect(&url).await.unwrap());
+            *storage_name = storage.name().to_owned();
+            let manager = manager(storage, "down");
+            // Loaded while the server was up, written after it went away.
+            let ctx = manager.begin(user(1)).await;
+            ctx.counter().unwrap().apple += 1;
+            server.kill();
+            let error = ctx.commit(HandlerOutcome::Succeeded).await.unwrap_err();
+            failures.push(("commit", kind_label(&error)));
+            // The next update cannot load.
+            let ctx = manager.begin(user(1)).await;
+            let error = ctx.counter().map(drop).unwrap_err();
+            failures.push(("load", kind_label(&error)));
+            ctx.commit(HandlerOutcome::Succeeded).await.ok();
+        }
+    });
+    let mut expected: Vec<String> = failures
+        .iter()
+        .map(|(operation, kind)| {
+            format!(
+                r#"tg_session_storage_errors_total{{storage="{storage_name}",operation="{operation}",kind="{kind}"}} 1"#
+            )
+        })
+        .collect();
+    expected.sort_unstable();
+    let mut recorded = scrape.series_of("tg_session_storage_errors_total");
+    recorded.sort_unstable();
+    assert_eq!(recorded, expected);
+    // Nothing was written: the one load that worked is all there is.
+    assert_eq!(
+        scrape.value(&format!(
+            r#"tg_session_loads_total{{session="counter",storage="{storage_name}"}}"#
+        )),
+        1.0
+    );
+}

@@ -113,18 +113,14 @@ fn allocations_per_read_modify_write_stay_within_budget() {
         }
         // The budget on the memory storage is 4 per update; it takes 2: the
         // update's state, and per session its slot (value, borrow lock and
-        // key lock in one). This crate builds tg-session with `metrics`, and each
-        // metric recorded builds its labels on the heap (`metrics`' macros
-        // do), even with no recorder installed: per update, a load's
-        // duration, and per session its load count and its write count, and
-        // one commit duration.
-        let metrics_labels = |sessions: f64| 2.0 + 2.0 * sessions;
+        // key lock in one). This crate builds tg-session with `metrics`:
+        // its handles are registered once per storage (with the no-op
+        // recorder here, none being installed), so recording allocates
+        // nothing per update (a `counter!` with labels allocates them on
+        // every call).
+        assert!(memory_one <= 2.0, "memory, 1 session: {memory_one}");
         assert!(
-            memory_one <= 2.0 + metrics_labels(1.0),
-            "memory, 1 session: {memory_one}"
-        );
-        assert!(
-            memory_four <= 1.0 + 4.0 + metrics_labels(4.0),
+            memory_four <= 1.0 + 4.0,
             "memory, 4 sessions: {memory_four}"
         );
         assert!(

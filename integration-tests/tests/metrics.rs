@@ -476,3 +476,53 @@ fn a_storage_gone_down_counts_its_failures_by_operation_and_kind() {
         1.0
     );
 }
+
+/// The handles a manager keeps for the global recorder count there, update
+/// after update; under a thread's local recorder the same manager records
+/// into that one instead, and the global one sees none of it.
+#[test]
+fn the_global_recorder_and_a_local_one_each_get_their_own_counts() {
+    let global = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .unwrap()
+        .build_recorder();
+    let global_handle = global.handle();
+    metrics::set_global_recorder(global).expect("the only global recorder of this binary");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manager = manager(Arc::new(MemoryStorage::new()), "global");
+    // The counter starts at 1.
+    for expected in 2..=4 {
+        assert_eq!(
+            runtime.block_on(increment(&manager, user(1))).unwrap(),
+            expected
+        );
+    }
+    let local = recorded(|_| async {
+        assert_eq!(increment(&manager, user(1)).await.unwrap(), 5);
+        assert_eq!(increment(&manager, user(1)).await.unwrap(), 6);
+    });
+    assert_eq!(runtime.block_on(increment(&manager, user(1))).unwrap(), 7);
+
+    let global = Scrape(global_handle.render());
+    for (scrape, updates) in [(&global, 4.0), (&local, 2.0)] {
+        assert_eq!(
+            scrape.value(&format!("tg_session_loads_total{COUNTER_IN_MEMORY}")),
+            updates
+        );
+        assert_eq!(
+            scrape.value(&format!("tg_session_writes_total{COUNTER_IN_MEMORY}")),
+            updates
+        );
+        assert_eq!(
+            scrape.value(r#"tg_session_load_duration_seconds_count{storage="memory"}"#),
+            updates
+        );
+        assert_eq!(
+            scrape.value(r#"tg_session_commit_duration_seconds_count{storage="memory"}"#),
+            updates
+        );
+    }
+}

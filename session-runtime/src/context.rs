@@ -180,7 +180,7 @@ impl UpdateState {
         };
         match loaded.0.len() == keys.len() {
             true => {
-                metrics::loaded(sessions, &storage.name, timer);
+                metrics::loaded(sessions, &storage.metrics, timer);
                 Ok(loaded)
             }
             false => {
@@ -368,7 +368,11 @@ impl Sessions {
             let timer = metrics::Timer::start();
             let meta = slot_meta(storage, T::NAME, key, lock, None);
             let slot = slot::open_in_process::<T>(meta, memory)?;
-            metrics::loaded(&metrics::SessionNames::one(T::NAME), &storage.name, timer);
+            metrics::loaded(
+                &metrics::SessionNames::one(T::NAME),
+                &storage.metrics,
+                timer,
+            );
             return Ok(slot);
         }
         let (mut records, lease_owner) = state
@@ -505,7 +509,7 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
         }
     }
     for storage_index in written_to {
-        metrics::committed(&state.manager.storages[storage_index].name, timer);
+        metrics::committed(&state.manager.storages[storage_index].metrics, timer);
     }
 }
 
@@ -594,7 +598,7 @@ async fn write_back(
                 _ if writes.is_empty() => continue,
                 _ => storage.storage.write(&writes).instrument(span).await,
             };
-            metrics::committed(&storage.name, timer);
+            metrics::committed(&storage.metrics, timer);
             if let Some(update_leases) = state.leases.get() {
                 update_leases.released(storage_index);
             }
@@ -783,7 +787,11 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             .map(|r| r.name)
             .peekable();
         if eager.peek().is_some() {
-            metrics::loaded(&metrics::SessionNames::collect(eager), &storage.name, timer);
+            metrics::loaded(
+                &metrics::SessionNames::collect(eager),
+                &storage.metrics,
+                timer,
+            );
         }
     }
     true
@@ -837,7 +845,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
             for (key, (registration, lock)) in keys.into_iter().zip(held) {
                 entries.push(in_process_entry(storage, memory, registration, key, lock));
             }
-            metrics::loaded(&sessions, &storage.name, timer);
+            metrics::loaded(&sessions, &storage.metrics, timer);
             continue;
         }
         let loaded = state.load(storage_index, &keys, &sessions, deadline).await;

@@ -13,6 +13,7 @@ use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::KeyLocks;
+use crate::metrics::StorageMetrics;
 use crate::session::Session;
 use crate::slot::{self, ErasedSlot, SlotMeta};
 use crate::storage::memory::MemoryStorage;
@@ -88,6 +89,8 @@ pub(crate) struct StorageEntry {
     /// The storage itself when it is a [`MemoryStorage`]: its sessions are
     /// kept as values, loaded and written with no codec and no await.
     pub(crate) in_process: Option<MemoryStorage>,
+    /// Its metrics' labels and handles.
+    pub(crate) metrics: StorageMetrics,
 }
 
 impl StorageEntry {
@@ -407,7 +410,7 @@ impl SessionManagerBuilder {
         let default = self
             .default_storage
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
-        let mut storages = vec![entry(default)];
+        let mut storages = vec![default];
         let mut registrations = Vec::with_capacity(self.registrations.len());
         for (mut registration, storage) in self.registrations {
             registration.namespace = (!self.bot_id_in_keys)
@@ -417,19 +420,30 @@ impl SessionManagerBuilder {
                 .iter()
                 .any(|(type_id, ..)| *type_id == registration.type_id);
             if let Some(storage) = storage {
-                let same = |entry: &Arc<StorageEntry>| {
-                    std::ptr::addr_eq(Arc::as_ptr(&entry.storage), Arc::as_ptr(&storage))
+                let same = |known: &SharedStorage| {
+                    std::ptr::addr_eq(Arc::as_ptr(known), Arc::as_ptr(&storage))
                 };
                 registration.storage_index = match storages.iter().position(same) {
                     Some(index) => index,
                     None => {
-                        storages.push(entry(storage));
+                        storages.push(storage);
                         storages.len() - 1
                     }
                 };
             }
             registrations.push(registration);
         }
+        let storages: Vec<Arc<StorageEntry>> = storages
+            .into_iter()
+            .enumerate()
+            .map(|(index, storage)| {
+                let sessions = registrations
+                    .iter()
+                    .filter(|registration| registration.storage_index == index)
+                    .map(|registration| registration.name);
+                entry(storage, sessions)
+            })
+            .collect();
         let eager_in_process = registrations
             .iter()
             .filter(|registration| !registration.lazy)
@@ -456,10 +470,15 @@ fn missing_id(session: &'static str, needs: &'static str) -> Error {
     Error::MissingId { session, needs }
 }
 
-fn entry(storage: SharedStorage) -> Arc<StorageEntry> {
+/// The entry of `storage`, where the sessions named `sessions` are registered.
+fn entry(
+    storage: SharedStorage,
+    sessions: impl Iterator<Item = &'static str>,
+) -> Arc<StorageEntry> {
     let name = Arc::from(storage.name());
     let in_process = memory_storage(&storage);
     Arc::new(StorageEntry {
+        metrics: StorageMetrics::new(&name, sessions),
         storage,
         name,
         in_process,

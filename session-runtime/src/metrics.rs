@@ -23,7 +23,10 @@
 //! | `tg_session_storage_errors_total` | counter | `storage`, `operation`, `kind` | failed storage call (`operation`: `load`, `commit`, `write` for `save`/`clear`, `renew`; `kind`: `unavailable`, `timeout`, `other`), or write its batch reported failed |
 
 #[cfg(feature = "metrics")]
-use ::metrics::{counter, histogram};
+mod handles;
+
+#[cfg(feature = "metrics")]
+use ::metrics::{Counter, Histogram, counter, histogram};
 #[cfg(feature = "metrics")]
 use std::time::Instant;
 
@@ -122,6 +125,51 @@ pub(crate) enum DecodeError {
 /// Whether metrics are recorded (the `metrics` feature): work done only to
 /// build labels can be skipped without it.
 pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
+/// What one storage's metrics are labelled with, and the handles its
+/// updates record through (registered once, see `metrics/handles.rs`);
+/// empty without the feature.
+pub(crate) struct StorageMetrics {
+    #[cfg(feature = "metrics")]
+    storage: Arc<str>,
+    #[cfg(feature = "metrics")]
+    handles: handles::Cache,
+}
+
+impl StorageMetrics {
+    /// The metrics of the storage named `storage`, where the sessions named
+    /// `sessions` are registered.
+    #[inline(always)]
+    pub(crate) fn new(storage: &Arc<str>, sessions: impl Iterator<Item = &'static str>) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = (storage, sessions);
+        Self {
+            #[cfg(feature = "metrics")]
+            storage: Arc::clone(storage),
+            #[cfg(feature = "metrics")]
+            handles: handles::Cache::new(sessions),
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl StorageMetrics {
+    fn load_duration(&self) -> Histogram {
+        histogram!("tg_session_load_duration_seconds", "storage" => Arc::clone(&self.storage))
+    }
+
+    fn commit_duration(&self) -> Histogram {
+        histogram!("tg_session_commit_duration_seconds", "storage" => Arc::clone(&self.storage))
+    }
+
+    fn loads(&self, session: &'static str) -> Counter {
+        counter!("tg_session_loads_total", "session" => session, "storage" => Arc::clone(&self.storage))
+    }
+
+    fn writes(&self, session: &'static str) -> Counter {
+        counter!("tg_session_writes_total", "session" => session, "storage" => Arc::clone(&self.storage))
+    }
+}
 
 /// The session names of a load's keys, in key order: the `session` labels.
 /// Empty (and never allocated) without the feature, so an update pays for
@@ -234,14 +282,29 @@ impl Drop for LockWait {
 
 /// `sessions` were read from `storage` in one batch.
 #[inline(always)]
-pub(crate) fn loaded(sessions: &SessionNames, storage: &Arc<str>, timer: Timer) {
+pub(crate) fn loaded(sessions: &SessionNames, storage: &StorageMetrics, timer: Timer) {
     #[cfg(feature = "metrics")]
     {
-        histogram!("tg_session_load_duration_seconds", "storage" => Arc::clone(storage))
-            .record(timer.seconds());
-        for &session in &sessions.names {
-            counter!("tg_session_loads_total", "session" => session, "storage" => Arc::clone(storage))
-                .increment(1);
+        let seconds = timer.seconds();
+        match storage.handles.current() {
+            Some(handles) => {
+                handles
+                    .load_duration(|| storage.load_duration())
+                    .record(seconds);
+                for &session in &sessions.names {
+                    match handles.loads(session, || storage.loads(session)) {
+                        Some(loads) => loads.increment(1),
+                        // A lazy type that was not registered.
+                        None => storage.loads(session).increment(1),
+                    }
+                }
+            }
+            None => {
+                storage.load_duration().record(seconds);
+                for &session in &sessions.names {
+                    storage.loads(session).increment(1);
+                }
+            }
         }
     }
     #[cfg(not(feature = "metrics"))]
@@ -250,25 +313,37 @@ pub(crate) fn loaded(sessions: &SessionNames, storage: &Arc<str>, timer: Timer) 
 
 /// A commit's batch reached `storage` and came back (with any answer).
 #[inline(always)]
-pub(crate) fn committed(storage: &Arc<str>, timer: Timer) {
+pub(crate) fn committed(storage: &StorageMetrics, timer: Timer) {
     #[cfg(feature = "metrics")]
-    histogram!("tg_session_commit_duration_seconds", "storage" => Arc::clone(storage))
-        .record(timer.seconds());
+    {
+        let seconds = timer.seconds();
+        match storage.handles.current() {
+            Some(handles) => handles
+                .commit_duration(|| storage.commit_duration())
+                .record(seconds),
+            None => storage.commit_duration().record(seconds),
+        }
+    }
     #[cfg(not(feature = "metrics"))]
     let _ = (storage, timer);
 }
 
 /// What `storage` answered to one write of `session`.
 #[inline(always)]
-pub(crate) fn written(session: &'static str, storage: &Arc<str>, outcome: &WriteOutcome) {
+pub(crate) fn written(session: &'static str, metrics: &StorageMetrics, outcome: &WriteOutcome) {
     #[cfg(feature = "metrics")]
     {
-        let storage = Arc::clone(storage);
-        match outcome {
-            WriteOutcome::Written { .. } => {
-                counter!("tg_session_writes_total", "session" => session, "storage" => storage)
-                    .increment(1);
+        if let WriteOutcome::Written { .. } = outcome {
+            let cached = metrics.handles.current();
+            match cached.and_then(|handles| handles.writes(session, || metrics.writes(session))) {
+                Some(writes) => writes.increment(1),
+                None => metrics.writes(session).increment(1),
             }
+            return;
+        }
+        let storage = Arc::clone(&metrics.storage);
+        match outcome {
+            WriteOutcome::Written { .. } => {}
             WriteOutcome::Deleted => {
                 counter!("tg_session_deletes_total", "session" => session, "storage" => storage)
                     .increment(1);
@@ -288,7 +363,7 @@ pub(crate) fn written(session: &'static str, storage: &Arc<str>, outcome: &Write
         }
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (session, storage, outcome);
+    let _ = (session, metrics, outcome);
 }
 
 /// A call to `storage` failed as a whole.

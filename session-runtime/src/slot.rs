@@ -63,7 +63,7 @@ impl SlotMeta {
         })?;
         match <[WriteOutcome; 1]>::try_from(outcomes) {
             Ok([outcome]) => {
-                metrics::written(self.session, &self.storage.name, &outcome);
+                metrics::written(self.session, &self.storage.metrics, &outcome);
                 Ok(outcome)
             }
             Err(outcomes) => {
@@ -99,7 +99,7 @@ impl SlotMeta {
     /// Reports what the storage did with this session's write: metrics, a
     /// debug line, or the error the commit answers.
     pub(crate) fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
-        metrics::written(self.session, &self.storage.name, &outcome);
+        metrics::written(self.session, &self.storage.metrics, &outcome);
         match outcome {
             WriteOutcome::Written { .. } | WriteOutcome::Deleted => {
                 tracing::debug!(session = self.session, key = %self.key, "session saved");

@@ -50,19 +50,15 @@ impl Cache {
     /// global recorder as the first use found it).
     pub(super) fn current(&self) -> Option<Current<'_>> {
         let recorder = current_recorder();
-        let handles = match self.handles.get() {
-            Some(handles) => handles,
-            None => {
-                let global = global_recorder()?;
-                self.handles.get_or_init(|| Handles {
-                    recorder: global,
-                    load_duration: OnceLock::new(),
-                    commit_duration: OnceLock::new(),
-                    loads: self.sessions.iter().map(|_| OnceLock::new()).collect(),
-                    writes: self.sessions.iter().map(|_| OnceLock::new()).collect(),
-                })
-            }
-        };
+        let handles = self.handles.get_or_init(|| Handles {
+            // No recorder lives at `usize::MAX`: if the global one could not
+            // be looked up, every call registers, and none looks again.
+            recorder: global_recorder().unwrap_or(usize::MAX),
+            load_duration: OnceLock::new(),
+            commit_duration: OnceLock::new(),
+            loads: self.sessions.iter().map(|_| OnceLock::new()).collect(),
+            writes: self.sessions.iter().map(|_| OnceLock::new()).collect(),
+        });
         (handles.recorder == recorder).then_some(Current {
             sessions: &self.sessions,
             handles,

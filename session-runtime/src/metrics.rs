@@ -285,25 +285,22 @@ impl Drop for LockWait {
 pub(crate) fn loaded(sessions: &SessionNames, storage: &StorageMetrics, timer: Timer) {
     #[cfg(feature = "metrics")]
     {
+        let handles = storage.handles.current();
         let seconds = timer.seconds();
-        match storage.handles.current() {
-            Some(handles) => {
-                handles
-                    .load_duration(|| storage.load_duration())
-                    .record(seconds);
-                for &session in &sessions.names {
-                    match handles.loads(session, || storage.loads(session)) {
-                        Some(loads) => loads.increment(1),
-                        // A lazy type that was not registered.
-                        None => storage.loads(session).increment(1),
-                    }
-                }
-            }
-            None => {
-                storage.load_duration().record(seconds);
-                for &session in &sessions.names {
-                    storage.loads(session).increment(1);
-                }
+        match &handles {
+            Some(handles) => handles
+                .load_duration(|| storage.load_duration())
+                .record(seconds),
+            None => storage.load_duration().record(seconds),
+        }
+        for &session in &sessions.names {
+            // No handle for a lazy type that was not registered.
+            match handles
+                .as_ref()
+                .and_then(|h| h.loads(session, || storage.loads(session)))
+            {
+                Some(loads) => loads.increment(1),
+                None => storage.loads(session).increment(1),
             }
         }
     }
@@ -333,19 +330,18 @@ pub(crate) fn committed(storage: &StorageMetrics, timer: Timer) {
 pub(crate) fn written(session: &'static str, metrics: &StorageMetrics, outcome: &WriteOutcome) {
     #[cfg(feature = "metrics")]
     {
-        if let WriteOutcome::Written { .. } = outcome {
-            let cached = metrics.handles.current();
-            match cached.and_then(|handles| handles.writes(session, || metrics.writes(session))) {
-                Some(writes) => writes.increment(1),
-                None => metrics.writes(session).increment(1),
-            }
-            return;
-        }
-        let storage = Arc::clone(&metrics.storage);
+        // Cloned for the rare outcomes only: a write uses its handle.
+        let storage = || Arc::clone(&metrics.storage);
         match outcome {
-            WriteOutcome::Written { .. } => {}
+            WriteOutcome::Written { .. } => {
+                let handles = metrics.handles.current();
+                match handles.and_then(|h| h.writes(session, || metrics.writes(session))) {
+                    Some(writes) => writes.increment(1),
+                    None => metrics.writes(session).increment(1),
+                }
+            }
             WriteOutcome::Deleted => {
-                counter!("tg_session_deletes_total", "session" => session, "storage" => storage)
+                counter!("tg_session_deletes_total", "session" => session, "storage" => storage())
                     .increment(1);
             }
             WriteOutcome::Conflict(cause) => {
@@ -354,11 +350,11 @@ pub(crate) fn written(session: &'static str, metrics: &StorageMetrics, outcome: 
                     Conflict::Expired => "expired",
                     Conflict::LeaseLost => "lease_lost",
                 };
-                counter!("tg_session_conflicts_total", "session" => session, "storage" => storage, "cause" => cause)
+                counter!("tg_session_conflicts_total", "session" => session, "storage" => storage(), "cause" => cause)
                     .increment(1);
             }
             WriteOutcome::Failed(error) => {
-                storage_failed_labelled(storage, Operation::Commit, error)
+                storage_failed_labelled(storage(), Operation::Commit, error)
             }
         }
     }

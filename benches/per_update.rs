@@ -1,0 +1,126 @@
+//! A fixed number of updates of one workload, then exit: the work to count
+//! instructions with callgrind, where the criterion benches time it (on a
+//! shared machine, instruction counts are steady where times are not).
+//!
+//! ```text
+//! cargo build --release -p tg-session-benches --example per_update
+//! valgrind --tool=callgrind target/release/examples/per_update memory-eq 20000
+//! valgrind --tool=callgrind target/release/examples/per_update memory-eq 40000
+//! ```
+//!
+//! The cost of one update is the difference of the two totals divided by
+//! the difference of the counts: the process's start and the first
+//! updates' records cancel out. Workloads (the memory benchmark's update,
+//! cycling over 1,000 users):
+//!
+//! - `memory`, `memory-eq` (the type derives `PartialEq`), `memory-4`;
+//! - `teloxide`: `Dialogue::get_or_default` + `Dialogue::update` on
+//!   `InMemStorage`;
+//! - `redis`, `redis-4` (a `redis-server` this process starts; the client's
+//!   instructions only, the server runs outside callgrind);
+//! - `sqlite`, `sqlite-4` (a file in a temporary directory).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use serde::{Deserialize, Serialize};
+use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
+use teloxide::types::ChatId;
+use tg_session::storage::SharedStorage;
+use tg_session::{
+    HandlerOutcome, MemoryStorage, RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds,
+};
+use tg_session_test_kit::redis_server::RedisServer;
+
+mod workload;
+use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
+
+/// The workload's session, deriving `PartialEq`.
+#[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
+#[session(key = "eq_one")]
+struct EqOne {
+    apple: u32,
+    name: Option<String>,
+}
+
+fn manager(storage: SharedStorage, four: bool) -> SessionManager {
+    let builder = SessionManager::builder().storage(storage).register::<One>();
+    match four {
+        true => builder
+            .register::<Two>()
+            .register::<Three>()
+            .register::<Four>(),
+        false => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+fn main() {
+    let usage = "usage: per_update <memory|memory-eq|memory-4|teloxide|redis|redis-4|sqlite|sqlite-4> <updates>";
+    let mut args = std::env::args().skip(1);
+    let workload = args.next().expect(usage);
+    let updates: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let user = AtomicU64::new(0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = None;
+    runtime.block_on(async {
+        let storage: SharedStorage = match workload.as_str() {
+            "redis" | "redis-4" => {
+                let url = server.insert(RedisServer::start()).url();
+                Arc::new(RedisStorage::connect(&url).await.unwrap())
+            }
+            "sqlite" | "sqlite-4" => Arc::new(
+                SqliteStorage::open(dir.path().join("sessions.db"))
+                    .await
+                    .unwrap(),
+            ),
+            _ => Arc::new(MemoryStorage::new()),
+        };
+        match workload.as_str() {
+            "memory" | "redis" | "sqlite" => {
+                let manager = manager(storage, false);
+                for _ in 0..updates {
+                    ours_one(&manager, next_user(&user)).await;
+                }
+            }
+            "memory-4" | "redis-4" | "sqlite-4" => {
+                let manager = manager(storage, true);
+                for _ in 0..updates {
+                    ours_four(&manager, next_user(&user)).await;
+                }
+            }
+            "memory-eq" => {
+                let manager = SessionManager::builder()
+                    .storage(storage)
+                    .register::<EqOne>()
+                    .build()
+                    .unwrap();
+                for _ in 0..updates {
+                    let user = next_user(&user);
+                    let ctx = manager
+                        .begin(UpdateIds::new().user(user).chat(user as i64))
+                        .await;
+                    ctx.eq_one().unwrap().apple += 1;
+                    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+                }
+            }
+            "teloxide" => {
+                let storage = InMemStorage::<One>::new();
+                for _ in 0..updates {
+                    let chat = ChatId(next_user(&user) as i64);
+                    let dialogue = Dialogue::new(Arc::clone(&storage), chat);
+                    let mut state = dialogue.get_or_default().await.unwrap();
+                    state.apple += 1;
+                    dialogue.update(state).await.unwrap();
+                }
+            }
+            other => panic!("unknown workload `{other}`; {usage}"),
+        }
+    });
+}

@@ -29,7 +29,8 @@ pub(super) struct Cache {
 /// The handles registered with one recorder, each on first use (so a series
 /// appears when it is first recorded, as without the cache).
 struct Handles {
-    /// Which recorder: the address of the one current at the first use.
+    /// Which recorder: the global one's address (or the no-op one's) at the
+    /// first use.
     recorder: usize,
     load_duration: OnceLock<Histogram>,
     commit_duration: OnceLock<Histogram>,

@@ -34,7 +34,7 @@ use tg_session::{
 use tg_session_test_kit::redis_server::RedisServer;
 
 mod workload;
-use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
+use workload::{One, manager, next_user, ours_four, ours_one};
 
 /// The workload's session, deriving `PartialEq`.
 #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
@@ -42,19 +42,6 @@ use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
 struct EqOne {
     apple: u32,
     name: Option<String>,
-}
-
-fn manager(storage: SharedStorage, four: bool) -> SessionManager {
-    let builder = SessionManager::builder().storage(storage).register::<One>();
-    match four {
-        true => builder
-            .register::<Two>()
-            .register::<Three>()
-            .register::<Four>(),
-        false => builder,
-    }
-    .build()
-    .unwrap()
 }
 
 fn main() {

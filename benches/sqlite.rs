@@ -66,15 +66,7 @@ async fn ours(
         .open()
         .await
         .unwrap();
-    let builder = SessionManager::builder().storage(storage).register::<One>();
-    let builder = match four {
-        true => builder
-            .register::<Two>()
-            .register::<Three>()
-            .register::<Four>(),
-        false => builder,
-    };
-    builder.build().unwrap()
+    workload::manager(storage, four)
 }
 
 async fn teloxide(dir: &Path, file: &str, wal: bool) -> Teloxide {

@@ -25,6 +25,21 @@ macro_rules! session_types {
 
 session_types!(One "one", Two "two", Three "three", Four "four");
 
+/// A manager over `storage` with [`One`] registered, and with [`Two`],
+/// [`Three`] and [`Four`] too when `four`.
+pub fn manager(storage: impl tg_session::storage::Storage, four: bool) -> SessionManager {
+    let builder = SessionManager::builder().storage(storage).register::<One>();
+    match four {
+        true => builder
+            .register::<Two>()
+            .register::<Three>()
+            .register::<Four>(),
+        false => builder,
+    }
+    .build()
+    .unwrap()
+}
+
 /// The next user id, 1 to [`USERS`].
 pub fn next_user(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) % USERS + 1

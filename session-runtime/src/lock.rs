@@ -18,9 +18,10 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 use smol_str::SmolStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::metrics::{Lock, LockWait};
@@ -64,42 +65,59 @@ pub(crate) enum LockError {
 type KeyMutex = Arc<tokio::sync::Mutex<()>>;
 
 struct Entry {
+    /// Updates holding or waiting for the key; the entry goes at zero.
+    users: usize,
+    /// The update holding the key, once it has recorded itself.
+    holder: Option<Taker>,
+    /// The key's queue and its last failure, once some update needs them
+    /// (boxed: an update alone on its key, the usual case, moves a small
+    /// entry in and out of the table and has nothing to drop).
+    contended: Option<Box<Contended>>,
+}
+
+/// What an entry holds only once a second update asks for its key, or its
+/// holder's storage fails.
+#[derive(Default)]
+struct Contended {
     /// The key's queue, once an update waits for it.
     mutex: Option<KeyMutex>,
     /// The mutex's guard, taken on behalf of a holder that took the key
     /// before the mutex existed; that holder's release drops it.
     holder_guard: Option<OwnedMutexGuard<()>>,
-    /// Updates holding or waiting for the key; the entry goes at zero.
-    users: usize,
-    /// The update holding the key, once it has recorded itself.
-    holder: Option<Taker>,
-    /// The last storage failure of a holder, while updates queue on the key
-    /// (boxed: entries are moved in and out of the table, failures are rare).
-    failure: Option<Box<Failure>>,
+    /// The last storage failure of a holder, while updates queue on the key.
+    failure: Option<Failure>,
 }
 
 impl Entry {
     fn new() -> Self {
         Self {
-            mutex: None,
-            holder_guard: None,
             users: 0,
             holder: None,
-            failure: None,
+            contended: None,
         }
+    }
+
+    fn contended(&mut self) -> &mut Contended {
+        self.contended.get_or_insert_default()
+    }
+
+    fn mutex(&self) -> Option<&KeyMutex> {
+        self.contended.as_ref()?.mutex.as_ref()
     }
 
     /// The key's mutex, made now if the key had none: held on behalf of the
     /// holder, if there is one.
-    fn mutex(&mut self) -> KeyMutex {
-        if let Some(mutex) = &self.mutex {
+    fn queue(&mut self) -> KeyMutex {
+        let held = self.holder.is_some();
+        let contended = self.contended();
+        if let Some(mutex) = &contended.mutex {
             return Arc::clone(mutex);
         }
         let mutex = KeyMutex::default();
-        if self.holder.is_some() {
-            self.holder_guard = Arc::clone(&mutex).try_lock_owned().ok();
+        if held {
+            contended.holder_guard = Arc::clone(&mutex).try_lock_owned().ok();
         }
-        self.mutex = Some(Arc::clone(&mutex));
+        contended.mutex = Some(Arc::clone(&mutex));
         mutex
     }
 }
@@ -164,9 +182,7 @@ enum Held {
 
 impl KeyLocks {
     fn table(&self) -> MutexGuard<'_, Table> {
-        // Every statement leaves the table consistent, so a poisoned lock has
-        // nothing to repair.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+        self.table.lock()
     }
 
     /// Takes `key` for `taker` if no update holds or waits for it, without
@@ -209,7 +225,7 @@ impl KeyLocks {
                 });
             }
             if entry.holder.is_none() {
-                let free = match &entry.mutex {
+                let free = match entry.mutex() {
                     None => Some(Held::Alone),
                     // Taken if no queued update was handed it yet.
                     Some(mutex) => Arc::clone(mutex).try_lock_owned().ok().map(Held::Queued),
@@ -230,7 +246,7 @@ impl KeyLocks {
             }
             let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
             entry.users += 1;
-            let mutex = entry.mutex();
+            let mutex = entry.queue();
             table.waiting.insert(taker.update, key.clone());
             (key.clone(), mutex)
         };
@@ -267,8 +283,9 @@ impl KeyLocks {
             Some(entry) => {
                 entry.holder = Some(taker);
                 entry
-                    .failure
+                    .contended
                     .as_ref()
+                    .and_then(|contended| contended.failure.as_ref())
                     .filter(|failure| failure.at.elapsed() < FAIL_FAST_FOR)
                     .map(|failure| LockError::PreviousFailed {
                         error: failure.error.clone(),
@@ -308,11 +325,11 @@ impl KeyLockGuard {
             return;
         }
         if let Some(entry) = self.locks.table().entries.get_mut(&*self.key) {
-            entry.failure = Some(Box::new(Failure {
+            entry.contended().failure = Some(Failure {
                 at: Instant::now(),
                 error: error.clone(),
                 storage: Arc::clone(storage),
-            }));
+            });
         }
     }
 }
@@ -331,7 +348,9 @@ impl Drop for KeyLockGuard {
             Held::Alone => {
                 entry.holder = None;
                 // Hands the key to the first update queued since, if any.
-                drop(entry.holder_guard.take());
+                if let Some(contended) = &mut entry.contended {
+                    drop(contended.holder_guard.take());
+                }
             }
             Held::Queued(guard) => {
                 entry.holder = None;
@@ -424,7 +443,7 @@ mod tests {
                 let held = locks
                     .lock(&SmolStr::new_static("a"), update(id), WAIT)
                     .await;
-                order.lock().unwrap().push(id);
+                order.lock().push(id);
                 drop(held);
             })
         };
@@ -445,11 +464,11 @@ mod tests {
         );
         let fourth = locks.lock(&SmolStr::new_static("a"), update(4), WAIT).await;
         assert!(fourth.is_ok());
-        order.lock().unwrap().push(4);
+        order.lock().push(4);
         drop(fourth);
         second.await.unwrap();
         third.await.unwrap();
-        assert_eq!(*order.lock().unwrap(), vec![2, 3, 4]);
+        assert_eq!(*order.lock(), vec![2, 3, 4]);
         assert_eq!(locks.len(), 0);
     }
 

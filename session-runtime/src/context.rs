@@ -2,10 +2,12 @@
 
 use std::any::TypeId;
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
@@ -271,7 +273,7 @@ impl Sessions {
             // Boxed: the path that waits (for a key, a remote storage) is
             // large, and an update that never takes it should not carry it.
             let slots = Box::pin(load_eager(&state)).await;
-            *state.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
+            *state.slots.lock() = slots;
         }
         Self { inner: state }
     }
@@ -282,11 +284,7 @@ impl Sessions {
     }
 
     fn slots(&self) -> MutexGuard<'_, Slots> {
-        // Entries are pushed whole, so a poisoned list is still consistent.
-        self.inner
-            .slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.slots.lock()
     }
 
     fn check_open<T: Session>(&self) -> Result<(), Error> {
@@ -426,38 +424,15 @@ impl Sessions {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let entries = std::mem::take(&mut *self.slots());
+        let RemoteCommit {
+            entries,
+            save,
+            errors,
+        } = match self.commit_in_process(outcome) {
+            ControlFlow::Break(done) => return done,
+            ControlFlow::Continue(remote) => remote,
+        };
         let state = Arc::clone(&self.inner);
-        let touched = entries
-            .iter()
-            .filter_map(|entry| entry.state.loaded())
-            .any(|slot| slot.maybe_touched());
-        if !touched && state.leases.get().is_none() {
-            // Read-only, nothing to release: nothing to send anywhere.
-            return Ok(());
-        }
-        let save =
-            outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
-        let mut errors = Vec::new();
-        match save {
-            // Sessions kept in memory storages are written here and now,
-            // with no await: nothing a cancelled commit could leave half done.
-            true => write_in_process(&state, &entries, &mut errors),
-            false => tracing::debug!("handler failed: session changes dropped"),
-        }
-        let remote = save
-            && entries
-                .iter()
-                .filter(|entry| {
-                    state.manager.storages[entry.storage_index]
-                        .in_process
-                        .is_none()
-                })
-                .filter_map(|entry| entry.state.loaded())
-                .any(|slot| slot.maybe_touched());
-        if !remote && state.leases.get().is_none() {
-            return first_error(errors);
-        }
         // The writes run to completion in a task of their own, holding the
         // keys until they are done: a caller that gives up on the commit
         // (a timeout around the handler, a shutdown) must not let the next
@@ -480,6 +455,62 @@ impl Sessions {
             Err(_) => write_back(state, entries, save, errors).await,
         }
     }
+
+    /// The part of a commit done here and now, under the update's slot
+    /// list: sessions kept in memory storages are written (no await:
+    /// nothing a cancelled commit could leave half done), and if nothing
+    /// is left to send anywhere, the entries are dropped in place, which
+    /// gives their keys back. Otherwise what remains for [`write_back`].
+    fn commit_in_process(
+        &self,
+        outcome: HandlerOutcome,
+    ) -> ControlFlow<Result<(), Error>, RemoteCommit> {
+        let state = &*self.inner;
+        let mut slots = self.slots();
+        let touched = slots
+            .iter()
+            .filter_map(|entry| entry.state.loaded())
+            .any(|slot| slot.maybe_touched());
+        if !touched && state.leases.get().is_none() {
+            // Read-only, nothing to release: nothing to send anywhere.
+            slots.clear();
+            return ControlFlow::Break(Ok(()));
+        }
+        let save =
+            outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
+        let mut errors = Vec::new();
+        match save {
+            true => write_in_process(state, &slots, &mut errors),
+            false => tracing::debug!("handler failed: session changes dropped"),
+        }
+        let remote = save
+            && slots
+                .iter()
+                .filter(|entry| {
+                    state.manager.storages[entry.storage_index]
+                        .in_process
+                        .is_none()
+                })
+                .filter_map(|entry| entry.state.loaded())
+                .any(|slot| slot.maybe_touched());
+        if !remote && state.leases.get().is_none() {
+            slots.clear();
+            return ControlFlow::Break(first_error(errors));
+        }
+        ControlFlow::Continue(RemoteCommit {
+            entries: std::mem::take(&mut *slots),
+            save,
+            errors,
+        })
+    }
+}
+
+/// What a commit has left to do after its in-process part: writes to
+/// storages elsewhere, leases to give back.
+struct RemoteCommit {
+    entries: Slots,
+    save: bool,
+    errors: Vec<Error>,
 }
 
 /// Writes the changed sessions this update keeps in memory storages, as
@@ -746,7 +777,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
     if !manager.eager_in_process {
         return false;
     }
-    let mut slots = state.slots.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut slots = state.slots.lock();
     let timer = metrics::Timer::start();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         let index = registration.storage_index;

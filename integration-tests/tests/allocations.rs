@@ -104,12 +104,13 @@ fn allocations_per_read_modify_write_stay_within_budget() {
 
         println!("allocations per eager read-modify-write (metrics feature on):");
         for (storage, one, four) in [
-            ("memory", memory_one, memory_four),
-            ("memory (bounded)", bounded_one, f64::NAN),
-            ("sqlite", sqlite_one, sqlite_four),
-            ("redis", redis_one, redis_four),
+            ("memory", memory_one, Some(memory_four)),
+            ("memory (bounded)", bounded_one, None),
+            ("sqlite", sqlite_one, Some(sqlite_four)),
+            ("redis", redis_one, Some(redis_four)),
         ] {
-            println!("  {storage:<17} 1 session: {one:>6.1}   4 sessions: {four:>6.1}");
+            let four = four.map_or_else(|| "-".to_owned(), |four| format!("{four:.1}"));
+            println!("  {storage:<17} 1 session: {one:>6.1}   4 sessions: {four:>6}");
         }
         // The budget on the memory storage is 4 per update; it takes 2: the
         // update's state, and per session its slot (value, borrow lock and
@@ -131,7 +132,9 @@ fn allocations_per_read_modify_write_stay_within_budget() {
         // to a file: what the storage client needs, plus ours.
         assert!(sqlite_one <= 75.0, "sqlite, 1 session: {sqlite_one}");
         assert!(sqlite_four <= 180.0, "sqlite, 4 sessions: {sqlite_four}");
-        assert!(redis_one <= 110.0, "redis, 1 session: {redis_one}");
-        assert!(redis_four <= 230.0, "redis, 4 sessions: {redis_four}");
+        // Redis: a script call is one command buffer (not a vector per key
+        // and argument), which took 99 and 198 down to 65 and 88.
+        assert!(redis_one <= 70.0, "redis, 1 session: {redis_one}");
+        assert!(redis_four <= 95.0, "redis, 4 sessions: {redis_four}");
     });
 }

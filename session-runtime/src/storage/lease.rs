@@ -17,6 +17,7 @@
 //!
 //! [`Conflict::LeaseLost`]: crate::storage::Conflict::LeaseLost
 
+use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -51,10 +52,11 @@ impl LeaseOwner {
             hasher.finish()
         });
         let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::from(format!(
-            "{}-{process:016x}-{sequence:x}",
-            std::process::id()
-        )))
+        // Sized for the longest text up front: one allocation here, one
+        // for the `Arc` (`format!` grows its buffer twice on the way).
+        let mut text = String::with_capacity(48);
+        let _ = write!(text, "{}-{process:016x}-{sequence:x}", std::process::id());
+        Self(Arc::from(text))
     }
 
     /// The owner's text, as storages keep it.

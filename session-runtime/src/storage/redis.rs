@@ -56,10 +56,14 @@ use crate::storage::{
 use crate::storage::{StorageError, StorageErrorKind};
 
 mod data;
+mod keys;
 mod release;
+mod script_call;
 mod scripts;
 
+use keys::{KeyOf, lease_key, redis_key};
 use release::{CHANNEL, ReleaseListener};
+use script_call::ScriptCall;
 
 /// How long a command may take, connection included, unless told otherwise.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -371,22 +375,19 @@ impl RedisStorage {
         keys: &[&StorageKey],
         lease: Lease<'_>,
     ) -> Result<LeasedLoad, StorageError> {
-        let mut invocation = scripts::ACQUIRE.prepare_invoke();
+        let mut call = ScriptCall::new(&scripts::ACQUIRE, 3 * keys.len());
         for key in keys {
-            let record = redis_key(key);
-            let (lease_key, flag_key) = (lease_key(&record), flag_key(&record));
-            invocation.key(record).key(lease_key).key(flag_key);
+            call.keys(key, &[KeyOf::Record, KeyOf::Lease, KeyOf::Flag]);
         }
-        invocation
-            .arg(CHANNEL)
+        call.arg(CHANNEL)
             .arg(lease.owner.as_str())
             .arg(millis(lease.ttl));
-        let invocation = &invocation;
+        let call = &call;
         // Taking a lease one already holds only renews it, and the busy
         // path's flag is idempotent too: safe to send again.
         let answer: Value = self
             .call(Retry::Idempotent, |mut connection| async move {
-                invocation.invoke_async(&mut connection).await
+                call.invoke(&mut connection).await
             })
             .await?;
         let unexpected = |answer: &Value| {
@@ -430,15 +431,17 @@ impl RedisStorage {
         release: &[&StorageKey],
         owner: Option<&LeaseOwner>,
     ) -> Result<Vec<WriteOutcome>, StorageError> {
-        let mut invocation = scripts::WRITE.prepare_invoke();
-        invocation
-            .arg(CHANNEL)
+        let mut call = ScriptCall::new(&scripts::WRITE, 2 * (writes.len() + release.len()));
+        for write in writes {
+            call.keys(write.key(), &[KeyOf::Record, KeyOf::Lease]);
+        }
+        for key in release {
+            call.keys(key, &[KeyOf::Lease, KeyOf::Flag]);
+        }
+        call.arg(CHANNEL)
             .arg(owner.map_or("", LeaseOwner::as_str))
             .arg(writes.len());
         for write in writes {
-            let record = redis_key(write.key());
-            let lease = lease_key(&record);
-            invocation.key(record).key(lease);
             match write {
                 Write::Put {
                     value,
@@ -448,28 +451,23 @@ impl RedisStorage {
                 } => {
                     match expected_version {
                         Some(expected) => {
-                            let mut record = Vec::with_capacity(HEADER + value.len());
-                            record.extend_from_slice(&expected.saturating_add(1).to_be_bytes());
-                            record.extend_from_slice(value);
-                            invocation.arg(&expected.to_be_bytes()[..]).arg(record);
+                            let next = expected.saturating_add(1).to_be_bytes();
+                            call.arg(&expected.to_be_bytes()[..])
+                                .arg_joined(&[&next, value]);
                         }
                         // The script puts the server's clock in front.
                         None => {
-                            invocation.arg("").arg(&value[..]);
+                            call.arg("").arg(&value[..]);
                         }
                     }
-                    invocation.arg(ttl.map_or(0, millis));
+                    call.arg(ttl.map_or(0, millis));
                 }
                 Write::Delete { .. } => {
-                    invocation.arg("del").arg("").arg(0);
+                    call.arg("del").arg("").arg(0);
                 }
             }
         }
-        for key in release {
-            let record = redis_key(key);
-            invocation.key(lease_key(&record)).key(flag_key(&record));
-        }
-        let invocation = &invocation;
+        let call = &call;
         // Releases alone may be sent again (releasing twice is releasing);
         // a write only if it surely never reached the server (a retried
         // write that did apply would report a conflict with itself).
@@ -480,7 +478,7 @@ impl RedisStorage {
         };
         let answers: Vec<Value> = self
             .call(retry, |mut connection| async move {
-                invocation.invoke_async(&mut connection).await
+                call.invoke(&mut connection).await
             })
             .await?;
         if answers.len() != writes.len() {
@@ -756,21 +754,21 @@ impl Leases for RedisStorage {
         let span = tracing::debug_span!("redis.renew", storage = %self.name, keys = keys.len(), owner = %lease.owner);
         async {
             let groups = self.slots(keys.iter());
-            let invocations: Vec<_> = groups
+            let calls: Vec<_> = groups
                 .iter()
                 .map(|indices| {
-                    let mut invocation = scripts::RENEW.prepare_invoke();
+                    let mut call = ScriptCall::new(&scripts::RENEW, indices.len());
                     for &index in indices {
-                        invocation.key(lease_key(&redis_key(&keys[index])));
+                        call.keys(&keys[index], &[KeyOf::Lease]);
                     }
-                    invocation.arg(lease.owner.as_str()).arg(millis(lease.ttl));
-                    invocation
+                    call.arg(lease.owner.as_str()).arg(millis(lease.ttl));
+                    call
                 })
                 .collect();
-            let results = futures_util::future::join_all(invocations.iter().map(|invocation| {
+            let results = futures_util::future::join_all(calls.iter().map(|call| {
                 // Extending a lease one holds is idempotent.
                 self.call(Retry::Idempotent, move |mut connection| async move {
-                    invocation.invoke_async::<bool>(&mut connection).await
+                    call.invoke::<bool>(&mut connection).await
                 })
             }))
             .await;
@@ -813,28 +811,6 @@ fn write_outcome(write: &Write, answer: Value) -> Result<WriteOutcome, StorageEr
             redis_key(write.key())
         ))),
     }
-}
-
-/// The Redis key of a record: the scope key becomes the hash tag.
-fn redis_key(key: &StorageKey) -> String {
-    let (namespace, scope) = (key.namespace(), key.scope_key());
-    let mut redis_key = String::with_capacity(namespace.len() + scope.len() + 2);
-    redis_key.push_str(namespace);
-    redis_key.push('{');
-    redis_key.push_str(scope);
-    redis_key.push('}');
-    redis_key
-}
-
-/// The key of a record's lease. A record key ends with its hash tag's `}`,
-/// so a lease key (ending in `:lease`) is never a record key.
-fn lease_key(record: &str) -> String {
-    format!("{record}:lease")
-}
-
-/// The key of the flag that says someone waits for a record's lease.
-fn flag_key(record: &str) -> String {
-    format!("{record}:lease:w")
 }
 
 /// A duration in whole milliseconds for `PX`/`PEXPIRE`: at least 1 (0 is

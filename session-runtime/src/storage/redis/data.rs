@@ -10,9 +10,7 @@ use std::time::Duration;
 use redis::Value;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::{
-    Connection, HEADER, RedisStorage, Retry, decode, lease_key, millis, redis_key, scripts,
-};
+use super::{Connection, KeyOf, RedisStorage, Retry, ScriptCall, decode, millis, scripts};
 use crate::key::StorageKey;
 use crate::storage::StorageError;
 use crate::storage::{
@@ -181,15 +179,15 @@ impl RedisStorage {
     async fn read_all(&self, keys: Vec<StorageKey>) -> Result<Vec<ScannedRecord>, StorageError> {
         let groups = self.slots(keys.iter());
         let reads = groups.iter().map(|indices| {
-            let mut invocation = scripts::READ.prepare_invoke();
+            let mut call = ScriptCall::new(&scripts::READ, indices.len());
             for &index in indices {
-                invocation.key(redis_key(&keys[index]));
+                call.keys(&keys[index], &[KeyOf::Record]);
             }
             async move {
-                let invocation = &invocation;
+                let call = &call;
                 let answer: Vec<Value> = self
                     .call(Retry::Idempotent, |mut connection| async move {
-                        invocation.invoke_async(&mut connection).await
+                        call.invoke(&mut connection).await
                     })
                     .await?;
                 Ok::<_, StorageError>(answer)
@@ -241,25 +239,20 @@ impl RedisStorage {
         }
         let groups = self.slots(records.iter().map(|restore| &restore.key));
         let writes = groups.iter().map(|indices| {
-            let mut invocation = scripts::RESTORE.prepare_invoke();
+            let mut call = ScriptCall::new(&scripts::RESTORE, 2 * indices.len());
+            for &index in indices {
+                call.keys(&records[index].key, &[KeyOf::Record, KeyOf::Lease]);
+            }
             for &index in indices {
                 let restore = &records[index];
-                let key = redis_key(&restore.key);
-                let mut stored = Vec::with_capacity(HEADER + restore.record.value.len());
-                stored.extend_from_slice(&restore.record.version.to_be_bytes());
-                stored.extend_from_slice(&restore.record.value);
-                let lease = lease_key(&key);
-                invocation
-                    .key(key)
-                    .key(lease)
-                    .arg(stored)
+                call.arg_joined(&[&restore.record.version.to_be_bytes(), &restore.record.value])
                     .arg(restore.ttl.map_or(0, millis));
             }
             async move {
-                let invocation = &invocation;
+                let call = &call;
                 let answer: Vec<i64> = self
                     .call(Retry::Idempotent, |mut connection| async move {
-                        invocation.invoke_async(&mut connection).await
+                        call.invoke(&mut connection).await
                     })
                     .await?;
                 Ok::<_, StorageError>(answer)

@@ -5,10 +5,11 @@
 //! own and copies them all into a command when invoked, and a record's three
 //! keys (record, lease, wait flag) were each built as a `String`: about a
 //! dozen allocations for the load and the commit of one session. Here a
-//! record's key is written once into a scratch buffer, its other keys by
-//! changing the suffix, and every key and argument goes straight into the
-//! command's buffer.
+//! record's key is written once into a buffer the thread reuses, its other
+//! keys by changing the suffix, and every key and argument goes straight
+//! into the command's buffer.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 
 use redis::aio::ConnectionLike;
@@ -24,8 +25,12 @@ pub(super) struct ScriptCall {
     command: Cmd,
     /// Keys declared and not added yet.
     keys_left: usize,
-    /// Where a record's keys are written before they are copied in.
-    scratch: String,
+}
+
+thread_local! {
+    /// Where a record's keys are written before they are copied in: one
+    /// buffer per thread, grown once.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl ScriptCall {
@@ -38,18 +43,26 @@ impl ScriptCall {
             script,
             command,
             keys_left: keys,
-            scratch: String::new(),
         }
     }
 
     /// Adds the keys `parts` of the record `key`, in that order.
     pub(super) fn keys(&mut self, key: &StorageKey, parts: &[KeyOf]) -> &mut Self {
-        write_record_key(&mut self.scratch, key);
-        let record_len = self.scratch.len();
-        for &part in parts {
-            set_part(&mut self.scratch, record_len, part);
-            self.command.arg(self.scratch.as_bytes());
-        }
+        let command = &mut self.command;
+        let mut add = |scratch: &mut String| {
+            write_record_key(scratch, key);
+            let record_len = scratch.len();
+            for &part in parts {
+                set_part(scratch, record_len, part);
+                command.arg(scratch.as_bytes());
+            }
+        };
+        // Not borrowed here already (nothing called from here adds keys),
+        // but if it ever were, a buffer of its own does as well.
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => add(&mut scratch),
+            Err(_) => add(&mut String::new()),
+        });
         debug_assert!(parts.len() <= self.keys_left, "more keys than declared");
         self.keys_left = self.keys_left.saturating_sub(parts.len());
         self

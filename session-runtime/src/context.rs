@@ -208,10 +208,13 @@ enum LoadError {
 }
 
 /// The sessions of an update: inline for the first few, as most updates have.
-type Slots = SmallVec<[SlotEntry; INLINE_SESSIONS]>;
+type Slots = PerSession<SlotEntry>;
 
 /// How many sessions an update keeps without allocating for them.
 const INLINE_SESSIONS: usize = 4;
+
+/// Something per session of an update, inline for the first few.
+type PerSession<T> = SmallVec<[T; INLINE_SESSIONS]>;
 
 struct SlotEntry {
     type_id: TypeId,
@@ -570,7 +573,7 @@ async fn write_back(
     {
         let state = &*state;
         // A read-only update allocates nothing here.
-        let mut pending: Vec<(Write, usize, &Arc<dyn ErasedSlot>)> = Vec::new();
+        let mut pending: PerSession<(Write, usize, &Arc<dyn ErasedSlot>)> = SmallVec::new();
         if save {
             for entry in &entries {
                 let storage_index = entry.storage_index;
@@ -605,7 +608,7 @@ async fn write_back(
                 .iter()
                 .take_while(|(_, index, _)| *index == storage_index)
                 .count();
-            let (writes, slots): (Vec<Write>, Vec<&Arc<dyn ErasedSlot>>) = pending
+            let (writes, slots): (PerSession<Write>, PerSession<&Arc<dyn ErasedSlot>>) = pending
                 .drain(..batch)
                 .map(|(write, _, slot)| (write, slot))
                 .unzip();
@@ -834,7 +837,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
 async fn load_eager(state: &UpdateState) -> Slots {
     let manager = &*state.manager;
     let mut entries = Slots::new();
-    let mut wanted: Vec<(&Registration, StorageKey)> = Vec::with_capacity(INLINE_SESSIONS);
+    let mut wanted: PerSession<(&Registration, StorageKey)> = SmallVec::new();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.registration_key(registration, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
@@ -846,7 +849,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
     }
     let deadline = Instant::now() + manager.lock_timeout;
     wanted.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
-    let mut locked = Vec::with_capacity(wanted.len());
+    let mut locked: PerSession<_> = SmallVec::new();
     for (registration, key) in wanted {
         let taker = state.taker(registration.name, registration.type_name);
         match lock_key(manager, registration.name, &key, taker).await {
@@ -862,7 +865,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
             .iter()
             .take_while(|(registration, ..)| registration.storage_index == storage_index)
             .count();
-        let (keys, held): (Vec<StorageKey>, Vec<_>) = locked
+        let (keys, held): (PerSession<StorageKey>, PerSession<_>) = locked
             .drain(..batch)
             .map(|(registration, key, lock)| (key, (registration, lock)))
             .unzip();

@@ -8,145 +8,19 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::hint::black_box;
-use std::ops::ControlFlow;
-use std::sync::Mutex;
 
-use bot_api_stub::BotApiStub;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use teloxide::dispatching::UpdateHandler;
-use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
-use teloxide::dptree::di::DependencyMap;
+use teloxide::dispatching::dialogue::InMemStorage;
 use teloxide::prelude::*;
-use tg_session::storage::Storage;
-use tg_session::storage::{Conflict, Record, Write, WriteOutcome};
-use tg_session::teloxide::SessionsHandlerExt;
-use tg_session::{MemoryStorage, Session, SessionManager, Sessions, StorageError, StorageKey};
+use tg_session::MemoryStorage;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Updates per measured iteration: 100 users, one message each, in a
-/// private chat (teloxide's dialogues are per chat, ours per user: the same
-/// number of distinct keys).
-const USERS: u64 = 100;
-
-#[derive(Session, Serialize, Deserialize, Clone, Default)]
-#[session(key = "counter")]
-struct Counter {
-    apple: u32,
-}
-
-fn update(user: u64) -> Update {
-    serde_json::from_str(&format!(
-        r#"{{"update_id": {user}, "message": {{"message_id": 1, "date": 1700000000,
-            "chat": {{"id": {user}, "type": "private", "first_name": "U"}},
-            "from": {{"id": {user}, "is_bot": false, "first_name": "U"}}, "text": "hi"}}}}"#
-    ))
-    .unwrap()
-}
-
-/// A plain `Mutex<HashMap>` storage (what teloxide's `InMemStorage` is), to
-/// separate the layer's cost from the memory storage's (moka).
-#[derive(Default)]
-struct HashMapStorage {
-    records: Mutex<HashMap<String, Record>>,
-}
-
-#[tg_session::storage::async_trait]
-impl Storage for HashMapStorage {
-    fn name(&self) -> &str {
-        "hashmap"
-    }
-
-    async fn load(&self, keys: &[StorageKey]) -> Result<Vec<Option<Record>>, StorageError> {
-        let records = self.records.lock().unwrap();
-        Ok(keys
-            .iter()
-            .map(|key| records.get(key.as_str()).cloned())
-            .collect())
-    }
-
-    async fn write(&self, writes: &[Write]) -> Result<Vec<WriteOutcome>, StorageError> {
-        let mut records = self.records.lock().unwrap();
-        let outcomes = writes.iter().map(|write| match write {
-            Write::Put {
-                key,
-                value,
-                expected_version,
-                ..
-            } => {
-                let stored = records.get(key.as_str()).map(|record| record.version);
-                if stored != *expected_version {
-                    return WriteOutcome::Conflict(Conflict::NewerVersion);
-                }
-                let version = Write::next_version(*expected_version);
-                records.insert(
-                    key.as_str().to_owned(),
-                    Record {
-                        value: value.clone(),
-                        version,
-                    },
-                );
-                WriteOutcome::Written { version }
-            }
-            Write::Delete { key } => {
-                records.remove(key.as_str());
-                WriteOutcome::Deleted
-            }
-        });
-        Ok(outcomes.collect())
-    }
-}
-
-fn tg_session_tree(storage: impl Storage) -> UpdateHandler<BoxError> {
-    let manager = SessionManager::builder()
-        .storage(storage)
-        .register::<Counter>()
-        .build()
-        .unwrap();
-    Update::filter_message()
-        .enter_sessions(manager)
-        .endpoint(|ctx: Sessions| async move {
-            ctx.counter()?.apple += 1;
-            Ok(())
-        })
-}
-
-type CounterDialogue = Dialogue<Counter, InMemStorage<Counter>>;
-
-fn teloxide_tree() -> UpdateHandler<BoxError> {
-    Update::filter_message()
-        .enter_dialogue::<Message, InMemStorage<Counter>, Counter>()
-        .endpoint(|dialogue: CounterDialogue, counter: Counter| async move {
-            dialogue
-                .update(Counter {
-                    apple: counter.apple + 1,
-                })
-                .await?;
-            Ok(())
-        })
-}
-
-fn deps(extra: &DependencyMap) -> Vec<DependencyMap> {
-    (1..=USERS)
-        .map(|user| {
-            let mut deps = dptree::deps![update(user), BotApiStub::me()];
-            deps.insert_container(extra.clone());
-            deps
-        })
-        .collect()
-}
-
-async fn run_all(tree: &UpdateHandler<BoxError>, updates: &[DependencyMap]) {
-    for deps in updates {
-        match tree.dispatch(deps.clone()).await {
-            ControlFlow::Break(Ok(())) => {}
-            other => panic!("update not handled: {other:?}"),
-        }
-    }
-}
+mod dispatch_trees;
+use dispatch_trees::{
+    BoxError, Counter, HashMapStorage, USERS, deps, floor_tree, run_all, teloxide_tree,
+    tg_session_tree,
+};
 
 fn dispatch(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -174,9 +48,7 @@ fn dispatch(c: &mut Criterion) {
             .iter(|| run_all(black_box(&theirs), &theirs_updates));
     });
 
-    // The same tree with no session at all: the floor both share.
-    let floor: UpdateHandler<BoxError> =
-        Update::filter_message().endpoint(|| async { Ok::<(), BoxError>(()) });
+    let floor: UpdateHandler<BoxError> = floor_tree();
     let floor_updates = deps(&dptree::deps![]);
     group.bench_function("floor: filter_message + endpoint, no session", |b| {
         b.to_async(&runtime)

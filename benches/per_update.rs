@@ -18,7 +18,11 @@
 //!   `InMemStorage`;
 //! - `redis`, `redis-4` (a `redis-server` this process starts; the client's
 //!   instructions only, the server runs outside callgrind);
-//! - `sqlite`, `sqlite-4` (a file in a temporary directory).
+//! - `sqlite`, `sqlite-4` (a file in a temporary directory);
+//! - `dispatch`, `dispatch-teloxide`, `dispatch-floor`: the dispatch
+//!   benchmark's trees (`handler.dispatch(deps)` over 100 users, rounded up
+//!   to whole rounds): tg-session's layer on the memory storage, teloxide's
+//!   `enter_dialogue`, and the same tree with no session.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -33,7 +37,9 @@ use tg_session::{
 };
 use tg_session_test_kit::redis_server::RedisServer;
 
+mod dispatch_trees;
 mod workload;
+use teloxide::prelude::dptree;
 use workload::{One, manager, next_user, ours_four, ours_one};
 
 /// The workload's session, deriving `PartialEq`.
@@ -45,7 +51,8 @@ struct EqOne {
 }
 
 fn main() {
-    let usage = "usage: per_update <memory|memory-eq|memory-4|teloxide|redis|redis-4|sqlite|sqlite-4> <updates>";
+    let usage = "usage: per_update <memory|memory-eq|memory-4|teloxide|redis|redis-4|sqlite|sqlite-4\
+                 |dispatch|dispatch-teloxide|dispatch-floor> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
     let updates: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
@@ -105,6 +112,27 @@ fn main() {
                     let mut state = dialogue.get_or_default().await.unwrap();
                     state.apple += 1;
                     dialogue.update(state).await.unwrap();
+                }
+            }
+            "dispatch" | "dispatch-teloxide" | "dispatch-floor" => {
+                let (tree, updates_of) = match workload.as_str() {
+                    "dispatch" => (
+                        dispatch_trees::tg_session_tree(storage),
+                        dispatch_trees::deps(&dptree::deps![]),
+                    ),
+                    "dispatch-teloxide" => (
+                        dispatch_trees::teloxide_tree(),
+                        dispatch_trees::deps(&dptree::deps![
+                            InMemStorage::<dispatch_trees::Counter>::new()
+                        ]),
+                    ),
+                    _ => (
+                        dispatch_trees::floor_tree(),
+                        dispatch_trees::deps(&dptree::deps![]),
+                    ),
+                };
+                for _ in 0..updates.div_ceil(dispatch_trees::USERS) {
+                    dispatch_trees::run_all(&tree, &updates_of).await;
                 }
             }
             other => panic!("unknown workload `{other}`; {usage}"),

@@ -1,11 +1,10 @@
 //! One `EVALSHA` of a script, written into a single command buffer as its
 //! keys and arguments are added.
 //!
-//! redis's `ScriptInvocation` keeps each key and argument in a vector of its
-//! own and copies them all into a command when invoked, and a record's three
-//! keys (record, lease, wait flag) were each built as a `String`: about a
-//! dozen allocations for the load and the commit of one session. Here a
-//! record's key is written once into a buffer the thread reuses, its other
+//! Not redis's `ScriptInvocation`: it keeps each key and argument in a vector
+//! of its own and copies them all into a command when invoked, a dozen
+//! allocations for the load and the commit of one session. Here a record's
+//! key is written once into a buffer the thread reuses, its lease and flag
 //! keys by changing the suffix, and every key and argument goes straight
 //! into the command's buffer.
 
@@ -36,8 +35,10 @@ thread_local! {
 impl ScriptCall {
     /// A call of `script` with `keys` keys.
     pub(super) fn new(script: &'static Script, keys: usize) -> Self {
-        // Room for the usual keys and arguments without growing.
-        let mut command = Cmd::with_capacity(3 + 2 * keys, 64 + 64 * keys);
+        // Room for the usual keys and arguments without growing: the
+        // command's three, the keys, and at most three arguments per key
+        // and three more (a write of small sessions).
+        let mut command = Cmd::with_capacity(6 + 4 * keys, 64 + 64 * keys);
         command.arg("EVALSHA").arg(script.get_hash()).arg(keys);
         Self {
             script,

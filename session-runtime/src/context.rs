@@ -303,23 +303,19 @@ impl Sessions {
     /// loaded yet (use [`Sessions::load`]), or with the error its load met.
     pub fn get<T: Session>(&self) -> Result<SessionRef<T>, Error> {
         self.check_open::<T>()?;
-        let slot = {
-            let slots = self.slots();
-            let entry = slots
-                .iter()
-                .find(|entry| entry.type_id == TypeId::of::<T>());
-            match entry.map(|entry| &entry.state) {
-                Some(EntryState::Failed(error)) => return Err((**error).clone()),
-                Some(state) => state.loaded().cloned(),
-                None => None,
-            }
-        };
-        match slot {
-            Some(slot) => borrow::<T>(&self.inner, &slot),
-            None => Err(Error::NotRegistered {
-                session: T::NAME,
-                type_name: std::any::type_name::<T>(),
-            }),
+        // Borrowed under the list's lock, which a borrow never waits in:
+        // no clone of the slot to take and drop.
+        let slots = self.slots();
+        let entry = slots
+            .iter()
+            .find(|entry| entry.type_id == TypeId::of::<T>());
+        match entry.map(|entry| &entry.state) {
+            Some(EntryState::Failed(error)) => Err((**error).clone()),
+            Some(state) => match state.loaded() {
+                Some(slot) => borrow::<T>(&self.inner, slot),
+                None => Err(not_registered::<T>()),
+            },
+            None => Err(not_registered::<T>()),
         }
     }
 
@@ -716,6 +712,14 @@ impl std::fmt::Debug for Sessions {
             .field("ids", &self.inner.ids)
             .field("finished", &self.inner.finished.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+/// The error for a session type this update has no loaded slot of.
+fn not_registered<T: Session>() -> Error {
+    Error::NotRegistered {
+        session: T::NAME,
+        type_name: std::any::type_name::<T>(),
     }
 }
 

@@ -466,21 +466,22 @@ impl Sessions {
     ) -> ControlFlow<Result<(), Error>, RemoteCommit> {
         let state = &*self.inner;
         let mut slots = self.slots();
-        let touched = slots
-            .iter()
-            .filter_map(|entry| entry.state.loaded())
-            .any(|slot| slot.maybe_touched());
-        if !touched && state.leases.get().is_none() {
-            // Read-only, nothing to release: nothing to send anywhere.
-            slots.clear();
-            return ControlFlow::Break(Ok(()));
-        }
         let save =
             outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
         let mut errors = Vec::new();
+        // Each in-process session tells whether it was touched as it is
+        // written: no pass over the slots to ask them first.
         match save {
             true => write_in_process(state, &slots, &mut errors),
-            false => tracing::debug!("handler failed: session changes dropped"),
+            false => {
+                if slots
+                    .iter()
+                    .filter_map(|entry| entry.state.loaded())
+                    .any(|slot| slot.maybe_touched())
+                {
+                    tracing::debug!("handler failed: session changes dropped");
+                }
+            }
         }
         let remote = save
             && slots

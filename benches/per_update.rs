@@ -115,7 +115,8 @@ fn main() {
                 }
             }
             "dispatch" | "dispatch-teloxide" | "dispatch-floor" => {
-                let (tree, updates_of) = match workload.as_str() {
+                // A round is one update of each of the trees' users.
+                let (tree, round) = match workload.as_str() {
                     "dispatch" => (
                         dispatch_trees::tg_session_tree(storage),
                         dispatch_trees::deps(&dptree::deps![]),
@@ -132,7 +133,7 @@ fn main() {
                     ),
                 };
                 for _ in 0..updates.div_ceil(dispatch_trees::USERS) {
-                    dispatch_trees::run_all(&tree, &updates_of).await;
+                    dispatch_trees::run_all(&tree, &round).await;
                 }
             }
             other => panic!("unknown workload `{other}`; {usage}"),

@@ -25,6 +25,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// number of distinct keys).
 pub const USERS: u64 = 100;
 
+/// The counter every tree bumps once per update.
 #[derive(Session, Serialize, Deserialize, Clone, Default)]
 #[session(key = "counter")]
 pub struct Counter {

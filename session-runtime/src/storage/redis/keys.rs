@@ -27,9 +27,9 @@ impl KeyOf {
     }
 }
 
-/// Writes the key of `part` of the record `key` into `out` (cleared first).
-/// Writing the record's key once and then each part's suffix in turn
-/// (`truncate` to [`write_record_key`]'s length) spares building it again.
+/// Writes the Redis key of the record `key` into `out` (cleared first), with
+/// room for the longest suffix: [`set_part`] then turns it into each of the
+/// record's keys in turn, with no need to build it again.
 pub(super) fn write_record_key(out: &mut String, key: &StorageKey) {
     let (namespace, scope) = (key.namespace(), key.scope_key());
     out.clear();

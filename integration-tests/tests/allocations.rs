@@ -130,8 +130,8 @@ fn allocations_per_read_modify_write_stay_within_budget() {
         );
         // Regression bounds for the storages that go over the network or
         // to a file: what the storage client needs, plus ours.
-        assert!(sqlite_one <= 65.0, "sqlite, 1 session: {sqlite_one}");
-        assert!(sqlite_four <= 180.0, "sqlite, 4 sessions: {sqlite_four}");
+        assert!(sqlite_one <= 62.0, "sqlite, 1 session: {sqlite_one}");
+        assert!(sqlite_four <= 155.0, "sqlite, 4 sessions: {sqlite_four}");
         // Redis: a script call is one command buffer (not a vector per key
         // and argument), and an update's per-session lists are inline:
         // 99 and 198 went down to 56 and 77.

@@ -312,7 +312,8 @@ fn key_list(head: &str, first: usize, count: usize) -> String {
             sql.push_str(", ");
         }
         sql.push('?');
-        sql.push_str(&(first + index).to_string());
+        // No `String` per number: this runs for every key of every load.
+        sql.push_str(itoa::Buffer::new().format(first + index));
     }
     sql.push(')');
     sql

@@ -15,7 +15,7 @@ use crate::lock::KeyLockGuard;
 use crate::manager::StorageEntry;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
-use crate::storage::memory::{Found, MemoryStorage, TypedValue};
+use crate::storage::memory::{Found, MemoryStorage};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -141,18 +141,16 @@ pub(crate) struct Borrowed;
 pub(crate) enum Loaded {
     /// A record of bytes, as every storage returns.
     Record(Record),
-    /// The value a memory storage keeps, of the slot's own type.
-    Value {
-        version: u64,
-        value: Arc<dyn TypedValue>,
-    },
+    /// A copy of the value a memory storage keeps, of the slot's own type:
+    /// the storage tells at the write whether the copy changed.
+    Value { version: u64 },
 }
 
 impl Loaded {
     pub(crate) fn version(&self) -> u64 {
         match self {
             Loaded::Record(record) => record.version,
-            Loaded::Value { version, .. } => *version,
+            Loaded::Value { version } => *version,
         }
     }
 }
@@ -165,23 +163,22 @@ impl<T: Session> SlotState<T> {
         memory: &MemoryStorage,
         check_round_trip: &dyn Fn() -> bool,
     ) -> Result<Option<WriteOutcome>, Error> {
-        if !self.touched || !self.changed()? {
+        if !self.touched {
+            return Ok(None);
+        }
+        // A copy of a stored value is compared with it by the storage, where
+        // it still is; anything else is compared here.
+        let compared_here = !matches!(self.stored, Some(Loaded::Value { .. }));
+        if compared_here && !self.changed()? {
             return Ok(None);
         }
         if check_round_trip() {
             self::check_round_trip(&self.meta, &self.value)?;
         }
-        // Giving up our share of the stored value lets the storage
-        // overwrite it in place.
         let expected_version = self.stored.take().as_ref().map(Loaded::version);
         self.touched = false;
         let value = std::mem::replace(&mut self.value, T::initial());
-        Ok(Some(memory.put_typed(
-            &self.meta.key,
-            value,
-            expected_version,
-            T::TTL,
-        )))
+        Ok(memory.put_typed(&self.meta.key, value, expected_version, T::TTL))
     }
 
     /// The put this session needs, if it changed: what is sent to a storage
@@ -220,17 +217,17 @@ impl<T: Session> SlotState<T> {
     /// as the initial value: a bot must not store a record for everyone who
     /// ever said hello.
     ///
-    /// A value a memory storage keeps is compared only by `PartialEq`:
-    /// putting it back costs a move, less than encoding both to compare, and
-    /// shows only in the version.
+    /// A copy of a value a memory storage keeps is compared with the stored
+    /// value only by `PartialEq`: putting it back costs a move, less than
+    /// encoding both to compare, and shows only in the version.
     fn changed(&self) -> Result<bool, Error> {
         let encode_failed = |source| self.meta.encode_failed::<T>(source);
         let same = match &self.stored {
-            Some(Loaded::Value { value, .. }) => (&**value as &dyn Any)
-                .downcast_ref::<T>()
-                .and_then(|stored| self.value.same_value(stored))
-                // A typed load only keeps a value of the slot's type.
-                .unwrap_or(false),
+            Some(Loaded::Value { version }) => {
+                self.meta.storage.in_process.as_ref().is_some_and(|memory| {
+                    memory.holds_same(self.meta.key.as_str(), *version, &self.value)
+                })
+            }
             Some(Loaded::Record(record)) => {
                 encode_record(&self.value).map_err(encode_failed)? == record.value
             }
@@ -363,17 +360,10 @@ pub(crate) fn open_in_process<T: Session>(
     let state = match found {
         Found::Nothing => open_state::<T>(meta, None)?,
         Found::Record(record) => open_state::<T>(meta, Some(record))?,
-        Found::Value {
-            value,
-            version,
-            stored,
-        } => SlotState {
+        Found::Value { value, version } => SlotState {
             meta,
             value,
-            stored: Some(Loaded::Value {
-                version,
-                value: stored,
-            }),
+            stored: Some(Loaded::Value { version }),
             touched: false,
         },
     };

@@ -21,15 +21,19 @@ use crate::storage::{
     Conflict, KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
     Storage, Write, WriteOutcome, page_limit,
 };
+pub(crate) use typed::Found;
 use typed::Value;
-pub(crate) use typed::{Found, TypedValue};
 
 /// Sessions in this process's memory, lost on restart.
 ///
 /// It keeps the values an update leaves *as they are*: the next update of the
 /// key works on a clone (for a `Clone` type) and its commit moves the value
 /// back in, with no encoding on the way, and a `PartialEq` type is compared
-/// without encoding to tell whether it changed. Bytes written through
+/// without encoding to tell whether it changed. That comparison is made at
+/// the write, with the value still stored: the update's copy shares nothing
+/// with the storage. So if something other than an update of this manager
+/// (which waits for the key) replaced the record in between, a copy the
+/// handler borrowed mutably is refused as a conflict even if it is equal. Bytes written through
 /// [`Storage::write`] are kept as bytes, and every record reads as bytes
 /// through [`Storage::load`] and [`Storage::scan`], encoded on demand.
 ///
@@ -279,32 +283,54 @@ impl MemoryStorage {
 
     /// Stores `value` as the next version of `key` if `expected_version` is
     /// the stored one, as a [`Write::Put`] does, but keeping the value itself.
+    ///
+    /// Writes nothing, and answers `None`, when the record of that version
+    /// still holds a value equal to `value` by `PartialEq`: the update's
+    /// copy did not change.
     pub(crate) fn put_typed<T: Session>(
         &self,
         key: &StorageKey,
         value: T,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
-    ) -> WriteOutcome {
+    ) -> Option<WriteOutcome> {
         let now = Now::lazy();
-        let outcome = self.put(key.as_str(), expected_version, ttl, &now, |stored| {
-            stored.set_typed(value);
-        });
+        let outcome = self.put(
+            key.as_str(),
+            expected_version,
+            ttl,
+            &now,
+            TypedPut {
+                value,
+                expected_version,
+            },
+        );
         self.sweep_if_due(&now);
-        outcome
+        outcome.ok()
     }
 
-    /// The conditional put of both backends: checks the version, then `set`
-    /// writes the new value over the stored one (in place in the unbounded
-    /// map) or into an empty one.
-    fn put(
+    /// Whether the record of `version` at `key` holds a value equal to
+    /// `value` by `PartialEq` (see [`MemoryStorage::put_typed`]).
+    pub(crate) fn holds_same<T: Session>(&self, key: &str, version: u64, value: &T) -> bool {
+        let same = |stored: &Stored| stored.version == version && stored.value.holds_same(value);
+        match &self.records {
+            Records::Unbounded(unbounded) => unbounded.map.get(key).is_some_and(|s| same(&s)),
+            Records::Bounded(cache) => cache.get(key).is_some_and(|s| same(&s)),
+        }
+    }
+
+    /// The conditional put of both backends: checks the version, then
+    /// writes `new` over the stored value (in place in the unbounded map) or
+    /// into an empty one. Writes nothing if the current record already holds
+    /// it (see [`NewValue::already_in`]).
+    fn put<New: NewValue>(
         &self,
         key: &str,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         now: &Now,
-        set: impl FnOnce(&mut Value),
-    ) -> WriteOutcome {
+        new: New,
+    ) -> Result<WriteOutcome, New::Unchanged> {
         let written = match &self.records {
             Records::Unbounded(unbounded) => {
                 if ttl.is_some() {
@@ -314,10 +340,16 @@ impl MemoryStorage {
                 // Most writes update a record that exists: change it in place
                 // and spare the key's copy; a new record takes the entry path.
                 let taken = match unbounded.map.get_mut(key) {
-                    Some(current) => checked(Some(&current)).map(|version| (current, version)),
+                    Some(current) => match new.already_in(&current) {
+                        Some(unchanged) => return Err(unchanged),
+                        None => checked(Some(&current)).map(|version| (current, version)),
+                    },
                     None => match unbounded.map.entry(key.to_owned()) {
                         Entry::Occupied(entry) => {
                             let current = entry.into_ref();
+                            if let Some(unchanged) = new.already_in(&current) {
+                                return Err(unchanged);
+                            }
                             checked(Some(&current)).map(|version| (current, version))
                         }
                         Entry::Vacant(entry) => checked(None).map(|version| {
@@ -327,20 +359,25 @@ impl MemoryStorage {
                     },
                 };
                 taken.map(|(mut stored, version)| {
-                    set(&mut stored.value);
+                    new.set(&mut stored.value);
                     stored.renew(version, ttl, now);
                     version
                 })
             }
             Records::Bounded(cache) => {
                 let mut written = Err(Conflict::NewerVersion);
+                let mut unchanged = None;
                 cache.entry_by_ref(key).and_compute_with(|current| {
                     let current = current.map(|entry| entry.into_value());
+                    unchanged = current.as_ref().and_then(|current| new.already_in(current));
+                    if unchanged.is_some() {
+                        return Op::Nop;
+                    }
                     match next_version(current.as_ref(), expected_version, now) {
                         Ok(version) => {
                             written = Ok(version);
                             let mut value = Value::Encoded(bytes::Bytes::new());
-                            set(&mut value);
+                            new.set(&mut value);
                             Op::Put(Stored::new(value, version, ttl, now))
                         }
                         Err(cause) => {
@@ -349,13 +386,16 @@ impl MemoryStorage {
                         }
                     }
                 });
+                if let Some(unchanged) = unchanged {
+                    return Err(unchanged);
+                }
                 written
             }
         };
-        match written {
+        Ok(match written {
             Ok(version) => WriteOutcome::Written { version },
             Err(cause) => WriteOutcome::Conflict(cause),
-        }
+        })
     }
 
     fn apply(&self, write: &Write, now: &Now) -> WriteOutcome {
@@ -368,9 +408,16 @@ impl MemoryStorage {
                     ttl,
                 },
                 _,
-            ) => self.put(key.as_str(), *expected_version, *ttl, now, |stored| {
-                *stored = Value::Encoded(value.clone());
-            }),
+            ) => {
+                let Ok(outcome) = self.put(
+                    key.as_str(),
+                    *expected_version,
+                    *ttl,
+                    now,
+                    EncodedPut(value),
+                );
+                outcome
+            }
             (Write::Delete { key }, Records::Unbounded(unbounded)) => {
                 unbounded.map.remove(key.as_str());
                 WriteOutcome::Deleted
@@ -411,6 +458,53 @@ impl MemoryStorage {
         {
             unbounded.map.retain(|_, stored| stored.live(now));
         }
+    }
+}
+
+/// A value a conditional put writes over a stored one.
+trait NewValue {
+    /// What a put answers when the record already holds the value.
+    type Unchanged;
+
+    /// `Some` if `current` already holds this value: nothing to write.
+    fn already_in(&self, current: &Stored) -> Option<Self::Unchanged>;
+
+    /// Writes the value over `stored`.
+    fn set(self, stored: &mut Value);
+}
+
+/// An update's copy of a session, kept as a value: not written if the
+/// record it was loaded from still holds an equal one.
+struct TypedPut<T> {
+    value: T,
+    expected_version: Option<u64>,
+}
+
+impl<T: Session> NewValue for TypedPut<T> {
+    type Unchanged = ();
+
+    fn already_in(&self, current: &Stored) -> Option<()> {
+        (Some(current.version) == self.expected_version && current.value.holds_same(&self.value))
+            .then_some(())
+    }
+
+    fn set(self, stored: &mut Value) {
+        stored.set_typed(self.value);
+    }
+}
+
+/// Bytes from [`Storage::write`]: always written, as any storage does.
+struct EncodedPut<'a>(&'a bytes::Bytes);
+
+impl NewValue for EncodedPut<'_> {
+    type Unchanged = std::convert::Infallible;
+
+    fn already_in(&self, _: &Stored) -> Option<Self::Unchanged> {
+        None
+    }
+
+    fn set(self, stored: &mut Value) {
+        *stored = Value::Encoded(self.0.clone());
     }
 }
 

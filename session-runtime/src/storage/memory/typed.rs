@@ -43,6 +43,18 @@ impl Value {
         }
     }
 
+    /// Whether this is a value of `T` equal to `value` by `PartialEq`;
+    /// `false` when it cannot tell (bytes, another type, no `PartialEq`).
+    pub(super) fn holds_same<T: Session>(&self, value: &T) -> bool {
+        match self {
+            Value::Typed(stored) => (stored.as_ref() as &dyn Any)
+                .downcast_ref::<T>()
+                .and_then(|stored| value.same_value(stored))
+                .unwrap_or(false),
+            Value::Encoded(_) => false,
+        }
+    }
+
     /// Replaces the value by `value`, in place when it already holds a value
     /// of `T` that nobody else shares (the usual case: no allocation).
     pub(super) fn set_typed<T: Session>(&mut self, value: T) {
@@ -61,13 +73,10 @@ impl Value {
 pub(crate) enum Found<T> {
     /// Nothing stored (or it expired).
     Nothing,
-    /// A value of `T`, copied without the codec; `stored` is the value
-    /// itself, kept to tell at commit whether the copy changed.
-    Value {
-        value: T,
-        version: u64,
-        stored: Arc<dyn TypedValue>,
-    },
+    /// A value of `T`, copied without the codec. Whether the copy changed
+    /// is told at its write, against the value still stored (the key's
+    /// lock keeps it there), so the load shares nothing with the storage.
+    Value { value: T, version: u64 },
     /// Bytes, or a value that cannot be copied: decoded as any storage's
     /// record is.
     Record(Record),
@@ -79,11 +88,7 @@ impl<T: Session> Found<T> {
             && let Some(typed) = (stored.as_ref() as &dyn Any).downcast_ref::<T>()
             && let Some(value) = typed.copy_value()
         {
-            return Ok(Found::Value {
-                value,
-                version,
-                stored: Arc::clone(stored),
-            });
+            return Ok(Found::Value { value, version });
         }
         Ok(Found::Record(Record {
             value: value.encoded()?,

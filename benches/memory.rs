@@ -12,17 +12,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
-use teloxide::types::ChatId;
+use teloxide::dispatching::dialogue::InMemStorage;
 use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
 
 mod workload;
-use workload::{Four, One, Three, Two, next_user, ours_four, ours_one};
+use workload::{Four, One, Three, Two, next_user, ours_four, ours_one, teloxide_rmw};
 
 macro_rules! comparable_types {
     ($($ty:ident $key:literal),*) => {$(
@@ -55,17 +53,6 @@ async fn ours_four_eq(manager: &SessionManager, user: u64) {
     ctx.eq_three().unwrap().apple += 1;
     ctx.eq_four().unwrap().apple += 1;
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
-
-async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
-    storage: &Arc<InMemStorage<D>>,
-    user: u64,
-    bump: impl FnOnce(&mut D),
-) {
-    let dialogue = Dialogue::new(Arc::clone(storage), ChatId(user as i64));
-    let mut state = dialogue.get_or_default().await.unwrap();
-    bump(&mut state);
-    dialogue.update(state).await.unwrap();
 }
 
 fn bench(c: &mut Criterion) {

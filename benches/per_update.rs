@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
-use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
-use teloxide::types::ChatId;
+use teloxide::dispatching::dialogue::InMemStorage;
 use tg_session::storage::SharedStorage;
 use tg_session::{
     HandlerOutcome, MemoryStorage, RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds,
@@ -40,7 +39,7 @@ use tg_session_test_kit::redis_server::RedisServer;
 mod dispatch_trees;
 mod workload;
 use teloxide::prelude::dptree;
-use workload::{One, manager, next_user, ours_four, ours_one};
+use workload::{One, manager, next_user, ours_four, ours_one, teloxide_rmw};
 
 /// The workload's session, deriving `PartialEq`.
 #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
@@ -107,11 +106,7 @@ fn main() {
             "teloxide" => {
                 let storage = InMemStorage::<One>::new();
                 for _ in 0..updates {
-                    let chat = ChatId(next_user(&user) as i64);
-                    let dialogue = Dialogue::new(Arc::clone(&storage), chat);
-                    let mut state = dialogue.get_or_default().await.unwrap();
-                    state.apple += 1;
-                    dialogue.update(state).await.unwrap();
+                    teloxide_rmw(&storage, next_user(&user), |s| s.apple += 1).await;
                 }
             }
             "dispatch" | "dispatch-teloxide" | "dispatch-floor" => {

@@ -3,9 +3,12 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use teloxide::dispatching::dialogue::{Dialogue, InMemStorage};
+use teloxide::types::ChatId;
 use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
 
 /// Users the updates cycle over.
@@ -64,4 +67,17 @@ pub async fn ours_four(manager: &SessionManager, user: u64) {
     ctx.three().unwrap().apple += 1;
     ctx.four().unwrap().apple += 1;
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+/// The same update through a teloxide dialogue: `get_or_default`, `bump`,
+/// `update`, two round trips to its `InMemStorage`.
+pub async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
+    storage: &Arc<InMemStorage<D>>,
+    user: u64,
+    bump: impl FnOnce(&mut D),
+) {
+    let dialogue = Dialogue::new(Arc::clone(storage), ChatId(user as i64));
+    let mut state = dialogue.get_or_default().await.unwrap();
+    bump(&mut state);
+    dialogue.update(state).await.unwrap();
 }

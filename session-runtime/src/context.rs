@@ -451,7 +451,9 @@ impl Sessions {
                         )),
                     }),
                 }),
-            Err(_) => write_back(state, entries, save, errors).await,
+            // Boxed: the write's future is large, and a commit that only
+            // writes in process (most) should not carry its room.
+            Err(_) => Box::pin(write_back(state, entries, save, errors)).await,
         }
     }
 

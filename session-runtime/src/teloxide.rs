@@ -213,7 +213,9 @@ where
                 };
                 let ids = update_ids(&update, deps.try_get::<Me>().as_deref());
                 if let Some((from, to)) = chat_migration_of(&update) {
-                    match manager.migrate_chat(ids.bot_id(), from, to).await {
+                    // Boxed: rare, and its future would make every
+                    // update's larger (it is allocated per update).
+                    match Box::pin(manager.migrate_chat(ids.bot_id(), from, to)).await {
                         Ok(report) => tracing::debug!(?report, "group became a supergroup"),
                         // The other service message tries again.
                         Err(error) => tracing::error!(

@@ -16,7 +16,7 @@ use crate::error::{Error, LockHolder};
 use crate::guard::SessionRef;
 use crate::key::{KeyStrategy, StorageKey, UpdateIds};
 use crate::key_lock::{lock_key, next_update_id};
-use crate::lock::{KeyLockGuard, Taker};
+use crate::lock::{KeyClaim, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
 use crate::metrics::{self, Operation};
 use crate::session::Session;
@@ -363,7 +363,7 @@ impl Sessions {
         let follows = state.follows_members(&T::KEY);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
-            let meta = slot_meta(storage, T::NAME, key, lock, None);
+            let meta = slot_meta(storage, T::NAME, key, lock.into_claim(), None);
             let slot = slot::open_in_process::<T>(meta, memory)?;
             metrics::loaded(
                 &metrics::SessionNames::one(T::NAME),
@@ -408,7 +408,7 @@ impl Sessions {
             record => record,
         };
         tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
-        let meta = slot_meta(storage, T::NAME, key, lock, lease_owner);
+        let meta = slot_meta(storage, T::NAME, key, lock.into_claim(), lease_owner);
         slot::open::<T>(meta, record)
     }
 
@@ -745,7 +745,7 @@ fn slot_meta(
     storage: &Arc<StorageEntry>,
     session: &'static str,
     key: StorageKey,
-    lock: KeyLockGuard,
+    lock: KeyClaim,
     lease_owner: Option<LeaseOwner>,
 ) -> SlotMeta {
     SlotMeta {
@@ -764,7 +764,7 @@ fn in_process_entry(
     memory: &MemoryStorage,
     registration: &Registration,
     key: StorageKey,
-    lock: KeyLockGuard,
+    lock: KeyClaim,
 ) -> SlotEntry {
     let meta = slot_meta(storage, registration.name, key, lock, None);
     let state = match (registration.open_in_process)(meta, memory) {
@@ -807,7 +807,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             }
         };
         let taker = state.taker(registration.name, registration.type_name);
-        let Some(lock) = manager.locks.try_lock(key.shared(), taker) else {
+        let Some(lock) = manager.locks.try_claim(key.shared(), taker) else {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;
@@ -884,7 +884,13 @@ async fn load_eager(state: &UpdateState) -> Slots {
         {
             let timer = metrics::Timer::start();
             for (key, (registration, lock)) in keys.into_iter().zip(held) {
-                entries.push(in_process_entry(storage, memory, registration, key, lock));
+                entries.push(in_process_entry(
+                    storage,
+                    memory,
+                    registration,
+                    key,
+                    lock.into_claim(),
+                ));
             }
             metrics::loaded(&sessions, &storage.metrics, timer);
             continue;
@@ -902,7 +908,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                         storage,
                         registration.name,
                         key.clone(),
-                        lock,
+                        lock.into_claim(),
                         lease_owner.clone(),
                     );
                     let record = match &records[index] {

@@ -159,17 +159,25 @@ pub(crate) struct KeyLocks {
     table: Mutex<Table>,
 }
 
-/// A claim on a key: holds it once `held` says so, and leaves the table clean
-/// when dropped, whether it got the lock, timed out or was cancelled.
-pub(crate) struct KeyLockGuard {
-    locks: Arc<KeyLocks>,
+/// A claim on a key: holds it once `held` says so. It does not know its
+/// table: whoever keeps one gives it back with [`KeyLocks::release`], as a
+/// [`KeyLockGuard`] does when dropped, and a session slot through its
+/// storage entry (no reference to count per session).
+pub(crate) struct KeyClaim {
     key: SmolStr,
     /// The update taking the key (see [`Taker::update`]).
     update: u64,
     held: Held,
 }
 
-/// How a [`KeyLockGuard`] holds its key.
+/// A claim on a key with its table: leaves the table clean when dropped,
+/// whether it got the lock, timed out or was cancelled.
+pub(crate) struct KeyLockGuard {
+    locks: Arc<KeyLocks>,
+    claim: KeyClaim,
+}
+
+/// How a [`KeyClaim`] holds its key.
 enum Held {
     /// Not yet: waiting (or it timed out, or was cancelled).
     Waiting,
@@ -178,6 +186,9 @@ enum Held {
     Alone,
     /// Through the key's mutex, after waiting for it.
     Queued(OwnedMutexGuard<()>),
+    /// Given back, or handed over by a guard (see
+    /// [`KeyLockGuard::into_claim`]): nothing left to release.
+    Released,
 }
 
 impl KeyLocks {
@@ -185,10 +196,18 @@ impl KeyLocks {
         self.table.lock()
     }
 
+    /// [`KeyLocks::try_claim`] with its table, as the tests take keys.
+    #[cfg(test)]
+    pub(crate) fn try_lock(self: &Arc<Self>, key: &SmolStr, taker: Taker) -> Option<KeyLockGuard> {
+        self.try_claim(key, taker)
+            .map(|claim| KeyLockGuard::new(Arc::clone(self), claim))
+    }
+
     /// Takes `key` for `taker` if no update holds or waits for it, without
     /// waiting; `None` otherwise (take it with [`KeyLocks::lock`] then,
     /// which waits, and tells this update's own keys and cycles apart).
-    pub(crate) fn try_lock(self: &Arc<Self>, key: &SmolStr, taker: Taker) -> Option<KeyLockGuard> {
+    /// The claim goes back with [`KeyLocks::release`].
+    pub(crate) fn try_claim(&self, key: &SmolStr, taker: Taker) -> Option<KeyClaim> {
         let mut table = self.table();
         match table.entries.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(_) => None,
@@ -197,8 +216,7 @@ impl KeyLocks {
                 entry.users = 1;
                 entry.holder = Some(taker);
                 vacant.insert(entry);
-                Some(KeyLockGuard {
-                    locks: Arc::clone(self),
+                Some(KeyClaim {
                     key: key.clone(),
                     update: taker.update,
                     held: Held::Alone,
@@ -233,12 +251,12 @@ impl KeyLocks {
                 if let Some(held) = free {
                     entry.users += 1;
                     entry.holder = Some(taker);
-                    return Ok(KeyLockGuard {
-                        locks: Arc::clone(self),
+                    let claim = KeyClaim {
                         key: key.clone(),
                         update: taker.update,
                         held,
-                    });
+                    };
+                    return Ok(KeyLockGuard::new(Arc::clone(self), claim));
                 }
             }
             if let Some(held) = table.cycle_through(key, taker.update) {
@@ -262,12 +280,16 @@ impl KeyLocks {
         taker: Taker,
         timeout: Duration,
     ) -> Result<KeyLockGuard, LockError> {
-        let mut claim = KeyLockGuard {
-            locks: Arc::clone(self),
-            key,
-            update: taker.update,
-            held: Held::Waiting,
-        };
+        // Made before the wait: dropped on a timeout or a cancellation,
+        // it takes this update off the key.
+        let mut guard = KeyLockGuard::new(
+            Arc::clone(self),
+            KeyClaim {
+                key,
+                update: taker.update,
+                held: Held::Waiting,
+            },
+        );
         let held = {
             let wait = LockWait::start(taker.session, Lock::InProcess);
             tokio::time::timeout(timeout, mutex.lock_owned())
@@ -279,7 +301,7 @@ impl KeyLocks {
         };
         let mut table = self.table();
         table.waiting.remove(&taker.update);
-        let failed = match table.entries.get_mut(&claim.key) {
+        let failed = match table.entries.get_mut(&guard.claim.key) {
             Some(entry) => {
                 entry.holder = Some(taker);
                 entry
@@ -295,13 +317,13 @@ impl KeyLocks {
             }
             None => None,
         };
-        claim.held = Held::Queued(held);
+        guard.claim.held = Held::Queued(held);
         drop(table);
         match failed {
-            // Dropping the claim hands the key to the next waiter, which
+            // Dropping the guard hands the key to the next waiter, which
             // fails as fast.
             Some(error) => Err(error),
-            None => Ok(claim),
+            None => Ok(guard),
         }
     }
 
@@ -311,12 +333,17 @@ impl KeyLocks {
     }
 }
 
-impl KeyLockGuard {
-    /// Records that the storage failed for this key's holder, so the
-    /// updates queued behind it fail at once rather than each waiting for
-    /// the storage's timeout. Only failures that say the storage is down or
-    /// stalled count.
-    pub(crate) fn storage_failed(&self, error: &StorageError, storage: &Arc<str>) {
+impl KeyLocks {
+    /// Records that the storage failed for the holder of `claim`'s key, so
+    /// the updates queued behind it fail at once rather than each waiting
+    /// for the storage's timeout. Only failures that say the storage is
+    /// down or stalled count.
+    pub(crate) fn storage_failed(
+        &self,
+        claim: &KeyClaim,
+        error: &StorageError,
+        storage: &Arc<str>,
+    ) {
         use crate::storage::StorageErrorKind;
         if !matches!(
             error.kind(),
@@ -324,7 +351,7 @@ impl KeyLockGuard {
         ) {
             return;
         }
-        if let Some(entry) = self.locks.table().entries.get_mut(&*self.key) {
+        if let Some(entry) = self.table().entries.get_mut(&*claim.key) {
             entry.contended().failure = Some(Failure {
                 at: Instant::now(),
                 error: error.clone(),
@@ -332,19 +359,23 @@ impl KeyLockGuard {
             });
         }
     }
-}
 
-impl Drop for KeyLockGuard {
-    fn drop(&mut self) {
-        let mut table = self.locks.table();
+    /// Gives `claim`'s key back (or takes a waiting update off it); a claim
+    /// given back once is left alone after.
+    pub(crate) fn release(&self, claim: &mut KeyClaim) {
+        let held = std::mem::replace(&mut claim.held, Held::Released);
+        if let Held::Released = held {
+            return;
+        }
+        let mut table = self.table();
         let table = &mut *table;
         // The usual case, an update alone on its key from start to end: one
         // remove, and the key is free.
-        let Some(mut entry) = table.entries.remove(&*self.key) else {
+        let Some(mut entry) = table.entries.remove(&*claim.key) else {
             return;
         };
         entry.users -= 1;
-        match std::mem::replace(&mut self.held, Held::Waiting) {
+        match held {
             Held::Alone => {
                 entry.holder = None;
                 // Hands the key to the first update queued since, if any.
@@ -362,16 +393,45 @@ impl Drop for KeyLockGuard {
                 // Timed out or cancelled while waiting.
                 if table
                     .waiting
-                    .get(&self.update)
-                    .is_some_and(|key| **key == *self.key)
+                    .get(&claim.update)
+                    .is_some_and(|key| **key == *claim.key)
                 {
-                    table.waiting.remove(&self.update);
+                    table.waiting.remove(&claim.update);
                 }
             }
+            Held::Released => {}
         }
         if entry.users > 0 {
-            table.entries.insert(self.key.clone(), entry);
+            table.entries.insert(claim.key.clone(), entry);
         }
+    }
+}
+
+impl KeyLockGuard {
+    fn new(locks: Arc<KeyLocks>, claim: KeyClaim) -> Self {
+        Self { locks, claim }
+    }
+
+    /// See [`KeyLocks::storage_failed`].
+    pub(crate) fn storage_failed(&self, error: &StorageError, storage: &Arc<str>) {
+        self.locks.storage_failed(&self.claim, error, storage);
+    }
+
+    /// The bare claim, for a keeper that gives it back itself (see
+    /// [`KeyClaim`]).
+    pub(crate) fn into_claim(mut self) -> KeyClaim {
+        let released = KeyClaim {
+            key: SmolStr::default(),
+            update: self.claim.update,
+            held: Held::Released,
+        };
+        std::mem::replace(&mut self.claim, released)
+    }
+}
+
+impl Drop for KeyLockGuard {
+    fn drop(&mut self) {
+        self.locks.release(&mut self.claim);
     }
 }
 

@@ -91,6 +91,9 @@ pub(crate) struct StorageEntry {
     pub(crate) in_process: Option<MemoryStorage>,
     /// Its metrics' labels and handles.
     pub(crate) metrics: StorageMetrics,
+    /// The manager's key locks, where the slots of its sessions give their
+    /// keys back (a slot keeps this entry already: no other reference).
+    pub(crate) locks: Arc<KeyLocks>,
 }
 
 impl StorageEntry {
@@ -433,6 +436,7 @@ impl SessionManagerBuilder {
             }
             registrations.push(registration);
         }
+        let locks = Arc::<KeyLocks>::default();
         let storages: Vec<Arc<StorageEntry>> = storages
             .into_iter()
             .enumerate()
@@ -441,7 +445,7 @@ impl SessionManagerBuilder {
                     .iter()
                     .filter(|registration| registration.storage_index == index)
                     .map(|registration| registration.name);
-                entry(storage, sessions)
+                entry(storage, sessions, Arc::clone(&locks))
             })
             .collect();
         let eager_in_process = registrations
@@ -458,7 +462,7 @@ impl SessionManagerBuilder {
                 lock_timeout: self.lock_timeout,
                 lease_ttl: self.lease_ttl,
                 registrations,
-                locks: Arc::default(),
+                locks,
                 chat_lookups: ChatLookups::default(),
             }),
         }
@@ -470,10 +474,12 @@ fn missing_id(session: &'static str, needs: &'static str) -> Error {
     Error::MissingId { session, needs }
 }
 
-/// The entry of `storage`, where the sessions named `sessions` are registered.
+/// The entry of `storage`, where the sessions named `sessions` are
+/// registered, in a manager whose key locks are `locks`.
 fn entry(
     storage: SharedStorage,
     sessions: impl Iterator<Item = &'static str>,
+    locks: Arc<KeyLocks>,
 ) -> Arc<StorageEntry> {
     let name = Arc::from(storage.name());
     let in_process = memory_storage(&storage);
@@ -482,6 +488,7 @@ fn entry(
         storage,
         name,
         in_process,
+        locks,
     })
 }
 

@@ -11,7 +11,7 @@ use crate::codec::CodecError;
 use crate::codec::{self, Codec};
 use crate::error::Error;
 use crate::key::StorageKey;
-use crate::lock::KeyLockGuard;
+use crate::lock::KeyClaim;
 use crate::manager::StorageEntry;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
@@ -19,15 +19,22 @@ use crate::storage::memory::{Found, MemoryStorage};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
-/// locked for this update.
+/// locked for this update; dropping it gives the key back.
 pub(crate) struct SlotMeta {
     pub(crate) session: &'static str,
     pub(crate) key: StorageKey,
-    /// Its storage, shared with the manager (one reference to count, not two).
+    /// Its storage, shared with the manager (one reference to count, not
+    /// two), and the manager's key locks, where the key goes back.
     pub(crate) storage: Arc<StorageEntry>,
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
-    pub(crate) lock: KeyLockGuard,
+    pub(crate) lock: KeyClaim,
+}
+
+impl Drop for SlotMeta {
+    fn drop(&mut self) {
+        self.storage.locks.release(&mut self.lock);
+    }
 }
 
 impl SlotMeta {
@@ -77,6 +84,14 @@ impl SlotMeta {
         }
     }
 
+    /// Records a storage failure at this key, for the updates queued on it
+    /// (see `KeyLocks::storage_failed`).
+    pub(crate) fn storage_failed(&self, source: &StorageError) {
+        self.storage
+            .locks
+            .storage_failed(&self.lock, source, &self.storage.name);
+    }
+
     fn encode_failed<T: Session>(&self, source: CodecError) -> Error {
         Error::Encode {
             session: self.session,
@@ -106,7 +121,7 @@ impl SlotMeta {
             }
             WriteOutcome::Conflict(cause) => errors.push(self.conflict(cause)),
             WriteOutcome::Failed(source) => {
-                self.lock.storage_failed(&source, &self.storage.name);
+                self.storage_failed(&source);
                 errors.push(self.storage_error(source));
             }
         }
@@ -414,10 +429,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     fn storage_failed(&self, source: &StorageError, errors: &mut Vec<Error>) {
         match self.try_lock() {
             Some(state) => {
-                state
-                    .meta
-                    .lock
-                    .storage_failed(source, &state.meta.storage.name);
+                state.meta.storage_failed(source);
                 errors.push(state.meta.storage_error(source.clone()));
             }
             None => {

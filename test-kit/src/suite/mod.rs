@@ -51,6 +51,7 @@ macro_rules! behaviour_suite {
             a_record_expired_under_an_update_is_reported_as_expired,
             cancelled_updates_leave_the_storage_working,
             a_handler_longer_than_its_lease_keeps_it,
+            a_commit_gives_the_keys_back_while_its_context_lives_on,
         );
         $crate::migration_suite!($factory);
         $crate::chat_migration_suite!($factory);
@@ -901,4 +902,50 @@ pub async fn a_handler_longer_than_its_lease_keeps_it(storage: SharedStorage) {
         .await
         .expect("the renewed lease still fences nobody out");
     assert_eq!(other.await.expect("task").expect("the other update"), 12);
+}
+
+/// The commit gives an update's keys back at once, not when its context is
+/// dropped: a context kept after it (a clone in a spawned task, a handler
+/// that commits early) does not hold up the next update of its keys, eager
+/// or lazy, whether the handler succeeded or failed.
+pub async fn a_commit_gives_the_keys_back_while_its_context_lives_on(storage: SharedStorage) {
+    // Far below the lock timeout: a key still held fails the test quickly.
+    const NEXT_UPDATE_WITHIN: Duration = Duration::from_secs(5);
+    let manager = SessionManager::builder()
+        .storage(storage)
+        .prefix(unique_prefix())
+        .register::<Counter>()
+        .register::<Profile>()
+        .lock_timeout(NEXT_UPDATE_WITHIN * 2)
+        .build()
+        .expect("manager");
+    let mut kept = Vec::new();
+    for (round, outcome) in [HandlerOutcome::Succeeded, HandlerOutcome::Failed]
+        .into_iter()
+        .enumerate()
+    {
+        let ctx = manager.begin(private(1)).await;
+        ctx.counter().expect("counter").apple += 1;
+        ctx.profile().await.expect("profile").name = Some(format!("round {round}"));
+        ctx.commit(outcome).await.expect("commit");
+        kept.push(ctx);
+        let next = async {
+            let ctx = manager.begin(private(1)).await;
+            let apple = ctx.counter().expect("counter, its key given back").apple;
+            let name = ctx
+                .profile()
+                .await
+                .expect("profile, its key given back")
+                .name
+                .clone();
+            ok(&ctx).await;
+            (apple, name)
+        };
+        let seen = tokio::time::timeout(NEXT_UPDATE_WITHIN, next)
+            .await
+            .expect("the next update of the keys did not wait for the kept context");
+        // The first round saved; the failed second one did not.
+        assert_eq!(seen, (2, Some("round 0".to_owned())), "{outcome:?}");
+    }
+    drop(kept);
 }

@@ -29,13 +29,15 @@ use typed::Value;
 /// It keeps the values an update leaves *as they are*: the next update of the
 /// key works on a clone (for a `Clone` type) and its commit moves the value
 /// back in, with no encoding on the way, and a `PartialEq` type is compared
-/// without encoding to tell whether it changed. That comparison is made at
-/// the write, with the value still stored: the update's copy shares nothing
-/// with the storage. So if something other than an update of this manager
-/// (which waits for the key) replaced the record in between, a copy the
-/// handler borrowed mutably is refused as a conflict even if it is equal. Bytes written through
+/// without encoding to tell whether it changed. Bytes written through
 /// [`Storage::write`] are kept as bytes, and every record reads as bytes
 /// through [`Storage::load`] and [`Storage::scan`], encoded on demand.
+///
+/// The update's copy shares nothing with the storage: whether it changed is
+/// told at its write, against the value still stored. So if something other
+/// than an update of this manager (which waits for the key) replaced the
+/// record in between, a copy the handler borrowed mutably is refused as a
+/// conflict even if it is equal.
 ///
 /// Since Redis or SQL keep bytes, a session type that does not survive its
 /// codec's round trip would work here and fail there. Each write checks

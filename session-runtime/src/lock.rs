@@ -163,6 +163,7 @@ pub(crate) struct KeyLocks {
 /// table: whoever keeps one gives it back with [`KeyLocks::release`], as a
 /// [`KeyLockGuard`] does when dropped, and a session slot through its
 /// storage entry (no reference to count per session).
+#[must_use = "a claim dropped without `KeyLocks::release` keeps its key locked"]
 pub(crate) struct KeyClaim {
     key: SmolStr,
     /// The update taking the key (see [`Taker::update`]).

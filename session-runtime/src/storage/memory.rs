@@ -93,6 +93,12 @@ impl Stored {
         }
     }
 
+    /// Whether this is the record of `version` and holds a value equal to
+    /// `value` by `PartialEq`: an update's copy of it that did not change.
+    fn holds<T: Session>(&self, version: Option<u64>, value: &T) -> bool {
+        Some(self.version) == version && self.value.holds_same(value)
+    }
+
     fn live(&self, now: &Now) -> bool {
         self.expires_at.is_none_or(|at| at > now.get())
     }
@@ -314,10 +320,13 @@ impl MemoryStorage {
     /// Whether the record of `version` at `key` holds a value equal to
     /// `value` by `PartialEq` (see [`MemoryStorage::put_typed`]).
     pub(crate) fn holds_same<T: Session>(&self, key: &str, version: u64, value: &T) -> bool {
-        let same = |stored: &Stored| stored.version == version && stored.value.holds_same(value);
+        let version = Some(version);
         match &self.records {
-            Records::Unbounded(unbounded) => unbounded.map.get(key).is_some_and(|s| same(&s)),
-            Records::Bounded(cache) => cache.get(key).is_some_and(|s| same(&s)),
+            Records::Unbounded(unbounded) => unbounded
+                .map
+                .get(key)
+                .is_some_and(|s| s.holds(version, value)),
+            Records::Bounded(cache) => cache.get(key).is_some_and(|s| s.holds(version, value)),
         }
     }
 
@@ -486,7 +495,8 @@ impl<T: Session> NewValue for TypedPut<T> {
     type Unchanged = ();
 
     fn already_in(&self, current: &Stored) -> Option<()> {
-        (Some(current.version) == self.expected_version && current.value.holds_same(&self.value))
+        current
+            .holds(self.expected_version, &self.value)
             .then_some(())
     }
 

@@ -263,15 +263,14 @@ impl EntryState {
 
 impl Sessions {
     pub(crate) async fn begin(manager: Arc<ManagerInner>, ids: UpdateIds) -> Self {
-        let state = UpdateState {
+        let state = Arc::new(UpdateState {
             manager,
             ids,
             id: next_update_id(),
             slots: Mutex::new(Slots::new()),
             leases: OnceLock::new(),
             finished: AtomicBool::new(false),
-        };
-        let state = Arc::new(state);
+        });
         if !load_eager_at_once(&state) {
             // Boxed: the path that waits (for a key, a remote storage) is
             // large, and an update that never takes it should not carry it.

@@ -372,17 +372,17 @@ pub(crate) fn open_in_process<T: Session>(
     let found = memory
         .load_typed::<T>(meta.key.as_str())
         .map_err(|source| meta.storage_error(source))?;
-    let state = match found {
-        Found::Nothing => open_state::<T>(meta, None)?,
-        Found::Record(record) => open_state::<T>(meta, Some(record))?,
-        Found::Value { value, version } => SlotState {
+    Ok(match found {
+        Found::Nothing => Arc::new(Mutex::new(open_state::<T>(meta, None)?)),
+        Found::Record(record) => Arc::new(Mutex::new(open_state::<T>(meta, Some(record))?)),
+        // Built in its allocation: the usual case moves no whole slot.
+        Found::Value { value, version } => Arc::new(Mutex::new(SlotState {
             meta,
             value,
             stored: Some(Loaded::Value { version }),
             touched: false,
-        },
-    };
-    Ok(Arc::new(Mutex::new(state)))
+        })),
+    })
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {

@@ -15,45 +15,14 @@ use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use teloxide::dispatching::dialogue::InMemStorage;
-use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
+use tg_session::SessionManager;
 
 mod workload;
-use workload::{Four, One, Three, Two, next_user, ours_four, ours_one, teloxide_rmw};
-
-macro_rules! comparable_types {
-    ($($ty:ident $key:literal),*) => {$(
-        /// The workload's session, deriving `PartialEq`.
-        #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
-        #[session(key = $key)]
-        struct $ty {
-            apple: u32,
-            name: Option<String>,
-        }
-    )*};
-}
-
-comparable_types!(EqOne "eq_one", EqTwo "eq_two", EqThree "eq_three", EqFour "eq_four");
-
-async fn ours_one_eq(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.eq_one().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
-
-async fn ours_four_eq(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.eq_one().unwrap().apple += 1;
-    ctx.eq_two().unwrap().apple += 1;
-    ctx.eq_three().unwrap().apple += 1;
-    ctx.eq_four().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
+use workload::{
+    EqFour, EqOne, EqThree, EqTwo, Four, One, Three, Two, next_user, ours_four, ours_four_eq,
+    ours_one, ours_one_eq, teloxide_rmw,
+};
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -28,26 +28,15 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use serde::{Deserialize, Serialize};
 use teloxide::dispatching::dialogue::InMemStorage;
 use tg_session::storage::SharedStorage;
-use tg_session::{
-    HandlerOutcome, MemoryStorage, RedisStorage, Session, SessionManager, SqliteStorage, UpdateIds,
-};
+use tg_session::{MemoryStorage, RedisStorage, SessionManager, SqliteStorage};
 use tg_session_test_kit::redis_server::RedisServer;
 
 mod dispatch_trees;
 mod workload;
 use teloxide::prelude::dptree;
-use workload::{One, manager, next_user, ours_four, ours_one, teloxide_rmw};
-
-/// The workload's session, deriving `PartialEq`.
-#[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
-#[session(key = "eq_one")]
-struct EqOne {
-    apple: u32,
-    name: Option<String>,
-}
+use workload::{EqOne, One, manager, next_user, ours_four, ours_one, ours_one_eq, teloxide_rmw};
 
 fn main() {
     let usage = "usage: per_update <memory|memory-eq|memory-4|teloxide|redis|redis-4|sqlite|sqlite-4\
@@ -95,12 +84,7 @@ fn main() {
                     .build()
                     .unwrap();
                 for _ in 0..updates {
-                    let user = next_user(&user);
-                    let ctx = manager
-                        .begin(UpdateIds::new().user(user).chat(user as i64))
-                        .await;
-                    ctx.eq_one().unwrap().apple += 1;
-                    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+                    ours_one_eq(&manager, next_user(&user)).await;
                 }
             }
             "teloxide" => {

@@ -28,6 +28,21 @@ macro_rules! session_types {
 
 session_types!(One "one", Two "two", Three "three", Four "four");
 
+macro_rules! comparable_types {
+    ($($ty:ident $key:literal),*) => {$(
+        /// The workload's session, deriving `PartialEq`: ours tell a change
+        /// by comparing values rather than encoding them.
+        #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
+        #[session(key = $key)]
+        pub struct $ty {
+            pub apple: u32,
+            pub name: Option<String>,
+        }
+    )*};
+}
+
+comparable_types!(EqOne "eq_one", EqTwo "eq_two", EqThree "eq_three", EqFour "eq_four");
+
 /// A manager over `storage` with [`One`] registered, and with [`Two`],
 /// [`Three`] and [`Four`] too when `four`.
 pub fn manager(storage: impl tg_session::storage::Storage, four: bool) -> SessionManager {
@@ -66,6 +81,27 @@ pub async fn ours_four(manager: &SessionManager, user: u64) {
     ctx.two().unwrap().apple += 1;
     ctx.three().unwrap().apple += 1;
     ctx.four().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+/// One update changing [`EqOne`].
+pub async fn ours_one_eq(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.eq_one().unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+/// One update changing all four `PartialEq` types.
+pub async fn ours_four_eq(manager: &SessionManager, user: u64) {
+    let ctx = manager
+        .begin(UpdateIds::new().user(user).chat(user as i64))
+        .await;
+    ctx.eq_one().unwrap().apple += 1;
+    ctx.eq_two().unwrap().apple += 1;
+    ctx.eq_three().unwrap().apple += 1;
+    ctx.eq_four().unwrap().apple += 1;
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
 

@@ -534,7 +534,10 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
                 .is_none_or(Registration::check_round_trip)
         };
         match slot.write_in_process(memory, &check_round_trip, errors) {
-            Ok(true) if !written_to.contains(&storage_index) => written_to.push(storage_index),
+            // Without the feature, nothing reads which storages were written.
+            Ok(true) if metrics::ENABLED && !written_to.contains(&storage_index) => {
+                written_to.push(storage_index)
+            }
             Ok(_) => {}
             Err(Borrowed) => errors
                 .push(state.already_borrowed(entry.type_id, state.session_name(entry.type_id))),
@@ -674,8 +677,13 @@ impl SessionManager {
     /// This never fails: a session that could not be loaded (missing id,
     /// storage down, undecodable bytes) reports its error from its accessor,
     /// and the others keep working.
-    pub async fn begin(&self, ids: UpdateIds) -> Sessions {
-        Sessions::begin(Arc::clone(&self.inner), ids).await
+    ///
+    /// The future holds its own handle on the manager: it does not borrow
+    /// `self`.
+    pub fn begin(&self, ids: UpdateIds) -> impl Future<Output = Sessions> + Send + 'static {
+        // Not an `async fn`: the update's future is the context's own, with
+        // no state machine around it to move it into.
+        Sessions::begin(Arc::clone(&self.inner), ids)
     }
 
     /// Runs `handler` with the sessions of one update and commits them after

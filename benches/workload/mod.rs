@@ -14,34 +14,31 @@ use tg_session::{HandlerOutcome, Session, SessionManager, UpdateIds};
 /// Users the updates cycle over.
 pub const USERS: u64 = 1_000;
 
-macro_rules! session_types {
-    ($($ty:ident $key:literal),*) => {$(
-        /// A small session, as a counter bot keeps.
+/// A small session, as a counter bot keeps, with the attributes given (docs,
+/// derives) added.
+macro_rules! session_type {
+    ($(#[$attribute:meta])* $ty:ident $key:literal) => {
+        $(#[$attribute])*
         #[derive(Session, Serialize, Deserialize, Clone, Default)]
         #[session(key = $key)]
         pub struct $ty {
             pub apple: u32,
             pub name: Option<String>,
         }
-    )*};
+    };
 }
 
-session_types!(One "one", Two "two", Three "three", Four "four");
+session_type!(/** The workload's first session. */ One "one");
+session_type!(/** The workload's second session. */ Two "two");
+session_type!(/** The workload's third session. */ Three "three");
+session_type!(/** The workload's fourth session. */ Four "four");
 
-macro_rules! comparable_types {
-    ($($ty:ident $key:literal),*) => {$(
-        /// The workload's session, deriving `PartialEq`: ours tell a change
-        /// by comparing values rather than encoding them.
-        #[derive(Session, Serialize, Deserialize, Clone, Default, PartialEq)]
-        #[session(key = $key)]
-        pub struct $ty {
-            pub apple: u32,
-            pub name: Option<String>,
-        }
-    )*};
-}
-
-comparable_types!(EqOne "eq_one", EqTwo "eq_two", EqThree "eq_three", EqFour "eq_four");
+// The same, deriving `PartialEq`: ours tell a change by comparing values
+// rather than encoding them.
+session_type!(#[derive(PartialEq)] /** [`One`], comparable. */ EqOne "eq_one");
+session_type!(#[derive(PartialEq)] /** [`Two`], comparable. */ EqTwo "eq_two");
+session_type!(#[derive(PartialEq)] /** [`Three`], comparable. */ EqThree "eq_three");
+session_type!(#[derive(PartialEq)] /** [`Four`], comparable. */ EqFour "eq_four");
 
 /// A manager over `storage` with [`One`] registered, and with [`Two`],
 /// [`Three`] and [`Four`] too when `four`.
@@ -63,47 +60,37 @@ pub fn next_user(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) % USERS + 1
 }
 
-/// One update changing [`One`].
-pub async fn ours_one(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+/// An update changing one session type, and one changing four, through the
+/// accessors named. Each is one `async fn` (no helper future awaited in
+/// it): the workload's own frames stay out of the count.
+macro_rules! updates {
+    ($one:ident, $four:ident: $first:ident $second:ident $third:ident $fourth:ident) => {
+        #[doc = concat!("One update changing the session `ctx.", stringify!($first), "()` gives.")]
+        pub async fn $one(manager: &SessionManager, user: u64) {
+            let ctx = manager.begin(ids(user)).await;
+            ctx.$first().unwrap().apple += 1;
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        }
+
+        #[doc = concat!("One update changing the four sessions from `ctx.", stringify!($first), "()` on.")]
+        pub async fn $four(manager: &SessionManager, user: u64) {
+            let ctx = manager.begin(ids(user)).await;
+            ctx.$first().unwrap().apple += 1;
+            ctx.$second().unwrap().apple += 1;
+            ctx.$third().unwrap().apple += 1;
+            ctx.$fourth().unwrap().apple += 1;
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        }
+    };
 }
 
-/// One update changing all four types.
-pub async fn ours_four(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.one().unwrap().apple += 1;
-    ctx.two().unwrap().apple += 1;
-    ctx.three().unwrap().apple += 1;
-    ctx.four().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+/// The ids of `user`'s update, in their private chat.
+fn ids(user: u64) -> UpdateIds {
+    UpdateIds::new().user(user).chat(user as i64)
 }
 
-/// One update changing [`EqOne`].
-pub async fn ours_one_eq(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.eq_one().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
-
-/// One update changing all four `PartialEq` types.
-pub async fn ours_four_eq(manager: &SessionManager, user: u64) {
-    let ctx = manager
-        .begin(UpdateIds::new().user(user).chat(user as i64))
-        .await;
-    ctx.eq_one().unwrap().apple += 1;
-    ctx.eq_two().unwrap().apple += 1;
-    ctx.eq_three().unwrap().apple += 1;
-    ctx.eq_four().unwrap().apple += 1;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-}
+updates!(ours_one, ours_four: one two three four);
+updates!(ours_one_eq, ours_four_eq: eq_one eq_two eq_three eq_four);
 
 /// The same update through a teloxide dialogue: `get_or_default`, `bump`,
 /// `update`, two round trips to its `InMemStorage`.

@@ -375,7 +375,8 @@ pub(crate) fn open_in_process<T: Session>(
     Ok(match found {
         Found::Nothing => Arc::new(Mutex::new(open_state::<T>(meta, None)?)),
         Found::Record(record) => Arc::new(Mutex::new(open_state::<T>(meta, Some(record))?)),
-        // Built in its allocation: the usual case moves no whole slot.
+        // Wrapped where it is built: the slot is moved once, into its
+        // allocation, not first out of a `match`.
         Found::Value { value, version } => Arc::new(Mutex::new(SlotState {
             meta,
             value,

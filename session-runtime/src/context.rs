@@ -1,6 +1,6 @@
 //! [`Sessions`]: the sessions of one update, from load to commit.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -739,8 +739,8 @@ fn borrow<T: Session>(
     slot: &Arc<dyn ErasedSlot>,
 ) -> Result<SessionRef<T>, Error> {
     let borrowed = || state.already_borrowed(TypeId::of::<T>(), T::NAME);
-    let typed = Arc::clone(slot)
-        .into_any()
+    let slot: Arc<dyn Any + Send + Sync> = Arc::<dyn ErasedSlot>::clone(slot);
+    let typed = slot
         .downcast::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
         .map_err(|_| borrowed())?;

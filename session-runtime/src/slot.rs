@@ -317,8 +317,10 @@ fn check_round_trip<T: Session>(meta: &SlotMeta, value: &T) -> Result<(), Error>
 
 /// A session slot with its type erased, as the context keeps it. A method
 /// that needs the slot answers [`Borrowed`] while a `SessionRef` holds it.
-pub(crate) trait ErasedSlot: Send + Sync {
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+///
+/// `Any` is a supertrait: an `Arc` of a slot becomes an `Arc<dyn Any>` by
+/// upcasting, with no call, for the accessor's downcast.
+pub(crate) trait ErasedSlot: Any + Send + Sync {
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed>;
     /// Writes the session to `memory` as a value if it changed (checking
@@ -387,10 +389,6 @@ pub(crate) fn open_in_process<T: Session>(
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
-        self
-    }
-
     fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed> {
         Ok(self.try_lock().ok_or(Borrowed)?.pending_write())
     }

@@ -374,18 +374,18 @@ pub(crate) fn open_in_process<T: Session>(
     let found = memory
         .load_typed::<T>(meta.key.as_str())
         .map_err(|source| meta.storage_error(source))?;
-    Ok(match found {
-        Found::Nothing => Arc::new(Mutex::new(open_state::<T>(meta, None)?)),
-        Found::Record(record) => Arc::new(Mutex::new(open_state::<T>(meta, Some(record))?)),
+    match found {
+        Found::Nothing => open::<T>(meta, None),
+        Found::Record(record) => open::<T>(meta, Some(record)),
         // Wrapped where it is built: the slot is moved once, into its
         // allocation, not first out of a `match`.
-        Found::Value { value, version } => Arc::new(Mutex::new(SlotState {
+        Found::Value { value, version } => Ok(Arc::new(Mutex::new(SlotState {
             meta,
             value,
             stored: Some(Loaded::Value { version }),
             touched: false,
-        })),
-    })
+        }))),
+    }
 }
 
 impl<T: Session> ErasedSlot for TypedSlot<T> {

@@ -49,7 +49,7 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::key_lock::{lock_key, next_update_id};
-use crate::lock::{KeyLockGuard, Taker};
+use crate::lock::{KeyHome, KeyLockGuard, Taker};
 use crate::manager::{ManagerInner, SessionManager, StorageEntry};
 use crate::metrics::SessionNames;
 use crate::storage::{Record, StorageError, Write, WriteOutcome};
@@ -198,16 +198,25 @@ async fn migrate(
         session: MIGRATED_MARKER,
         type_name: TAKER,
     };
-    let mut to_lock: Vec<(&'static str, &StorageKey)> = moves
+    // A session's keys are locked where its storage locks them; the
+    // markers, which no update takes, in the manager's table.
+    let mut to_lock: Vec<(&'static str, &StorageKey, &Arc<dyn KeyHome>)> = moves
         .iter()
-        .flat_map(|m| [(m.session, &m.from), (m.session, &m.to)])
-        .chain(markers.first().map(|marker| (MIGRATED_MARKER, marker)))
+        .flat_map(|m| {
+            let home = &manager.storages[m.storage_index].home;
+            [(m.session, &m.from, home), (m.session, &m.to, home)]
+        })
+        .chain(
+            markers
+                .first()
+                .map(|marker| (MIGRATED_MARKER, marker, &manager.locks)),
+        )
         .collect();
     to_lock.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()));
     to_lock.dedup_by(|a, b| a.1 == b.1);
     let mut locks: Vec<KeyLockGuard> = Vec::with_capacity(to_lock.len());
-    for (session, key) in to_lock {
-        locks.push(lock_key(manager, session, key, taker).await?);
+    for (session, key, home) in to_lock {
+        locks.push(lock_key(manager, home, session, key, taker).await?);
     }
 
     let deadline = Instant::now() + manager.lock_timeout;
@@ -499,7 +508,7 @@ pub(crate) async fn follow(
         &KeyStrategy::Scope(Scope::UserInChat),
         &ids.clone().chat(from),
     )?;
-    let _old_lock = lock_key(manager, session, &old, taker).await?;
+    let _old_lock = lock_key(manager, &storage.home, session, &old, taker).await?;
     let deadline = Instant::now() + manager.lock_timeout;
     let records = match (storage.storage.leases(), leases) {
         (Some(shared), Some(leases)) => leases

@@ -357,8 +357,8 @@ impl Sessions {
         };
         let deadline = Instant::now() + manager.lock_timeout;
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
-        let lock = lock_key(manager, T::NAME, &key, taker).await?;
         let storage = &manager.storages[storage_index];
+        let lock = lock_key(manager, &storage.home, T::NAME, &key, taker).await?;
         let follows = state.follows_members(&T::KEY);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
@@ -814,12 +814,18 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             }
         };
         let taker = state.taker(registration.name, registration.type_name);
-        let Some(lock) = manager.locks.try_claim(key.shared(), taker) else {
+        let Some(opened) =
+            (registration.claim_in_process)(storage, memory, registration.name, key, taker)
+        else {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;
         };
-        slots.push(in_process_entry(storage, memory, registration, key, lock));
+        let state = match opened {
+            Ok(slot) => EntryState::Loaded(slot),
+            Err(error) => EntryState::failed(error),
+        };
+        slots.push(SlotEntry::new(registration, state));
     }
     // Without the feature, nothing reads the labels this would gather.
     for (index, storage) in manager
@@ -866,7 +872,8 @@ async fn load_eager(state: &UpdateState) -> Slots {
     let mut locked: PerSession<_> = SmallVec::new();
     for (registration, key) in wanted {
         let taker = state.taker(registration.name, registration.type_name);
-        match lock_key(manager, registration.name, &key, taker).await {
+        let home = &manager.storages[registration.storage_index].home;
+        match lock_key(manager, home, registration.name, &key, taker).await {
             Ok(lock) => locked.push((registration, key, lock)),
             Err(error) => entries.push(SlotEntry::failed(registration, error)),
         }

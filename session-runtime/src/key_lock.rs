@@ -3,11 +3,12 @@
 //! context takes its sessions' keys this way, and so does a chat migration.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, LockHolder};
 use crate::key::StorageKey;
-use crate::lock::{KeyLockGuard, LockError, Taker};
+use crate::lock::{self, KeyHome, KeyLockGuard, LockError, Taker};
 use crate::manager::ManagerInner;
 use crate::storage::StorageError;
 
@@ -37,17 +38,16 @@ pub(crate) fn next_update_id() -> u64 {
     })
 }
 
-/// Takes the in-process lock of `key` for `taker`, within the manager's lock
-/// timeout.
+/// Takes the in-process lock of `key`, kept at `home` (its storage's, see
+/// `StorageEntry::home`), for `taker`, within the manager's lock timeout.
 pub(crate) async fn lock_key(
     manager: &ManagerInner,
+    home: &Arc<dyn KeyHome>,
     session: &'static str,
     key: &StorageKey,
     taker: Taker,
 ) -> Result<KeyLockGuard, Error> {
-    manager
-        .locks
-        .lock(key.shared(), taker, manager.lock_timeout)
+    lock::lock(home, key.shared(), taker, manager.lock_timeout)
         .await
         .map_err(|error| lock_error(manager, session, key, taker, error))
 }

@@ -13,6 +13,12 @@
 //! And it remembers, while updates queue on a key, that the holder's storage
 //! call failed (down, timed out): the waiters then fail at once with that
 //! error instead of each waiting a full storage timeout in turn.
+//!
+//! A key has a [`KeyHome`]: where it is taken and given back. For most keys
+//! that is the table itself. A memory storage keeps each key's lock in the
+//! key's record instead (one map access takes the key and copies the value),
+//! and brings a key into its table only once a second update asks for it:
+//! the table then governs the key until nobody holds or waits for it.
 
 use std::collections::HashMap;
 
@@ -59,10 +65,50 @@ pub(crate) enum LockError {
     },
 }
 
+/// Where a key is taken and given back: a [`KeyLocks`] table, or a storage
+/// that keeps each key's lock in its record and queues updates in a table.
+pub(crate) trait KeyHome: Send + Sync {
+    /// The table where updates queue for a key of this home.
+    fn table(&self) -> &KeyLocks;
+    /// Takes `key` for `taker` now, or queues `taker` for it (see [`Begun`]).
+    fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError>;
+    /// Gives `claim`'s key back (or takes a waiting update off it); a claim
+    /// given back once is left alone after.
+    fn give_back(&self, claim: &mut KeyClaim);
+}
+
+/// What taking a key started.
+pub(crate) enum Begun {
+    /// The key was free: taken.
+    Taken(KeyClaim),
+    /// Another update holds it: this one queued, counted as a user of the
+    /// key's entry and recorded as waiting for it, and now waits for `mutex`.
+    Queued { waiting: KeyClaim, mutex: KeyMutex },
+}
+
+/// Takes `key` (kept at `home`) for `taker`, waiting at most `timeout` for
+/// another update that holds it.
+pub(crate) async fn lock(
+    home: &Arc<dyn KeyHome>,
+    key: &SmolStr,
+    taker: Taker,
+    timeout: Duration,
+) -> Result<KeyLockGuard, LockError> {
+    match home.begin(key, taker)? {
+        Begun::Taken(claim) => Ok(KeyLockGuard::new(Arc::clone(home), claim)),
+        Begun::Queued { waiting, mutex } => {
+            // Made before the wait: dropped on a timeout or a cancellation,
+            // it takes this update off the key.
+            let guard = KeyLockGuard::new(Arc::clone(home), waiting);
+            KeyLocks::wait(guard, mutex, taker, timeout).await
+        }
+    }
+}
+
 /// The mutex of one key, made only once a second update asks for it: an
 /// update alone on its key (the usual case) holds it by being its entry's
 /// `holder`, which costs one insert and one remove in the table.
-type KeyMutex = Arc<tokio::sync::Mutex<()>>;
+pub(crate) type KeyMutex = Arc<tokio::sync::Mutex<()>>;
 
 struct Entry {
     /// Updates holding or waiting for the key; the entry goes at zero.
@@ -174,7 +220,7 @@ pub(crate) struct KeyClaim {
 /// A claim on a key with its table: leaves the table clean when dropped,
 /// whether it got the lock, timed out or was cancelled.
 pub(crate) struct KeyLockGuard {
-    locks: Arc<KeyLocks>,
+    home: Arc<dyn KeyHome>,
     claim: KeyClaim,
 }
 
@@ -187,13 +233,17 @@ enum Held {
     Alone,
     /// Through the key's mutex, after waiting for it.
     Queued(OwnedMutexGuard<()>),
+    /// As the holder its memory record names (see [`KeyHome`]); if updates
+    /// queued since, the table's entry names it as its holder too, and it
+    /// gives the key back there as [`Held::Alone`] does.
+    InRecord,
     /// Given back, or handed over by a guard (see
     /// [`KeyLockGuard::into_claim`]): nothing left to release.
     Released,
 }
 
 impl KeyLocks {
-    fn table(&self) -> MutexGuard<'_, Table> {
+    fn lock_table(&self) -> MutexGuard<'_, Table> {
         self.table.lock()
     }
 
@@ -201,15 +251,27 @@ impl KeyLocks {
     #[cfg(test)]
     pub(crate) fn try_lock(self: &Arc<Self>, key: &SmolStr, taker: Taker) -> Option<KeyLockGuard> {
         self.try_claim(key, taker)
-            .map(|claim| KeyLockGuard::new(Arc::clone(self), claim))
+            .map(|claim| KeyLockGuard::new(Arc::clone(self) as Arc<dyn KeyHome>, claim))
+    }
+
+    /// [`lock`] with this table as the key's home, as the tests take keys.
+    #[cfg(test)]
+    pub(crate) async fn lock(
+        self: &Arc<Self>,
+        key: &SmolStr,
+        taker: Taker,
+        timeout: Duration,
+    ) -> Result<KeyLockGuard, LockError> {
+        let home: Arc<dyn KeyHome> = Arc::clone(self) as Arc<dyn KeyHome>;
+        lock(&home, key, taker, timeout).await
     }
 
     /// Takes `key` for `taker` if no update holds or waits for it, without
-    /// waiting; `None` otherwise (take it with [`KeyLocks::lock`] then,
-    /// which waits, and tells this update's own keys and cycles apart).
-    /// The claim goes back with [`KeyLocks::release`].
+    /// waiting; `None` otherwise (take it with [`lock`] then, which waits,
+    /// and tells this update's own keys and cycles apart). The claim goes
+    /// back with [`KeyLocks::release`].
     pub(crate) fn try_claim(&self, key: &SmolStr, taker: Taker) -> Option<KeyClaim> {
-        let mut table = self.table();
+        let mut table = self.lock_table();
         match table.entries.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(_) => None,
             std::collections::hash_map::Entry::Vacant(vacant) => {
@@ -226,71 +288,79 @@ impl KeyLocks {
         }
     }
 
-    /// Takes `key` for `taker`, waiting at most `timeout` for another update
-    /// that holds it.
-    pub(crate) async fn lock(
-        self: &Arc<Self>,
+    /// Brings `key`, held in its record by `holder`, into the table (as
+    /// its entry's holder, which gives it back with [`KeyLocks::release`]
+    /// as one alone on its key does), then begins taking it for `taker`.
+    /// Called by the record's keeper, under the record's lock: the table has
+    /// no entry for the key yet.
+    pub(crate) fn begin_behind(
+        &self,
         key: &SmolStr,
+        holder: Taker,
         taker: Taker,
-        timeout: Duration,
-    ) -> Result<KeyLockGuard, LockError> {
-        let (key, mutex) = {
-            let mut table = self.table();
-            let table = &mut *table;
-            let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
-            if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
-                return Err(LockError::HeldByThisUpdate {
-                    first: holder.type_name,
-                });
-            }
-            if entry.holder.is_none() {
-                let free = match entry.mutex() {
-                    None => Some(Held::Alone),
-                    // Taken if no queued update was handed it yet.
-                    Some(mutex) => Arc::clone(mutex).try_lock_owned().ok().map(Held::Queued),
-                };
-                if let Some(held) = free {
-                    entry.users += 1;
-                    entry.holder = Some(taker);
-                    let claim = KeyClaim {
-                        key: key.clone(),
-                        update: taker.update,
-                        held,
-                    };
-                    return Ok(KeyLockGuard::new(Arc::clone(self), claim));
-                }
-            }
-            if let Some(held) = table.cycle_through(key, taker.update) {
-                return Err(LockError::Cycle { held });
-            }
-            let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
-            entry.users += 1;
-            let mutex = entry.queue();
-            table.waiting.insert(taker.update, key.clone());
-            (key.clone(), mutex)
-        };
-        self.wait(key, mutex, taker, timeout).await
+    ) -> Result<Begun, LockError> {
+        let mut table = self.lock_table();
+        let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
+        entry.users += 1;
+        entry.holder = Some(holder);
+        Self::begin_in(&mut table, key, taker)
     }
 
-    /// Waits for `mutex`, the queue of `key`, which this update already
-    /// counts itself a user of and is recorded as waiting for.
+    /// Takes `key` for `taker` if it is free, else queues `taker` for it,
+    /// unless this update holds it already or waiting would close a cycle.
+    fn begin_in(table: &mut Table, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
+        let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
+        if let Some(holder) = entry.holder.filter(|h| h.update == taker.update) {
+            return Err(LockError::HeldByThisUpdate {
+                first: holder.type_name,
+            });
+        }
+        if entry.holder.is_none() {
+            let free = match entry.mutex() {
+                None => Some(Held::Alone),
+                // Taken if no queued update was handed it yet.
+                Some(mutex) => Arc::clone(mutex).try_lock_owned().ok().map(Held::Queued),
+            };
+            if let Some(held) = free {
+                entry.users += 1;
+                entry.holder = Some(taker);
+                return Ok(Begun::Taken(KeyClaim {
+                    key: key.clone(),
+                    update: taker.update,
+                    held,
+                }));
+            }
+        }
+        let cycle = table.cycle_through(key, taker.update);
+        let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
+        if let Some(held) = cycle {
+            // The entry made for this call, if it was, goes with nobody in it.
+            if entry.users == 0 {
+                table.entries.remove(key);
+            }
+            return Err(LockError::Cycle { held });
+        }
+        entry.users += 1;
+        let mutex = entry.queue();
+        table.waiting.insert(taker.update, key.clone());
+        Ok(Begun::Queued {
+            waiting: KeyClaim {
+                key: key.clone(),
+                update: taker.update,
+                held: Held::Waiting,
+            },
+            mutex,
+        })
+    }
+
+    /// Waits for `mutex`, the queue of `guard`'s key, which this update
+    /// already counts itself a user of and is recorded as waiting for.
     async fn wait(
-        self: &Arc<Self>,
-        key: SmolStr,
+        mut guard: KeyLockGuard,
         mutex: KeyMutex,
         taker: Taker,
         timeout: Duration,
     ) -> Result<KeyLockGuard, LockError> {
-        // Made before the wait: dropped on a timeout or a cancellation,
-        // it takes this update off the key.
-        let mut guard = KeyLockGuard::new(
-            Arc::clone(self),
-            KeyClaim {
-                key,
-                update: taker.update,
-                held: Held::Waiting,
-            },
-        );
         let held = {
             let wait = LockWait::start(taker.session, Lock::InProcess);
             tokio::time::timeout(timeout, mutex.lock_owned())
@@ -300,7 +370,8 @@ impl KeyLocks {
                     LockError::Timeout
                 })?
         };
-        let mut table = self.table();
+        let home = Arc::clone(&guard.home);
+        let mut table = home.table().lock_table();
         table.waiting.remove(&taker.update);
         let failed = match table.entries.get_mut(&guard.claim.key) {
             Some(entry) => {
@@ -330,7 +401,21 @@ impl KeyLocks {
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.table().entries.len()
+        self.lock_table().entries.len()
+    }
+}
+
+impl KeyHome for KeyLocks {
+    fn table(&self) -> &KeyLocks {
+        self
+    }
+
+    fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
+        Self::begin_in(&mut self.lock_table(), key, taker)
+    }
+
+    fn give_back(&self, claim: &mut KeyClaim) {
+        self.release(claim);
     }
 }
 
@@ -352,7 +437,7 @@ impl KeyLocks {
         ) {
             return;
         }
-        if let Some(entry) = self.table().entries.get_mut(&*claim.key) {
+        if let Some(entry) = self.lock_table().entries.get_mut(&*claim.key) {
             entry.contended().failure = Some(Failure {
                 at: Instant::now(),
                 error: error.clone(),
@@ -364,20 +449,27 @@ impl KeyLocks {
     /// Gives `claim`'s key back (or takes a waiting update off it); a claim
     /// given back once is left alone after.
     pub(crate) fn release(&self, claim: &mut KeyClaim) {
+        self.release_in_table(claim);
+    }
+
+    /// [`KeyLocks::release`], answering whether the table still has an entry
+    /// for the key (other updates wait for it, or hold it): a record that
+    /// keeps its key's lock frees the key only once it has none.
+    pub(crate) fn release_in_table(&self, claim: &mut KeyClaim) -> bool {
         let held = std::mem::replace(&mut claim.held, Held::Released);
-        if let Held::Released = held {
-            return;
-        }
-        let mut table = self.table();
+        let mut table = self.lock_table();
         let table = &mut *table;
+        if let Held::Released = held {
+            return table.entries.contains_key(&*claim.key);
+        }
         // The usual case, an update alone on its key from start to end: one
         // remove, and the key is free.
         let Some(mut entry) = table.entries.remove(&*claim.key) else {
-            return;
+            return false;
         };
         entry.users -= 1;
         match held {
-            Held::Alone => {
+            Held::Alone | Held::InRecord => {
                 entry.holder = None;
                 // Hands the key to the first update queued since, if any.
                 if let Some(contended) = &mut entry.contended {
@@ -402,20 +494,60 @@ impl KeyLocks {
             }
             Held::Released => {}
         }
-        if entry.users > 0 {
-            table.entries.insert(claim.key.clone(), entry);
+        if entry.users == 0 {
+            return false;
         }
+        table.entries.insert(claim.key.clone(), entry);
+        true
+    }
+}
+
+impl KeyClaim {
+    /// A claim on `key` held by `update` as the holder its record names.
+    pub(crate) fn in_record(key: SmolStr, update: u64) -> Self {
+        Self {
+            key,
+            update,
+            held: Held::InRecord,
+        }
+    }
+
+    pub(crate) fn key(&self) -> &SmolStr {
+        &self.key
+    }
+
+    /// The update holding (or waiting for) the key.
+    pub(crate) fn update(&self) -> u64 {
+        self.update
+    }
+
+    /// Whether the key is held as the holder its record names.
+    pub(crate) fn is_in_record(&self) -> bool {
+        matches!(self.held, Held::InRecord)
+    }
+
+    /// Whether the claim was given back (nothing left to release).
+    pub(crate) fn is_released(&self) -> bool {
+        matches!(self.held, Held::Released)
+    }
+
+    /// Marks the claim given back, by the record keeper that freed its key
+    /// in the same access as it wrote the key's value.
+    pub(crate) fn set_released(&mut self) {
+        self.held = Held::Released;
     }
 }
 
 impl KeyLockGuard {
-    fn new(locks: Arc<KeyLocks>, claim: KeyClaim) -> Self {
-        Self { locks, claim }
+    fn new(home: Arc<dyn KeyHome>, claim: KeyClaim) -> Self {
+        Self { home, claim }
     }
 
     /// See [`KeyLocks::storage_failed`].
     pub(crate) fn storage_failed(&self, error: &StorageError, storage: &Arc<str>) {
-        self.locks.storage_failed(&self.claim, error, storage);
+        self.home
+            .table()
+            .storage_failed(&self.claim, error, storage);
     }
 
     /// The bare claim, for a keeper that gives it back itself (see
@@ -432,7 +564,7 @@ impl KeyLockGuard {
 
 impl Drop for KeyLockGuard {
     fn drop(&mut self) {
-        self.locks.release(&mut self.claim);
+        self.home.give_back(&mut self.claim);
     }
 }
 
@@ -467,7 +599,7 @@ mod tests {
         assert_eq!(locks.len(), 1);
         drop(first);
         assert_eq!(locks.len(), 0);
-        assert!(locks.table().waiting.is_empty());
+        assert!(locks.lock_table().waiting.is_empty());
     }
 
     #[tokio::test]
@@ -488,7 +620,7 @@ mod tests {
         assert!(waiter.await.is_err());
         drop(held);
         assert_eq!(locks.len(), 0);
-        assert!(locks.table().waiting.is_empty());
+        assert!(locks.lock_table().waiting.is_empty());
     }
 
     #[tokio::test]
@@ -509,11 +641,11 @@ mod tests {
             })
         };
         let second = waiter(2);
-        while !locks.table().waiting.contains_key(&2) {
+        while !locks.lock_table().waiting.contains_key(&2) {
             tokio::task::yield_now().await;
         }
         let third = waiter(3);
-        while !locks.table().waiting.contains_key(&3) {
+        while !locks.lock_table().waiting.contains_key(&3) {
             tokio::task::yield_now().await;
         }
         drop(holder);
@@ -574,7 +706,7 @@ mod tests {
                     .map(drop)
             }
         });
-        while !locks.table().waiting.contains_key(&1) {
+        while !locks.lock_table().waiting.contains_key(&1) {
             tokio::task::yield_now().await;
         }
         // ... so update 2 waiting for a (held by 1) would close the cycle.
@@ -614,7 +746,7 @@ mod tests {
                     .map(drop)
             }
         });
-        while !locks.table().waiting.contains_key(&1) {
+        while !locks.lock_table().waiting.contains_key(&1) {
             tokio::task::yield_now().await;
         }
         let second = tokio::spawn({

@@ -12,7 +12,7 @@ use smol_str::SmolStr;
 use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
-use crate::lock::KeyLocks;
+use crate::lock::{KeyHome, KeyLocks, Taker};
 use crate::metrics::StorageMetrics;
 use crate::session::Session;
 use crate::slot::{self, ErasedSlot, SlotMeta};
@@ -78,7 +78,9 @@ pub(crate) struct ManagerInner {
     /// Every eager session type lives in a memory storage: an update whose
     /// keys are free loads them all at once, with no await.
     pub(crate) eager_in_process: bool,
-    pub(crate) locks: Arc<KeyLocks>,
+    /// The manager's key locks: the keys of its storages that keep none of
+    /// their own (see [`StorageEntry::home`]), and chat migrations' markers.
+    pub(crate) locks: Arc<dyn KeyHome>,
     /// Which supergroups this process saw come from which group.
     pub(crate) chat_lookups: ChatLookups,
 }
@@ -91,9 +93,10 @@ pub(crate) struct StorageEntry {
     pub(crate) in_process: Option<MemoryStorage>,
     /// Its metrics' labels and handles.
     pub(crate) metrics: StorageMetrics,
-    /// The manager's key locks, where the slots of its sessions give their
-    /// keys back (a slot keeps this entry already: no other reference).
-    pub(crate) locks: Arc<KeyLocks>,
+    /// Where the keys of its sessions are locked and given back: the
+    /// manager's key locks, or the records of a memory storage (a slot
+    /// keeps this entry already: no other reference).
+    pub(crate) home: Arc<dyn KeyHome>,
 }
 
 impl StorageEntry {
@@ -119,6 +122,17 @@ pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn Erased
 /// Loads a slot of the registered type from a memory storage, as a value.
 pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn ErasedSlot>, Error>;
 
+/// Takes the key of a session of the registered type kept in a memory
+/// storage and loads its slot, if the key is free (see
+/// [`slot::claim_in_process`]).
+pub(crate) type ClaimInProcess = fn(
+    &Arc<StorageEntry>,
+    &MemoryStorage,
+    &'static str,
+    StorageKey,
+    Taker,
+) -> Option<Result<Arc<dyn ErasedSlot>, Error>>;
+
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
     pub(crate) type_id: TypeId,
@@ -129,6 +143,7 @@ pub(crate) struct Registration {
     pub(crate) storage_index: usize,
     pub(crate) open: OpenSlot,
     pub(crate) open_in_process: OpenInProcess,
+    pub(crate) claim_in_process: ClaimInProcess,
     pub(crate) ttl: Option<Duration>,
     /// Set once a value of this type was checked to survive its codec's
     /// round trip (see [`Registration::check_round_trip`]).
@@ -151,6 +166,7 @@ impl Registration {
             storage_index,
             open: slot::open::<T>,
             open_in_process: slot::open_in_process::<T>,
+            claim_in_process: slot::claim_in_process::<T>,
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
             namespace: None,
@@ -462,7 +478,7 @@ impl SessionManagerBuilder {
                 lock_timeout: self.lock_timeout,
                 lease_ttl: self.lease_ttl,
                 registrations,
-                locks,
+                locks: locks as Arc<dyn KeyHome>,
                 chat_lookups: ChatLookups::default(),
             }),
         }
@@ -483,12 +499,16 @@ fn entry(
 ) -> Arc<StorageEntry> {
     let name = Arc::from(storage.name());
     let in_process = memory_storage(&storage);
+    let home = match &in_process {
+        Some(memory) => memory.key_home(&locks),
+        None => locks as Arc<dyn KeyHome>,
+    };
     Arc::new(StorageEntry {
         metrics: StorageMetrics::new(&name, sessions),
         storage,
         name,
         in_process,
-        locks,
+        home,
     })
 }
 

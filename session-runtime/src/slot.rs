@@ -11,11 +11,11 @@ use crate::codec::CodecError;
 use crate::codec::{self, Codec};
 use crate::error::Error;
 use crate::key::StorageKey;
-use crate::lock::KeyClaim;
+use crate::lock::{KeyClaim, Taker};
 use crate::manager::StorageEntry;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
-use crate::storage::memory::{Found, MemoryStorage};
+use crate::storage::memory::{Claimed, Found, MemoryStorage};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -24,7 +24,8 @@ pub(crate) struct SlotMeta {
     pub(crate) session: &'static str,
     pub(crate) key: StorageKey,
     /// Its storage, shared with the manager (one reference to count, not
-    /// two), and the manager's key locks, where the key goes back.
+    /// two), and where its key is locked (`StorageEntry::home`): where the
+    /// key goes back.
     pub(crate) storage: Arc<StorageEntry>,
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
@@ -33,7 +34,7 @@ pub(crate) struct SlotMeta {
 
 impl Drop for SlotMeta {
     fn drop(&mut self) {
-        self.storage.locks.release(&mut self.lock);
+        self.storage.home.give_back(&mut self.lock);
     }
 }
 
@@ -88,7 +89,8 @@ impl SlotMeta {
     /// (see `KeyLocks::storage_failed`).
     pub(crate) fn storage_failed(&self, source: &StorageError) {
         self.storage
-            .locks
+            .home
+            .table()
             .storage_failed(&self.lock, source, &self.storage.name);
     }
 
@@ -193,7 +195,8 @@ impl<T: Session> SlotState<T> {
         let expected_version = self.stored.take().as_ref().map(Loaded::version);
         self.touched = false;
         let value = std::mem::replace(&mut self.value, T::initial());
-        Ok(memory.put_typed(&self.meta.key, value, expected_version, T::TTL))
+        let meta = &mut self.meta;
+        Ok(memory.put_typed(&meta.key, value, expected_version, T::TTL, &mut meta.lock))
     }
 
     /// The put this session needs, if it changed: what is sent to a storage
@@ -374,6 +377,46 @@ pub(crate) fn open_in_process<T: Session>(
     let found = memory
         .load_typed::<T>(meta.key.as_str())
         .map_err(|source| meta.storage_error(source))?;
+    open_found(meta, found)
+}
+
+/// Takes the key of a session kept in `memory` for `taker`, and opens its
+/// slot, if no other update holds or waits for the key; `None` if one does
+/// (nothing was taken). A storage that keeps its keys' locks in its
+/// records takes the key and copies the value in one access.
+pub(crate) fn claim_in_process<T: Session>(
+    storage: &Arc<StorageEntry>,
+    memory: &MemoryStorage,
+    session: &'static str,
+    key: StorageKey,
+    taker: Taker,
+) -> Option<Result<Arc<dyn ErasedSlot>, Error>> {
+    let meta = |key, lock| SlotMeta {
+        session,
+        key,
+        storage: Arc::clone(storage),
+        lease_owner: None,
+        lock,
+    };
+    match memory.claim_typed::<T>(&key, taker) {
+        Some(Claimed::Taken(lock, found)) => {
+            let meta = meta(key, lock);
+            Some(match found {
+                Ok(found) => open_found(meta, found),
+                // Dropping the slot's meta gives the key back.
+                Err(source) => Err(meta.storage_error(source)),
+            })
+        }
+        Some(Claimed::Busy) => None,
+        None => {
+            let lock = storage.home.table().try_claim(key.shared(), taker)?;
+            Some(open_in_process::<T>(meta(key, lock), memory))
+        }
+    }
+}
+
+/// A slot from what a typed load of a memory storage found.
+fn open_found<T: Session>(meta: SlotMeta, found: Found<T>) -> Result<Arc<dyn ErasedSlot>, Error> {
     match found {
         Found::Nothing => open::<T>(meta, None),
         Found::Record(record) => open::<T>(meta, Some(record)),

@@ -5,6 +5,7 @@ mod typed;
 use std::cell::Cell;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -13,8 +14,10 @@ use dashmap::mapref::entry::Entry;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use smol_str::SmolStr;
 
 use crate::key::StorageKey;
+use crate::lock::{Begun, KeyClaim, KeyHome, KeyLocks, LockError, Taker};
 use crate::session::Session;
 use crate::storage::StorageError;
 use crate::storage::{
@@ -35,9 +38,9 @@ use typed::Value;
 ///
 /// The update's copy shares nothing with the storage: whether it changed is
 /// told at its write, against the value still stored. So if something other
-/// than an update of this manager (which waits for the key) replaced the
-/// record in between, a copy the handler borrowed mutably is refused as a
-/// conflict even if it is equal.
+/// than an update (which waits for the key) replaced the record in between,
+/// a copy the handler borrowed mutably is refused as a conflict even if it
+/// is equal.
 ///
 /// Since Redis or SQL keep bytes, a session type that does not survive its
 /// codec's round trip would work here and fail there. Each write checks
@@ -47,10 +50,18 @@ use typed::Value;
 /// - [`MemoryStorage::new`]: unbounded, on [`dashmap`] (sharded locks, the
 ///   fastest for a bot's mix of reads and writes). Expired records are
 ///   invisible at once and swept from memory at most once a second, by the
-///   writes that follow.
+///   writes that follow. Each record also keeps the lock of its key: an
+///   update takes the key and copies the value in one access to the map,
+///   and writes the value back and frees the key in one more. A key that a
+///   second update asks for moves to a lock table until nobody waits.
 /// - [`MemoryStorage::with_capacity`]: at most that many records, on
 ///   [`moka`]; beyond that the least recently used go first (plain LRU: a
-///   new user's session is always kept, an idle regular's goes).
+///   new user's session is always kept, an idle regular's goes). Its keys
+///   are locked in a table beside the records, which eviction may drop.
+///
+/// Every manager built over one memory storage (or its clones) locks its
+/// keys in the same place: their updates of one key wait for each other, as
+/// the updates of one manager do, instead of racing to a conflict.
 ///
 /// Cloning is cheap and shares the records.
 #[derive(Clone)]
@@ -60,8 +71,11 @@ pub struct MemoryStorage {
 
 #[derive(Clone)]
 enum Records {
-    Unbounded(std::sync::Arc<Unbounded>),
-    Bounded(Cache<String, Stored>),
+    Unbounded(Arc<Unbounded>),
+    /// The records, and the table where its keys are locked (see
+    /// [`MemoryStorage::key_home`]): eviction may drop a record, so a key's
+    /// lock cannot live in it.
+    Bounded(Cache<String, Stored>, Arc<OnceLock<Arc<KeyLocks>>>),
 }
 
 struct Unbounded {
@@ -73,6 +87,11 @@ struct Unbounded {
     /// nothing to sweep, and no reason to read the clock.
     expiring: AtomicBool,
     sweep_every: Duration,
+    /// Where updates queue for a key another update holds: the table of
+    /// the first manager built over this storage (see
+    /// [`MemoryStorage::key_home`]), so that its cycles of waits are found
+    /// across this storage's keys and its others.
+    locks: OnceLock<Arc<KeyLocks>>,
 }
 
 #[derive(Clone)]
@@ -81,6 +100,21 @@ struct Stored {
     version: u64,
     ttl: Option<Duration>,
     expires_at: Option<Instant>,
+    /// Whether the record holds a value: a held key with nothing stored
+    /// keeps a record that holds none, for its lock.
+    present: bool,
+    lock: RecordLock,
+}
+
+/// The lock of a record's key (unbounded storage only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordLock {
+    Free,
+    /// Held by this update, alone: nobody waits.
+    Held(Taker),
+    /// The storage's table governs the key: some update waits for it, or
+    /// did since the table last let it go.
+    Queued,
 }
 
 impl Stored {
@@ -90,6 +124,44 @@ impl Stored {
             version,
             ttl,
             expires_at: expiry(ttl, now),
+            present: true,
+            lock: RecordLock::Free,
+        }
+    }
+
+    /// A record with no value, kept for the lock of its key.
+    fn placeholder() -> Self {
+        Self {
+            value: Value::Encoded(bytes::Bytes::new()),
+            version: 0,
+            ttl: None,
+            expires_at: None,
+            present: false,
+            lock: RecordLock::Free,
+        }
+    }
+
+    /// Drops the value, keeping the key's lock.
+    fn clear_value(&mut self) {
+        *self = Self {
+            lock: self.lock,
+            ..Self::placeholder()
+        };
+    }
+
+    /// A record without a value whose key nobody holds: nothing to keep.
+    fn vacant(&self) -> bool {
+        !self.present && self.lock == RecordLock::Free
+    }
+
+    /// Frees the key if `claim` holds it as the holder this record names,
+    /// marking the claim given back.
+    fn free_for(&mut self, claim: &mut KeyClaim) {
+        if claim.is_in_record()
+            && matches!(self.lock, RecordLock::Held(holder) if holder.update == claim.update())
+        {
+            self.lock = RecordLock::Free;
+            claim.set_released();
         }
     }
 
@@ -100,7 +172,7 @@ impl Stored {
     }
 
     fn live(&self, now: &Now) -> bool {
-        self.expires_at.is_none_or(|at| at > now.get())
+        self.present && self.expires_at.is_none_or(|at| at > now.get())
     }
 
     /// The record as bytes: what a storage that keeps bytes would return.
@@ -115,6 +187,7 @@ impl Stored {
     }
 
     fn renew(&mut self, version: u64, ttl: Option<Duration>, now: &Now) {
+        self.present = true;
         self.version = version;
         self.ttl = ttl;
         self.expires_at = expiry(ttl, now);
@@ -200,12 +273,13 @@ impl MemoryStorage {
 
     fn unbounded(sweep_every: Duration) -> Self {
         Self {
-            records: Records::Unbounded(std::sync::Arc::new(Unbounded {
+            records: Records::Unbounded(Arc::new(Unbounded {
                 map: DashMap::default(),
                 created: Instant::now(),
                 next_sweep_ms: AtomicU64::new(0),
                 expiring: AtomicBool::new(false),
                 sweep_every,
+                locks: OnceLock::new(),
             })),
         }
     }
@@ -223,6 +297,7 @@ impl MemoryStorage {
                     .eviction_policy(EvictionPolicy::lru())
                     .expire_after(PerRecordTtl)
                     .build(),
+                Arc::default(),
             ),
         }
     }
@@ -239,7 +314,7 @@ impl MemoryStorage {
                     .count();
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
-            Records::Bounded(cache) => {
+            Records::Bounded(cache, _) => {
                 let now = Now::lazy();
                 let live = cache.iter().filter(|(_, stored)| stored.live(&now)).count();
                 u64::try_from(live).unwrap_or(u64::MAX)
@@ -260,7 +335,7 @@ impl MemoryStorage {
                 .filter(|stored| stored.live(now))
                 .map(|stored| stored.record())
                 .transpose(),
-            Records::Bounded(cache) => cache
+            Records::Bounded(cache, _) => cache
                 .get(key)
                 .filter(|stored| stored.live(now))
                 .map(|stored| stored.record())
@@ -282,7 +357,7 @@ impl MemoryStorage {
                 Some(stored) if stored.live(&now) => found(&stored),
                 _ => Ok(Found::Nothing),
             },
-            Records::Bounded(cache) => match cache.get(key) {
+            Records::Bounded(cache, _) => match cache.get(key) {
                 Some(stored) if stored.live(&now) => found(&stored),
                 _ => Ok(Found::Nothing),
             },
@@ -295,12 +370,17 @@ impl MemoryStorage {
     /// Writes nothing, and answers `None`, when the record of that version
     /// still holds a value equal to `value` by `PartialEq`: the update's
     /// copy did not change.
+    ///
+    /// Frees the key in the same access if `claim` holds it in its record
+    /// and nobody waits for it (marking the claim given back); the update
+    /// is done with the key.
     pub(crate) fn put_typed<T: Session>(
         &self,
         key: &StorageKey,
         value: T,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
+        claim: &mut KeyClaim,
     ) -> Option<WriteOutcome> {
         let now = Now::lazy();
         let outcome = self.put(
@@ -312,6 +392,7 @@ impl MemoryStorage {
                 value,
                 expected_version,
             },
+            Some(claim),
         );
         self.sweep_if_due(&now);
         outcome.ok()
@@ -326,14 +407,15 @@ impl MemoryStorage {
                 .map
                 .get(key)
                 .is_some_and(|s| s.holds(version, value)),
-            Records::Bounded(cache) => cache.get(key).is_some_and(|s| s.holds(version, value)),
+            Records::Bounded(cache, _) => cache.get(key).is_some_and(|s| s.holds(version, value)),
         }
     }
 
     /// The conditional put of both backends: checks the version, then
     /// writes `new` over the stored value (in place in the unbounded map) or
     /// into an empty one. Writes nothing if the current record already holds
-    /// it (see [`NewValue::already_in`]).
+    /// it (see [`NewValue::already_in`]). Frees the key for `claim`, if
+    /// given, as [`MemoryStorage::put_typed`] says.
     fn put<New: NewValue>(
         &self,
         key: &str,
@@ -341,41 +423,46 @@ impl MemoryStorage {
         ttl: Option<Duration>,
         now: &Now,
         new: New,
+        claim: Option<&mut KeyClaim>,
     ) -> Result<WriteOutcome, New::Unchanged> {
         let written = match &self.records {
             Records::Unbounded(unbounded) => {
                 if ttl.is_some() {
                     unbounded.expiring.store(true, Ordering::Relaxed);
                 }
-                let checked = |stored| next_version(stored, expected_version, now);
-                // Most writes update a record that exists: change it in place
-                // and spare the key's copy; a new record takes the entry path.
-                let taken = match unbounded.map.get_mut(key) {
-                    Some(current) => match new.already_in(&current) {
-                        Some(unchanged) => return Err(unchanged),
-                        None => checked(Some(&current)).map(|version| (current, version)),
-                    },
-                    None => match unbounded.map.entry(key.to_owned()) {
-                        Entry::Occupied(entry) => {
-                            let current = entry.into_ref();
-                            if let Some(unchanged) = new.already_in(&current) {
-                                return Err(unchanged);
-                            }
-                            checked(Some(&current)).map(|version| (current, version))
-                        }
-                        Entry::Vacant(entry) => checked(None).map(|version| {
-                            let empty = Value::Encoded(bytes::Bytes::new());
-                            (entry.insert(Stored::new(empty, version, ttl, now)), version)
-                        }),
-                    },
+                // Most writes update a record that exists (an update's key
+                // has one while it is held): change it in place and spare
+                // the key's copy; a new record takes the entry path.
+                let mut current = match unbounded.map.get_mut(key) {
+                    Some(current) => current,
+                    None => unbounded
+                        .map
+                        .entry(key.to_owned())
+                        .or_insert_with(Stored::placeholder),
                 };
-                taken.map(|(mut stored, version)| {
-                    new.set(&mut stored.value);
-                    stored.renew(version, ttl, now);
-                    version
-                })
+                let written = match new.already_in(&current) {
+                    Some(unchanged) => Err(unchanged),
+                    None => Ok(next_version(Some(&current), expected_version, now).inspect(
+                        |&version| {
+                            new.set(&mut current.value);
+                            current.renew(version, ttl, now);
+                        },
+                    )),
+                };
+                if let Some(claim) = claim {
+                    current.free_for(claim);
+                }
+                let vacant = current.vacant();
+                drop(current);
+                if vacant {
+                    // Made above for a write that was refused.
+                    unbounded.map.remove_if(key, |_, stored| stored.vacant());
+                }
+                written?
             }
-            Records::Bounded(cache) => {
+            Records::Bounded(cache, _) => {
+                // Keys are locked in the manager's table, not here.
+                let _ = claim;
                 let mut written = Err(Conflict::NewerVersion);
                 let mut unchanged = None;
                 cache.entry_by_ref(key).and_compute_with(|current| {
@@ -426,14 +513,15 @@ impl MemoryStorage {
                     *ttl,
                     now,
                     EncodedPut(value),
+                    None,
                 );
                 outcome
             }
             (Write::Delete { key }, Records::Unbounded(unbounded)) => {
-                unbounded.map.remove(key.as_str());
+                unbounded.delete(key.as_str());
                 WriteOutcome::Deleted
             }
-            (Write::Delete { key }, Records::Bounded(cache)) => {
+            (Write::Delete { key }, Records::Bounded(cache, _)) => {
                 cache.invalidate(key.as_str());
                 WriteOutcome::Deleted
             }
@@ -467,7 +555,169 @@ impl MemoryStorage {
             .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            unbounded.map.retain(|_, stored| stored.live(now));
+            // A held key keeps its record (invisible once expired) for its lock.
+            unbounded
+                .map
+                .retain(|_, stored| stored.live(now) || stored.lock != RecordLock::Free);
+        }
+    }
+}
+
+/// What [`MemoryStorage::claim_typed`] did.
+pub(crate) enum Claimed<T> {
+    /// Took the key, and copied what is stored (or met the error doing so:
+    /// the claim still holds the key, to give back).
+    Taken(KeyClaim, Result<Found<T>, StorageError>),
+    /// Another update holds or waits for the key: nothing taken.
+    Busy,
+}
+
+impl MemoryStorage {
+    /// Where this storage's keys are locked, for a manager whose key locks
+    /// are `locks`: in their records (unbounded), with a table for the
+    /// updates that queue; or, for the bounded store, whose records eviction
+    /// may drop, in a table alone. The table is the first such manager's,
+    /// for every manager over the storage: their updates wait for each
+    /// other on a key as the updates of one manager do.
+    pub(crate) fn key_home(&self, locks: &Arc<KeyLocks>) -> Arc<dyn KeyHome> {
+        match &self.records {
+            Records::Unbounded(unbounded) => {
+                unbounded.locks.get_or_init(|| Arc::clone(locks));
+                Arc::clone(unbounded) as Arc<dyn KeyHome>
+            }
+            Records::Bounded(_, table) => {
+                Arc::clone(table.get_or_init(|| Arc::clone(locks))) as Arc<dyn KeyHome>
+            }
+        }
+    }
+
+    /// Takes `key` for `taker` in its record and copies what is stored, in
+    /// one access to the map, if no update holds or waits for the key.
+    /// `None` for the bounded store, which keeps no locks in its records.
+    pub(crate) fn claim_typed<T: Session>(
+        &self,
+        key: &StorageKey,
+        taker: Taker,
+    ) -> Option<Claimed<T>> {
+        let Records::Unbounded(unbounded) = &self.records else {
+            return None;
+        };
+        let now = Now::lazy();
+        let mut record = match unbounded.map.get_mut(key.as_str()) {
+            Some(record) => record,
+            // A new key: a record with no value holds its lock.
+            None => unbounded
+                .map
+                .entry(key.as_str().to_owned())
+                .or_insert_with(Stored::placeholder),
+        };
+        if record.lock != RecordLock::Free {
+            return Some(Claimed::Busy);
+        }
+        record.lock = RecordLock::Held(taker);
+        let claim = KeyClaim::in_record(key.shared().clone(), taker.update);
+        let found = match record.live(&now) {
+            true => Found::of(&record.value, record.version).map_err(|error| {
+                StorageError::other(format!("a stored session value does not encode: {error}"))
+            }),
+            false => Ok(Found::Nothing),
+        };
+        Some(Claimed::Taken(claim, found))
+    }
+}
+
+impl Unbounded {
+    fn locks(&self) -> &KeyLocks {
+        self.locks.get_or_init(Arc::default)
+    }
+
+    /// Removes the record at `key`, or only its value while an update holds
+    /// the key (the lock stays with the record).
+    fn delete(&self, key: &str) {
+        loop {
+            if self
+                .map
+                .remove_if(key, |_, stored| stored.lock == RecordLock::Free)
+                .is_some()
+            {
+                return;
+            }
+            match self.map.get_mut(key) {
+                None => return,
+                Some(mut held) if held.lock != RecordLock::Free => {
+                    held.clear_value();
+                    return;
+                }
+                // Freed in between: removed on the next turn.
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The keys of the unbounded store are locked in their records. The lock
+/// order is record, then table, never the other way: the table never
+/// reaches into the records.
+impl KeyHome for Unbounded {
+    fn table(&self) -> &KeyLocks {
+        self.locks()
+    }
+
+    fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
+        let mut record = match self.map.get_mut(key.as_str()) {
+            Some(record) => record,
+            None => self
+                .map
+                .entry(key.as_str().to_owned())
+                .or_insert_with(Stored::placeholder),
+        };
+        match record.lock {
+            RecordLock::Free => {
+                record.lock = RecordLock::Held(taker);
+                Ok(Begun::Taken(KeyClaim::in_record(key.clone(), taker.update)))
+            }
+            RecordLock::Held(holder) if holder.update == taker.update => {
+                Err(LockError::HeldByThisUpdate {
+                    first: holder.type_name,
+                })
+            }
+            RecordLock::Held(holder) => {
+                record.lock = RecordLock::Queued;
+                self.locks().begin_behind(key, holder, taker)
+            }
+            RecordLock::Queued => KeyHome::begin(self.locks(), key, taker),
+        }
+    }
+
+    fn give_back(&self, claim: &mut KeyClaim) {
+        if claim.is_released() {
+            return;
+        }
+        let Some(mut record) = self.map.get_mut(claim.key().as_str()) else {
+            // A held key keeps its record: only a claim of the table's own
+            // gets here.
+            self.locks().release(claim);
+            return;
+        };
+        match record.lock {
+            RecordLock::Queued => {
+                if !self.locks().release_in_table(claim) {
+                    record.lock = RecordLock::Free;
+                }
+            }
+            RecordLock::Held(_) => {
+                record.free_for(claim);
+                if !claim.is_released() {
+                    self.locks().release(claim);
+                }
+            }
+            RecordLock::Free => self.locks().release(claim),
+        }
+        let vacant = record.vacant();
+        drop(record);
+        if vacant {
+            self.map
+                .remove_if(claim.key().as_str(), |_, stored| stored.vacant());
         }
     }
 }
@@ -615,7 +865,7 @@ impl std::fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.records {
             Records::Unbounded(_) => "unbounded",
-            Records::Bounded(_) => "bounded",
+            Records::Bounded(..) => "bounded",
         };
         f.debug_struct("MemoryStorage")
             .field("kind", &kind)
@@ -667,7 +917,7 @@ impl Storage for MemoryStorage {
                     collector.offer(entry.key(), entry.value());
                 }
             }
-            Records::Bounded(cache) => {
+            Records::Bounded(cache, _) => {
                 for (key, stored) in cache.iter() {
                     collector.offer(&key, &stored);
                 }
@@ -679,7 +929,9 @@ impl Storage for MemoryStorage {
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
         let now = Now::lazy();
         let newer = |current: Option<&Stored>, restore: &Restore| {
-            current.is_none_or(|stored| stored.version < restore.record.version)
+            current
+                .filter(|stored| stored.present)
+                .is_none_or(|stored| stored.version < restore.record.version)
         };
         let outcomes = records
             .iter()
@@ -697,7 +949,9 @@ impl Storage for MemoryStorage {
                         }
                         match unbounded.map.entry(restore.key.as_str().to_owned()) {
                             Entry::Occupied(mut entry) if newer(Some(entry.get()), restore) => {
-                                entry.insert(stored);
+                                // The key's lock stays with its record.
+                                let lock = entry.get().lock;
+                                entry.insert(Stored { lock, ..stored });
                                 RestoreOutcome::Restored
                             }
                             Entry::Occupied(_) => RestoreOutcome::Skipped,
@@ -707,7 +961,7 @@ impl Storage for MemoryStorage {
                             }
                         }
                     }
-                    Records::Bounded(cache) => {
+                    Records::Bounded(cache, _) => {
                         let mut outcome = RestoreOutcome::Skipped;
                         cache
                             .entry_by_ref(restore.key.as_str())
@@ -818,7 +1072,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let Records::Bounded(cache) = &storage.records else {
+        let Records::Bounded(cache, _) = &storage.records else {
             panic!("with_capacity is bounded");
         };
         cache.run_pending_tasks();
@@ -830,5 +1084,145 @@ mod tests {
             assert!(found[0].is_some(), "newcomer {user} lost its session");
         }
         assert!(storage.len() <= 100, "{} records", storage.len());
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A session type for the claims below.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Plain {}
+
+    impl Session for Plain {
+        const NAME: &'static str = "test";
+        type Codec = crate::codec::Json;
+        fn initial() -> Self {
+            Plain {}
+        }
+    }
+
+    fn taker(update: u64) -> Taker {
+        Taker {
+            update,
+            session: "test",
+            type_name: "Test",
+        }
+    }
+
+    /// An unbounded store, where updates lock keys in their records, and
+    /// that home.
+    fn records() -> (MemoryStorage, Arc<Unbounded>, Arc<dyn KeyHome>) {
+        let storage = MemoryStorage::new();
+        let home = storage.key_home(&Arc::default());
+        let Records::Unbounded(unbounded) = &storage.records else {
+            panic!("new() is unbounded");
+        };
+        let unbounded = Arc::clone(unbounded);
+        (storage, unbounded, home)
+    }
+
+    fn lock_of(unbounded: &Unbounded, scope: &str) -> Option<RecordLock> {
+        unbounded
+            .map
+            .get(key(scope).as_str())
+            .map(|record| record.lock)
+    }
+
+    #[tokio::test]
+    async fn a_held_key_with_nothing_stored_is_invisible_and_goes_with_its_lock() {
+        let (storage, unbounded, home) = records();
+        let held = crate::lock::lock(&home, key("new").shared(), taker(1), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(lock_of(&unbounded, "new"), Some(RecordLock::Held(taker(1))));
+        assert_eq!(storage.load(&[key("new")]).await.unwrap(), [None]);
+        assert_eq!(storage.len(), 0);
+        let page = storage
+            .scan(&KeyPrefix::all(), None, 10, true)
+            .await
+            .unwrap();
+        assert!(page.entries.is_empty(), "{page:?}");
+        drop(held);
+        assert!(
+            unbounded.map.is_empty(),
+            "the placeholder goes with the lock"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_update_queues_in_the_table_and_the_key_comes_back_free() {
+        let (storage, unbounded, home) = records();
+        storage.write(&[put("a", None, None)]).await.unwrap();
+        let first = match storage.claim_typed::<Plain>(&key("a"), taker(1)) {
+            Some(Claimed::Taken(claim, found)) => {
+                assert!(found.is_ok());
+                claim
+            }
+            _ => panic!("a free key is taken"),
+        };
+        assert!(matches!(
+            storage.claim_typed::<Plain>(&key("a"), taker(2)),
+            Some(Claimed::Busy)
+        ));
+        let second = tokio::spawn({
+            let home = Arc::clone(&home);
+            async move {
+                crate::lock::lock(&home, key("a").shared(), taker(2), WAIT)
+                    .await
+                    .map(drop)
+            }
+        });
+        while lock_of(&unbounded, "a") != Some(RecordLock::Queued) {
+            tokio::task::yield_now().await;
+        }
+        // The same update asking again fails at once, queued or not.
+        let again = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT).await;
+        assert!(matches!(again, Err(LockError::HeldByThisUpdate { .. })));
+        let mut first = first;
+        home.give_back(&mut first);
+        assert!(second.await.unwrap().is_ok());
+        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        assert_eq!(unbounded.locks().len(), 0, "the table let the key go");
+    }
+
+    #[tokio::test]
+    async fn deleting_a_held_record_keeps_its_lock() {
+        let (storage, unbounded, home) = records();
+        storage.write(&[put("a", None, None)]).await.unwrap();
+        let held = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT)
+            .await
+            .unwrap();
+        storage
+            .write(&[Write::Delete { key: key("a") }])
+            .await
+            .unwrap();
+        assert_eq!(storage.load(&[key("a")]).await.unwrap(), [None]);
+        assert!(matches!(
+            storage.claim_typed::<Plain>(&key("a"), taker(2)),
+            Some(Claimed::Busy)
+        ));
+        drop(held);
+        assert!(unbounded.map.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_keeps_a_held_record_that_expired() {
+        let storage = MemoryStorage::unbounded(Duration::ZERO);
+        let home = storage.key_home(&Arc::default());
+        let Records::Unbounded(unbounded) = &storage.records else {
+            panic!("unbounded");
+        };
+        storage
+            .write(&[put("a", None, Some(Duration::from_millis(1)))])
+            .await
+            .unwrap();
+        let held = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT)
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        storage.write(&[put("other", None, None)]).await.unwrap();
+        assert_eq!(lock_of(unbounded, "a"), Some(RecordLock::Held(taker(1))));
+        drop(held);
+        storage.write(&[put("other2", None, None)]).await.unwrap();
+        assert!(unbounded.map.get("test:a").is_none(), "swept once free");
     }
 }

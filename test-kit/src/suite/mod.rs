@@ -570,7 +570,14 @@ pub async fn concurrent_updates_of_one_user_lose_nothing(storage: SharedStorage)
 pub async fn another_writer_in_between_is_a_conflict(storage: SharedStorage) {
     if storage.leases().is_some() {
         // A storage with leases makes the other writer wait instead.
-        return another_process_waits_for_the_lease(storage).await;
+        return another_manager_waits(storage).await;
+    }
+    if (&*storage as &dyn std::any::Any).is::<tg_session::MemoryStorage>() {
+        // Managers sharing a memory storage lock its keys in it: the other
+        // manager's update waits too. A writer that is no update still
+        // meets the version check.
+        another_manager_waits(storage.clone()).await;
+        return a_raw_write_in_between_is_a_conflict(storage).await;
     }
     // Two managers are two bot processes: they do not share in-process locks.
     let prefix = unique_prefix();
@@ -606,10 +613,59 @@ pub async fn another_writer_in_between_is_a_conflict(storage: SharedStorage) {
     );
 }
 
+/// A write that no update made (an operator's tool, say) between an
+/// update's load and its commit: the commit is refused, the write kept.
+async fn a_raw_write_in_between_is_a_conflict(storage: SharedStorage) {
+    let prefix = unique_prefix();
+    let manager = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
+    assert_eq!(increment(&manager, private(1)).await.expect("update"), 2);
+
+    let slow = manager.begin(private(1)).await;
+    slow.counter().expect("counter").apple += 10;
+    let key = StorageKey::new(Some(&prefix), None, "counter", "1");
+    let record = storage
+        .load(std::slice::from_ref(&key))
+        .await
+        .expect("load")[0]
+        .clone()
+        .expect("the counter is stored");
+    let rewrite = Write::Put {
+        key,
+        value: record.value,
+        expected_version: Some(record.version),
+        ttl: None,
+    };
+    assert!(matches!(
+        storage.write(&[rewrite]).await.expect("write")[..],
+        [WriteOutcome::Written { .. }]
+    ));
+    let error = slow
+        .commit(HandlerOutcome::Succeeded)
+        .await
+        .expect_err("stale version");
+    assert!(
+        matches!(
+            error,
+            Error::Conflict {
+                session: "counter",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        counter_of(&manager, private(1)).await,
+        2,
+        "the write is kept"
+    );
+}
+
 /// Over a storage with leases, an update of another process (another
 /// manager: no shared in-process lock) waits for the lease of the slow one
 /// and then works on its committed value: nothing is refused, nothing lost.
-async fn another_process_waits_for_the_lease(storage: SharedStorage) {
+/// Over a memory storage, another manager's update waits for the key the
+/// same way.
+async fn another_manager_waits(storage: SharedStorage) {
     let prefix = unique_prefix();
     let first = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);
     let second = manager_with(storage.clone(), &prefix, SavePolicy::OnSuccess);

@@ -1,0 +1,133 @@
+//! The memory storage keeps each key's lock in its record (the bounded one
+//! in a table beside its records), shared by every manager over it: what
+//! that must keep (no lost update across threads and managers, nothing left
+//! behind by an update that stored nothing).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde::{Deserialize, Serialize};
+use tg_session::storage::{KeyPrefix, Storage};
+use tg_session::{HandlerOutcome, MemoryStorage, Session, SessionManager, UpdateIds};
+
+#[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+#[session(key = "counter")]
+struct Counter {
+    apple: u32,
+}
+
+#[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+#[session(key = "visits", lazy)]
+struct Visits {
+    count: u32,
+}
+
+fn user(id: u64) -> UpdateIds {
+    UpdateIds::new().user(id)
+}
+
+fn manager(storage: &MemoryStorage) -> SessionManager {
+    SessionManager::builder()
+        .storage(storage.clone())
+        .register::<Counter>()
+        .register::<Visits>()
+        .build()
+        .unwrap()
+}
+
+fn both_variants() -> [MemoryStorage; 2] {
+    [MemoryStorage::new(), MemoryStorage::with_capacity(1_000)]
+}
+
+const USERS: u64 = 3;
+const TASKS: u64 = 24;
+const UPDATES_PER_TASK: u32 = 25;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_over_one_storage_lose_no_update_across_threads() {
+    for storage in both_variants() {
+        let managers = [manager(&storage), manager(&storage)];
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let manager = managers[(task % 2) as usize].clone();
+                tokio::spawn(async move {
+                    for _ in 0..UPDATES_PER_TASK {
+                        let ctx = manager.begin(user(task % USERS + 1)).await;
+                        ctx.counter().unwrap().apple += 1;
+                        // The reply's round trip, between load and save.
+                        tokio::task::yield_now().await;
+                        ctx.visits().await.unwrap().count += 1;
+                        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let per_user = (TASKS / USERS) as u32 * UPDATES_PER_TASK;
+        for id in 1..=USERS {
+            let ctx = managers[0].begin(user(id)).await;
+            assert_eq!(ctx.counter().unwrap().apple, per_user, "{storage:?}");
+            assert_eq!(ctx.visits().await.unwrap().count, per_user);
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        }
+        assert_eq!(storage.len(), 2 * USERS, "{storage:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_stores_nothing_leaves_nothing() {
+    for storage in both_variants() {
+        let manager = manager(&storage);
+        let ctx = manager.begin(user(1)).await;
+        assert_eq!(ctx.counter().unwrap().apple, 0);
+        assert_eq!(ctx.visits().await.unwrap().count, 0);
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+
+        let failed = manager.begin(user(2)).await;
+        failed.counter().unwrap().apple += 1;
+        failed.commit(HandlerOutcome::Failed).await.unwrap();
+
+        let dropped = manager.begin(user(3)).await;
+        dropped.counter().unwrap().apple += 1;
+        drop(dropped);
+
+        assert_eq!(storage.len(), 0, "{storage:?}");
+        let page = storage
+            .scan(&KeyPrefix::all(), None, 10, true)
+            .await
+            .unwrap();
+        assert!(page.entries.is_empty(), "{page:?}");
+        // And the keys are free: the next updates go through at once.
+        for id in 1..=3 {
+            let ctx = manager.begin(user(id)).await;
+            ctx.counter().unwrap().apple += 1;
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        }
+        assert_eq!(storage.len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn an_update_of_one_manager_waits_for_another_managers_update() {
+    for storage in both_variants() {
+        let [first, second] = [manager(&storage), manager(&storage)];
+        let holder = first.begin(user(1)).await;
+        holder.counter().unwrap().apple += 10;
+        let waiter = tokio::spawn(async move {
+            let ctx = second.begin(user(1)).await;
+            let apple = {
+                let mut counter = ctx.counter().unwrap();
+                counter.apple += 1;
+                counter.apple
+            };
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+            apple
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "the other manager's update waits");
+        holder.commit(HandlerOutcome::Succeeded).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), 11, "it read the holder's value");
+    }
+}

@@ -1,7 +1,8 @@
 //! What one in-process read-modify-write of a session costs with no
-//! framework around it: the floor of the memory storage's design, and of a
-//! design that keeps each key's lock in its record. Instructions are counted
-//! as `per_update`'s are, so the two compare:
+//! framework around it: the floor of the memory storage's design (each
+//! key's lock kept in its record), of the design it replaced (a lock table
+//! beside the records), and of one record per user. Instructions are
+//! counted as `per_update`'s are, so the two compare:
 //!
 //! ```text
 //! cargo build --release -p tg-session-benches --example floors
@@ -11,12 +12,15 @@
 //!
 //! Workloads, cycling over 1,000 users as `per_update` does:
 //!
-//! - `table`: what the runtime does today for one session, and no more:
-//!   build the key, insert it in a lock table (a mutex over a hash map),
-//!   copy the stored value out of a sharded map into an allocated slot,
-//!   write it back under a version check, remove the key from the table;
-//! - `fused`: the key's lock kept in its record: one map access takes the
-//!   key and copies the value, one writes the value back and frees the key;
+//! - `table`: what the runtime did for one session before the memory
+//!   storage kept locks in records, and no more: build the key, insert it
+//!   in a lock table (a mutex over a hash map), copy the stored value out of
+//!   a sharded map into an allocated slot, write it back under a version
+//!   check, remove the key from the table;
+//! - `fused`: the key's lock kept in its record, as the memory storage does
+//!   now: one map access takes the key and copies the value, one writes
+//!   the value back and frees the key (the runtime also allocates the
+//!   update's slot, which this floor does not);
 //! - `fused-4`: four session types of one user, four fused records;
 //! - `grouped-4`: the same four sessions in one record per user.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]

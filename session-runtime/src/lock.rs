@@ -454,14 +454,15 @@ impl KeyLocks {
 
     /// [`KeyLocks::release`], answering whether the table still has an entry
     /// for the key (other updates wait for it, or hold it): a record that
-    /// keeps its key's lock frees the key only once it has none.
+    /// keeps its key's lock frees the key only once it has none. A claim
+    /// given back before answers `false` without looking.
     pub(crate) fn release_in_table(&self, claim: &mut KeyClaim) -> bool {
         let held = std::mem::replace(&mut claim.held, Held::Released);
+        if let Held::Released = held {
+            return false;
+        }
         let mut table = self.lock_table();
         let table = &mut *table;
-        if let Held::Released = held {
-            return table.entries.contains_key(&*claim.key);
-        }
         // The usual case, an update alone on its key from start to end: one
         // remove, and the key is free.
         let Some(mut entry) = table.entries.remove(&*claim.key) else {

@@ -362,7 +362,7 @@ impl Sessions {
         let follows = state.follows_members(&T::KEY);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
-            let meta = slot_meta(storage, T::NAME, key, lock.into_claim(), None);
+            let meta = SlotMeta::new(storage, T::NAME, key, lock.into_claim(), None);
             let slot = slot::open_in_process::<T>(meta, memory)?;
             metrics::loaded(
                 &metrics::SessionNames::one(T::NAME),
@@ -407,7 +407,7 @@ impl Sessions {
             record => record,
         };
         tracing::debug!(session = T::NAME, key = %key, found = record.is_some(), "lazy session loaded");
-        let meta = slot_meta(storage, T::NAME, key, lock.into_claim(), lease_owner);
+        let meta = SlotMeta::new(storage, T::NAME, key, lock.into_claim(), lease_owner);
         slot::open::<T>(meta, record)
     }
 
@@ -748,22 +748,6 @@ fn borrow<T: Session>(
     Ok(SessionRef::new(guard))
 }
 
-fn slot_meta(
-    storage: &Arc<StorageEntry>,
-    session: &'static str,
-    key: StorageKey,
-    lock: KeyClaim,
-    lease_owner: Option<LeaseOwner>,
-) -> SlotMeta {
-    SlotMeta {
-        session,
-        key,
-        storage: Arc::clone(storage),
-        lease_owner,
-        lock,
-    }
-}
-
 /// The entry of a session kept in `memory`, whose key `lock` holds: its
 /// slot, or the error its load met.
 fn in_process_entry(
@@ -773,7 +757,7 @@ fn in_process_entry(
     key: StorageKey,
     lock: KeyClaim,
 ) -> SlotEntry {
-    let meta = slot_meta(storage, registration.name, key, lock, None);
+    let meta = SlotMeta::new(storage, registration.name, key, lock, None);
     let state = match (registration.open_in_process)(meta, memory) {
         Ok(slot) => EntryState::Loaded(slot),
         Err(error) => EntryState::failed(error),
@@ -918,7 +902,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
         for (index, (key, (registration, lock))) in keys.iter().zip(held).enumerate() {
             let state = match &loaded {
                 Ok((records, lease_owner)) => {
-                    let meta = slot_meta(
+                    let meta = SlotMeta::new(
                         storage,
                         registration.name,
                         key.clone(),

@@ -39,6 +39,22 @@ impl Drop for SlotMeta {
 }
 
 impl SlotMeta {
+    pub(crate) fn new(
+        storage: &Arc<StorageEntry>,
+        session: &'static str,
+        key: StorageKey,
+        lock: KeyClaim,
+        lease_owner: Option<LeaseOwner>,
+    ) -> Self {
+        Self {
+            session,
+            key,
+            storage: Arc::clone(storage),
+            lease_owner,
+            lock,
+        }
+    }
+
     pub(crate) fn storage_error(&self, source: crate::storage::StorageError) -> Error {
         Error::Storage {
             session: self.session,
@@ -391,13 +407,7 @@ pub(crate) fn claim_in_process<T: Session>(
     key: StorageKey,
     taker: Taker,
 ) -> Option<Result<Arc<dyn ErasedSlot>, Error>> {
-    let meta = |key, lock| SlotMeta {
-        session,
-        key,
-        storage: Arc::clone(storage),
-        lease_owner: None,
-        lock,
-    };
+    let meta = |key, lock| SlotMeta::new(storage, session, key, lock, None);
     match memory.claim_typed::<T>(&key, taker) {
         Some(Claimed::Taken(lock, found)) => {
             let meta = meta(key, lock);

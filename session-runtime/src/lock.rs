@@ -46,6 +46,23 @@ pub(crate) struct Taker {
     pub(crate) type_name: &'static str,
 }
 
+/// The update holding a key, as the table (or a record) keeps it: what
+/// tells its own keys and cycles apart, and names the type that took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) update: u64,
+    pub(crate) type_name: &'static str,
+}
+
+impl Taker {
+    pub(crate) fn holder(self) -> Holder {
+        Holder {
+            update: self.update,
+            type_name: self.type_name,
+        }
+    }
+}
+
 /// Why a key was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LockError {
@@ -114,7 +131,7 @@ struct Entry {
     /// Updates holding or waiting for the key; the entry goes at zero.
     users: usize,
     /// The update holding the key, once it has recorded itself.
-    holder: Option<Taker>,
+    holder: Option<Holder>,
     /// The key's queue and its last failure, once some update needs them
     /// (boxed: an update alone on its key, the usual case, moves a small
     /// entry in and out of the table and has nothing to drop).
@@ -277,7 +294,7 @@ impl KeyLocks {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let mut entry = Entry::new();
                 entry.users = 1;
-                entry.holder = Some(taker);
+                entry.holder = Some(taker.holder());
                 vacant.insert(entry);
                 Some(KeyClaim {
                     key: key.clone(),
@@ -296,7 +313,7 @@ impl KeyLocks {
     pub(crate) fn begin_behind(
         &self,
         key: &SmolStr,
-        holder: Taker,
+        holder: Holder,
         taker: Taker,
     ) -> Result<Begun, LockError> {
         let mut table = self.lock_table();
@@ -323,7 +340,7 @@ impl KeyLocks {
             };
             if let Some(held) = free {
                 entry.users += 1;
-                entry.holder = Some(taker);
+                entry.holder = Some(taker.holder());
                 return Ok(Begun::Taken(KeyClaim {
                     key: key.clone(),
                     update: taker.update,
@@ -375,7 +392,7 @@ impl KeyLocks {
         table.waiting.remove(&taker.update);
         let failed = match table.entries.get_mut(&guard.claim.key) {
             Some(entry) => {
-                entry.holder = Some(taker);
+                entry.holder = Some(taker.holder());
                 entry
                     .contended
                     .as_ref()

@@ -17,7 +17,7 @@ use moka::sync::Cache;
 use smol_str::SmolStr;
 
 use crate::key::StorageKey;
-use crate::lock::{Begun, KeyClaim, KeyHome, KeyLocks, LockError, Taker};
+use crate::lock::{Begun, Holder, KeyClaim, KeyHome, KeyLocks, LockError, Taker};
 use crate::session::Session;
 use crate::storage::StorageError;
 use crate::storage::{
@@ -111,7 +111,7 @@ struct Stored {
 enum RecordLock {
     Free,
     /// Held by this update, alone: nobody waits.
-    Held(Taker),
+    Held(Holder),
     /// The storage's table governs the key: some update waits for it, or
     /// did since the table last let it go.
     Queued,
@@ -614,7 +614,7 @@ impl MemoryStorage {
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
         }
-        record.lock = RecordLock::Held(taker);
+        record.lock = RecordLock::Held(taker.holder());
         let claim = KeyClaim::in_record(key.shared().clone(), taker.update);
         let found = match record.live(&now) {
             true => Found::of(&record.value, record.version).map_err(|error| {
@@ -673,7 +673,7 @@ impl KeyHome for Unbounded {
         };
         match record.lock {
             RecordLock::Free => {
-                record.lock = RecordLock::Held(taker);
+                record.lock = RecordLock::Held(taker.holder());
                 Ok(Begun::Taken(KeyClaim::in_record(key.clone(), taker.update)))
             }
             RecordLock::Held(holder) if holder.update == taker.update => {
@@ -1133,7 +1133,10 @@ mod tests {
         let held = crate::lock::lock(&home, key("new").shared(), taker(1), WAIT)
             .await
             .unwrap();
-        assert_eq!(lock_of(&unbounded, "new"), Some(RecordLock::Held(taker(1))));
+        assert_eq!(
+            lock_of(&unbounded, "new"),
+            Some(RecordLock::Held(taker(1).holder()))
+        );
         assert_eq!(storage.load(&[key("new")]).await.unwrap(), [None]);
         assert_eq!(storage.len(), 0);
         let page = storage
@@ -1220,7 +1223,10 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         storage.write(&[put("other", None, None)]).await.unwrap();
-        assert_eq!(lock_of(unbounded, "a"), Some(RecordLock::Held(taker(1))));
+        assert_eq!(
+            lock_of(unbounded, "a"),
+            Some(RecordLock::Held(taker(1).holder()))
+        );
         drop(held);
         storage.write(&[put("other2", None, None)]).await.unwrap();
         assert!(unbounded.map.get("test:a").is_none(), "swept once free");

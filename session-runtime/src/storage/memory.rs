@@ -430,16 +430,7 @@ impl MemoryStorage {
                 if ttl.is_some() {
                     unbounded.expiring.store(true, Ordering::Relaxed);
                 }
-                // Most writes update a record that exists (an update's key
-                // has one while it is held): change it in place and spare
-                // the key's copy; a new record takes the entry path.
-                let mut current = match unbounded.map.get_mut(key) {
-                    Some(current) => current,
-                    None => unbounded
-                        .map
-                        .entry(key.to_owned())
-                        .or_insert_with(Stored::placeholder),
-                };
+                let mut current = unbounded.record(key);
                 let written = match new.already_in(&current) {
                     Some(unchanged) => Err(unchanged),
                     None => Ok(next_version(Some(&current), expected_version, now).inspect(
@@ -603,14 +594,7 @@ impl MemoryStorage {
             return None;
         };
         let now = Now::lazy();
-        let mut record = match unbounded.map.get_mut(key.as_str()) {
-            Some(record) => record,
-            // A new key: a record with no value holds its lock.
-            None => unbounded
-                .map
-                .entry(key.as_str().to_owned())
-                .or_insert_with(Stored::placeholder),
-        };
+        let mut record = unbounded.record(key.as_str());
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
         }
@@ -629,6 +613,19 @@ impl MemoryStorage {
 impl Unbounded {
     fn locks(&self) -> &KeyLocks {
         self.locks.get_or_init(Arc::default)
+    }
+
+    /// The record at `key`, locked for writing; a new one without a value
+    /// if there was none (a held key keeps it for its lock; a write fills
+    /// it). Most calls find a record: in place, sparing the key's copy.
+    fn record(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, Stored> {
+        match self.map.get_mut(key) {
+            Some(record) => record,
+            None => self
+                .map
+                .entry(key.to_owned())
+                .or_insert_with(Stored::placeholder),
+        }
     }
 
     /// Removes the record at `key`, or only its value while an update holds
@@ -664,13 +661,7 @@ impl KeyHome for Unbounded {
     }
 
     fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
-        let mut record = match self.map.get_mut(key.as_str()) {
-            Some(record) => record,
-            None => self
-                .map
-                .entry(key.as_str().to_owned())
-                .or_insert_with(Stored::placeholder),
-        };
+        let mut record = self.record(key.as_str());
         match record.lock {
             RecordLock::Free => {
                 record.lock = RecordLock::Held(taker.holder());

@@ -1,12 +1,16 @@
 //! The memory storage keeps each key's lock in its record (the bounded one
 //! in a table beside its records), shared by every manager over it: what
 //! that must keep (no lost update across threads and managers, nothing left
-//! behind by an update that stored nothing).
+//! behind by an update that stored nothing, cycles of waits found at once
+//! across keys locked in records and keys locked in a table).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tg_session::storage::{KeyPrefix, Storage};
-use tg_session::{HandlerOutcome, MemoryStorage, Session, SessionManager, UpdateIds};
+use tg_session::{Error, HandlerOutcome, MemoryStorage, Session, SessionManager, UpdateIds};
 
 #[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 #[session(key = "counter")]
@@ -18,6 +22,20 @@ struct Counter {
 #[session(key = "visits", lazy)]
 struct Visits {
     count: u32,
+}
+
+/// Shared by every update, in the unbounded store (locked in records).
+#[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+#[session(key = "note", lazy, scope = "global")]
+struct Note {
+    n: u32,
+}
+
+/// Shared by every update, in a bounded store (locked in a table).
+#[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
+#[session(key = "tally", lazy, scope = "global")]
+struct Tally {
+    n: u32,
 }
 
 fn user(id: u64) -> UpdateIds {
@@ -130,4 +148,39 @@ async fn an_update_of_one_manager_waits_for_another_managers_update() {
         holder.commit(HandlerOutcome::Succeeded).await.unwrap();
         assert_eq!(waiter.await.unwrap(), 11, "it read the holder's value");
     }
+}
+
+#[tokio::test]
+async fn a_cycle_through_a_key_locked_in_a_record_and_one_in_a_table_fails_at_once() {
+    let manager = SessionManager::builder()
+        .storage(MemoryStorage::new())
+        .register::<Note>()
+        .register_in::<Tally>(Arc::new(MemoryStorage::with_capacity(100)))
+        .lock_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let first = manager.begin(user(1)).await;
+    let second = manager.begin(user(2)).await;
+    first.load::<Note>().await.unwrap().n += 1;
+    second.load::<Tally>().await.unwrap().n += 1;
+    // The first update waits for the tally (held by the second) ...
+    let waiter = tokio::spawn({
+        let first = first.clone();
+        async move { first.load::<Tally>().await.map(|tally| tally.n) }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // ... so the second asking for the note the first holds closes a cycle.
+    let started = Instant::now();
+    let error = second
+        .load::<Note>()
+        .await
+        .map(|note| note.n)
+        .expect_err("cycle");
+    assert!(started.elapsed() < Duration::from_secs(1), "no stall");
+    assert!(matches!(error, Error::LockCycle { .. }), "{error:?}");
+    second.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 1, "the waiter goes on");
+    first.commit(HandlerOutcome::Succeeded).await.unwrap();
 }

@@ -1179,6 +1179,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancelled_waiter_leaves_neither_record_nor_table_entry() {
+        let (_storage, unbounded, home) = records();
+        let held = crate::lock::lock(&home, key("new").shared(), taker(1), WAIT)
+            .await
+            .unwrap();
+        let waiter = tokio::spawn({
+            let home = Arc::clone(&home);
+            async move {
+                crate::lock::lock(&home, key("new").shared(), taker(2), WAIT)
+                    .await
+                    .map(drop)
+            }
+        });
+        while lock_of(&unbounded, "new") != Some(RecordLock::Queued) {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        assert!(waiter.await.is_err(), "cancelled");
+        assert_eq!(lock_of(&unbounded, "new"), Some(RecordLock::Queued));
+        drop(held);
+        assert!(
+            unbounded.map.is_empty(),
+            "the key's record went with its lock"
+        );
+        assert_eq!(unbounded.locks().len(), 0);
+    }
+
+    #[tokio::test]
     async fn deleting_a_held_record_keeps_its_lock() {
         let (storage, unbounded, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();

@@ -55,6 +55,7 @@ pub(crate) struct Holder {
 }
 
 impl Taker {
+    /// What a table or a record keeps of the taker once it holds the key.
     pub(crate) fn holder(self) -> Holder {
         Holder {
             update: self.update,
@@ -530,6 +531,7 @@ impl KeyClaim {
         }
     }
 
+    /// The key claimed.
     pub(crate) fn key(&self) -> &SmolStr {
         &self.key
     }

@@ -110,7 +110,7 @@ struct Stored {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RecordLock {
     Free,
-    /// Held by this update, alone: nobody waits.
+    /// Held by one update, alone: nobody waits.
     Held(Holder),
     /// The storage's table governs the key: some update waits for it, or
     /// did since the table last let it go.

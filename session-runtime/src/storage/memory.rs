@@ -618,6 +618,9 @@ impl Unbounded {
     /// The record at `key`, locked for writing; a new one without a value
     /// if there was none (a held key keeps it for its lock; a write fills
     /// it). Most calls find a record: in place, sparing the key's copy.
+    // Always inlined: as a call, it cost the usual path about 50
+    // instructions per session (callgrind, `per_update memory`).
+    #[inline(always)]
     fn record(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, Stored> {
         match self.map.get_mut(key) {
             Some(record) => record,

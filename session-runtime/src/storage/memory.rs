@@ -1121,12 +1121,39 @@ mod tests {
             .map(|record| record.lock)
     }
 
+    /// Update `update` takes the key of `scope`, which must be free.
+    async fn take(home: &Arc<dyn KeyHome>, scope: &str, update: u64) -> crate::lock::KeyLockGuard {
+        crate::lock::lock(home, key(scope).shared(), taker(update), WAIT)
+            .await
+            .unwrap()
+    }
+
+    /// Update `update` asking for the key of `scope`, held by another: it
+    /// queues (the record says so), and its task ends once it gets the key.
+    async fn queue_behind(
+        home: &Arc<dyn KeyHome>,
+        unbounded: &Unbounded,
+        scope: &'static str,
+        update: u64,
+    ) -> tokio::task::JoinHandle<Result<(), LockError>> {
+        let waiter = tokio::spawn({
+            let home = Arc::clone(home);
+            async move {
+                crate::lock::lock(&home, key(scope).shared(), taker(update), WAIT)
+                    .await
+                    .map(drop)
+            }
+        });
+        while lock_of(unbounded, scope) != Some(RecordLock::Queued) {
+            tokio::task::yield_now().await;
+        }
+        waiter
+    }
+
     #[tokio::test]
     async fn a_held_key_with_nothing_stored_is_invisible_and_goes_with_its_lock() {
         let (storage, unbounded, home) = records();
-        let held = crate::lock::lock(&home, key("new").shared(), taker(1), WAIT)
-            .await
-            .unwrap();
+        let held = take(&home, "new", 1).await;
         assert_eq!(
             lock_of(&unbounded, "new"),
             Some(RecordLock::Held(taker(1).holder()))
@@ -1160,17 +1187,7 @@ mod tests {
             storage.claim_typed::<Plain>(&key("a"), taker(2)),
             Some(Claimed::Busy)
         ));
-        let second = tokio::spawn({
-            let home = Arc::clone(&home);
-            async move {
-                crate::lock::lock(&home, key("a").shared(), taker(2), WAIT)
-                    .await
-                    .map(drop)
-            }
-        });
-        while lock_of(&unbounded, "a") != Some(RecordLock::Queued) {
-            tokio::task::yield_now().await;
-        }
+        let second = queue_behind(&home, &unbounded, "a", 2).await;
         // The same update asking again fails at once, queued or not.
         let again = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT).await;
         assert!(matches!(again, Err(LockError::HeldByThisUpdate { .. })));
@@ -1184,20 +1201,8 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_leaves_neither_record_nor_table_entry() {
         let (_storage, unbounded, home) = records();
-        let held = crate::lock::lock(&home, key("new").shared(), taker(1), WAIT)
-            .await
-            .unwrap();
-        let waiter = tokio::spawn({
-            let home = Arc::clone(&home);
-            async move {
-                crate::lock::lock(&home, key("new").shared(), taker(2), WAIT)
-                    .await
-                    .map(drop)
-            }
-        });
-        while lock_of(&unbounded, "new") != Some(RecordLock::Queued) {
-            tokio::task::yield_now().await;
-        }
+        let held = take(&home, "new", 1).await;
+        let waiter = queue_behind(&home, &unbounded, "new", 2).await;
         waiter.abort();
         assert!(waiter.await.is_err(), "cancelled");
         assert_eq!(lock_of(&unbounded, "new"), Some(RecordLock::Queued));
@@ -1213,9 +1218,7 @@ mod tests {
     async fn deleting_a_held_record_keeps_its_lock() {
         let (storage, unbounded, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
-        let held = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT)
-            .await
-            .unwrap();
+        let held = take(&home, "a", 1).await;
         storage
             .write(&[Write::Delete { key: key("a") }])
             .await
@@ -1240,9 +1243,7 @@ mod tests {
             .write(&[put("a", None, Some(Duration::from_millis(1)))])
             .await
             .unwrap();
-        let held = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT)
-            .await
-            .unwrap();
+        let held = take(&home, "a", 1).await;
         std::thread::sleep(Duration::from_millis(5));
         storage.write(&[put("other", None, None)]).await.unwrap();
         assert_eq!(

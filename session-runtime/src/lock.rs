@@ -349,15 +349,12 @@ impl KeyLocks {
                 }));
             }
         }
-        let cycle = table.cycle_through(key, taker.update);
-        let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
-        if let Some(held) = cycle {
-            // The entry made for this call, if it was, goes with nobody in it.
-            if entry.users == 0 {
-                table.entries.remove(key);
-            }
+        // A key nobody holds or waits for was taken above: the entry has
+        // users, and stays for them.
+        if let Some(held) = table.cycle_through(key, taker.update) {
             return Err(LockError::Cycle { held });
         }
+        let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
         entry.users += 1;
         let mutex = entry.queue();
         table.waiting.insert(taker.update, key.clone());

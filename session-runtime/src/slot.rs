@@ -34,7 +34,10 @@ pub(crate) struct SlotMeta {
 
 impl Drop for SlotMeta {
     fn drop(&mut self) {
-        self.storage.home.give_back(&mut self.lock);
+        // Most keys kept in memory records were freed by their write.
+        if !self.lock.is_released() {
+            self.storage.home.give_back(&mut self.lock);
+        }
     }
 }
 

@@ -171,6 +171,28 @@ impl Stored {
         Some(self.version) == version && self.value.holds_same(value)
     }
 
+    /// What a typed load finds here at `now`: a copy of the value, its
+    /// bytes, or nothing if it holds none or expired.
+    // Always inlined, as `hold` and `Unbounded::record` are: they run on
+    // every update, and as calls they cost it more than they save.
+    #[inline(always)]
+    fn found<T: Session>(&self, now: &Now) -> Result<Found<T>, StorageError> {
+        if !self.live(now) {
+            return Ok(Found::Nothing);
+        }
+        Found::of(&self.value, self.version).map_err(|error| {
+            StorageError::other(format!("a stored session value does not encode: {error}"))
+        })
+    }
+
+    /// Takes the key for `taker`, held in this record: the claim that
+    /// gives it back.
+    #[inline(always)]
+    fn hold(&mut self, key: &SmolStr, taker: Taker) -> KeyClaim {
+        self.lock = RecordLock::Held(taker.holder());
+        KeyClaim::in_record(key.clone(), taker.update)
+    }
+
     fn live(&self, now: &Now) -> bool {
         self.present && self.expires_at.is_none_or(|at| at > now.get())
     }
@@ -347,20 +369,14 @@ impl MemoryStorage {
     /// one it can copy, else as bytes.
     pub(crate) fn load_typed<T: Session>(&self, key: &str) -> Result<Found<T>, StorageError> {
         let now = Now::lazy();
-        let found = |stored: &Stored| {
-            Found::of(&stored.value, stored.version).map_err(|error| {
-                StorageError::other(format!("a stored session value does not encode: {error}"))
-            })
-        };
         match &self.records {
-            Records::Unbounded(unbounded) => match unbounded.map.get(key) {
-                Some(stored) if stored.live(&now) => found(&stored),
-                _ => Ok(Found::Nothing),
-            },
-            Records::Bounded(cache, _) => match cache.get(key) {
-                Some(stored) if stored.live(&now) => found(&stored),
-                _ => Ok(Found::Nothing),
-            },
+            Records::Unbounded(unbounded) => unbounded
+                .map
+                .get(key)
+                .map_or(Ok(Found::Nothing), |stored| stored.found(&now)),
+            Records::Bounded(cache, _) => cache
+                .get(key)
+                .map_or(Ok(Found::Nothing), |stored| stored.found(&now)),
         }
     }
 
@@ -598,15 +614,8 @@ impl MemoryStorage {
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
         }
-        record.lock = RecordLock::Held(taker.holder());
-        let claim = KeyClaim::in_record(key.shared().clone(), taker.update);
-        let found = match record.live(&now) {
-            true => Found::of(&record.value, record.version).map_err(|error| {
-                StorageError::other(format!("a stored session value does not encode: {error}"))
-            }),
-            false => Ok(Found::Nothing),
-        };
-        Some(Claimed::Taken(claim, found))
+        let claim = record.hold(key.shared(), taker);
+        Some(Claimed::Taken(claim, record.found(&now)))
     }
 }
 
@@ -666,10 +675,7 @@ impl KeyHome for Unbounded {
     fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
         let mut record = self.record(key.as_str());
         match record.lock {
-            RecordLock::Free => {
-                record.lock = RecordLock::Held(taker.holder());
-                Ok(Begun::Taken(KeyClaim::in_record(key.clone(), taker.update)))
-            }
+            RecordLock::Free => Ok(Begun::Taken(record.hold(key, taker))),
             RecordLock::Held(holder) if holder.update == taker.update => {
                 Err(LockError::HeldByThisUpdate {
                     first: holder.type_name,

@@ -173,6 +173,12 @@ impl Scope {
     }
 }
 
+/// The one id a `user` or `chat` scope key is made of.
+enum IntId {
+    Unsigned(u64),
+    Signed(i64),
+}
+
 fn push_int(out: &mut SmolStrBuilder, int: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(int));
 }
@@ -326,6 +332,24 @@ impl StorageKey {
         strategy: &KeyStrategy,
         ids: &UpdateIds,
     ) -> Result<Self, &'static str> {
+        // The usual keys, one id after the namespace: joined in one step,
+        // with no builder to grow (a third of the key's cost).
+        let id = match strategy {
+            KeyStrategy::Scope(Scope::User) => ids.user_id.map(IntId::Unsigned),
+            KeyStrategy::Scope(Scope::Chat) => ids.chat_id.map(IntId::Signed),
+            _ => None,
+        };
+        if let Some(id) = id {
+            let mut digits = itoa::Buffer::new();
+            let digits = match id {
+                IntId::Unsigned(id) => digits.format(id),
+                IntId::Signed(id) => digits.format(id),
+            };
+            return Ok(Self {
+                full: SmolStr::from_iter([namespace, digits]),
+                scope_start: namespace.len(),
+            });
+        }
         Self::build(|out| {
             out.push_str(namespace);
             strategy.write_scope_key(ids, out)?;

@@ -550,11 +550,17 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
 
 /// The first error is the caller's to report; the others are logged here,
 /// each once.
+#[inline]
 fn first_error(errors: Vec<Error>) -> Result<(), Error> {
     // The usual case, on every commit: no iterator to build and drop.
     if errors.is_empty() {
         return Ok(());
     }
+    log_others(errors)
+}
+
+/// [`first_error`] with errors to tell: kept out of the usual path.
+fn log_others(errors: Vec<Error>) -> Result<(), Error> {
     let mut errors = errors.into_iter();
     let first = errors.next();
     for error in errors {

@@ -537,34 +537,41 @@ impl MemoryStorage {
 
     /// Drops expired records from the unbounded map, at most once per
     /// [`SWEEP_EVERY`], so records nobody reads again do not pile up.
+    // Inlined: most stores never hold a TTL, and the call cost more than
+    // the check.
+    #[inline(always)]
     fn sweep_if_due(&self, now: &Now) {
-        let Records::Unbounded(unbounded) = &self.records else {
-            return;
-        };
-        if !unbounded.expiring.load(Ordering::Relaxed) {
-            return;
+        if let Records::Unbounded(unbounded) = &self.records
+            && unbounded.expiring.load(Ordering::Relaxed)
+        {
+            unbounded.sweep_if_due(now);
         }
+    }
+}
+
+impl Unbounded {
+    /// The sweep of [`MemoryStorage::sweep_if_due`], once a TTL was seen.
+    fn sweep_if_due(&self, now: &Now) {
         let elapsed = u64::try_from(
             now.get()
-                .saturating_duration_since(unbounded.created)
+                .saturating_duration_since(self.created)
                 .as_millis(),
         )
         .unwrap_or(u64::MAX);
-        let due = unbounded.next_sweep_ms.load(Ordering::Relaxed);
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
         if elapsed < due {
             return;
         }
-        let every = u64::try_from(unbounded.sweep_every.as_millis()).unwrap_or(u64::MAX);
+        let every = u64::try_from(self.sweep_every.as_millis()).unwrap_or(u64::MAX);
         let next = elapsed.saturating_add(every);
         // One writer sweeps; the others carry on.
-        if unbounded
+        if self
             .next_sweep_ms
             .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
             // A held key keeps its record (invisible once expired) for its lock.
-            unbounded
-                .map
+            self.map
                 .retain(|_, stored| stored.live(now) || stored.lock != RecordLock::Free);
         }
     }

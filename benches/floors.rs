@@ -1,7 +1,8 @@
 //! What one in-process read-modify-write of a session costs with no
 //! framework around it: the floor of the memory storage's design (each
 //! key's lock kept in its record), of the design it replaced (a lock table
-//! beside the records), and of one record per user. Instructions are
+//! beside the records), of one record per user, of the whole update as
+//! the runtime is built, and of a record that is its updates' slot. Instructions are
 //! counted as `per_update`'s are, so the two compare:
 //!
 //! ```text
@@ -22,17 +23,28 @@
 //!   the value back and frees the key (the runtime also allocates the
 //!   update's slot, which this floor does not);
 //! - `fused-4`: four session types of one user, four fused records;
-//! - `grouped-4`: the same four sessions in one record per user.
+//! - `grouped-4`: the same four sessions in one record per user;
+//! - `runtime`, `runtime-4`: today's design with the runtime's own parts
+//!   and none of its glue: the update's state (an `Arc` with a locked slot
+//!   list), a slot allocated per session, one borrow per session through an
+//!   owned guard, the commit writing back through the map. The distance to
+//!   `per_update memory` is the runtime's glue (type erasure, dynamic calls,
+//!   error and metrics plumbing, values moved between layers);
+//! - `cell`, `cell-4`: the record is its updates' slot: the working copy is
+//!   allocated once per record and used by every update of the key, and
+//!   the commit writes into the record it holds, with no second map access.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
-use smol_str::{SmolStr, SmolStrBuilder};
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 mod workload;
 /// The workload's session value.
@@ -60,15 +72,14 @@ struct Slot {
     key: SmolStr,
     value: Value,
     version: u64,
+    touched: bool,
 }
 
 const NAMESPACES: [&str; 4] = ["one:", "two:", "three:", "four:"];
 
+/// The key, joined as the runtime joins a `user` key.
 fn text(namespace: &str, user: u64) -> SmolStr {
-    let mut out = SmolStrBuilder::new();
-    out.push_str(namespace);
-    out.push_str(itoa::Buffer::new().format(user));
-    out.finish()
+    SmolStr::from_iter([namespace, itoa::Buffer::new().format(user)])
 }
 
 type Map<K, V> = DashMap<K, Record<V>, RandomState>;
@@ -114,6 +125,7 @@ fn table(
         key,
         value,
         version,
+        touched: false,
     }));
     slot.lock().value.apple += 1;
     let mut slot = slot.lock();
@@ -136,14 +148,153 @@ fn table(
     black_box(locks.lock().remove(&slot.key));
 }
 
+/// An update's state, as the runtime keeps it and no more: the manager it
+/// came from, its id, the list of its slots, whether it finished.
+struct Update<S> {
+    _manager: Arc<()>,
+    id: u64,
+    slots: Mutex<SmallVec<[S; 4]>>,
+    finished: AtomicBool,
+}
+
+impl<S> Update<S> {
+    fn new(manager: &Arc<()>, id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            _manager: Arc::clone(manager),
+            id,
+            slots: Mutex::new(SmallVec::new()),
+            finished: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the update finished, as a commit does first.
+    fn finish(&self) {
+        assert!(
+            !self.finished.swap(true, Ordering::AcqRel),
+            "committed once"
+        );
+    }
+}
+
+/// Today's design with none of the runtime's glue: the update's state and
+/// each slot allocated, the keys taken and the values copied in one access
+/// to their records, one borrow per session through an owned guard (a
+/// `SessionRef`), and the commit writing each value back and freeing its key
+/// in one more access.
+fn runtime(
+    records: &Map<String, Value>,
+    manager: &Arc<()>,
+    namespaces: &[&str],
+    user: u64,
+    update: u64,
+) {
+    let state = Update::<Arc<Mutex<Slot>>>::new(manager, update);
+    {
+        let mut slots = state.slots.lock();
+        for namespace in namespaces {
+            let key = text(namespace, user);
+            let (value, version) = claim(records, &key, state.id);
+            let slot = Slot {
+                key,
+                value,
+                version,
+                touched: false,
+            };
+            slots.push(Arc::new(Mutex::new(slot)));
+        }
+    }
+    for index in 0..namespaces.len() {
+        let mut session = state.slots.lock()[index].try_lock_arc().unwrap();
+        session.touched = true;
+        session.value.apple += 1;
+    }
+    state.finish();
+    let mut slots = state.slots.lock();
+    for slot in slots.iter() {
+        let mut slot = slot.try_lock().unwrap();
+        if slot.touched {
+            let value = std::mem::take(&mut slot.value);
+            write_back(records, &slot.key, value, slot.version);
+        }
+    }
+    slots.clear();
+}
+
+/// A record that is its updates' slot as well: the stored value with its
+/// key's lock, and the working copy an update borrows, allocated once per
+/// record and used again by every update of the key.
+#[derive(Default)]
+struct Cell {
+    stored: Mutex<Record<Value>>,
+    working: Arc<Mutex<Working>>,
+}
+
+/// An update's copy of a cell's value.
+#[derive(Default)]
+struct Working {
+    value: Value,
+    version: u64,
+    touched: bool,
+}
+
+type Cells = DashMap<String, Arc<Cell>, RandomState>;
+
+/// The design where the record is the slot: one access to the map per key
+/// (to find the cell; the commit goes to the cell itself), no allocation but
+/// the update's state; otherwise as [`runtime`].
+fn cell(cells: &Cells, manager: &Arc<()>, namespaces: &[&str], user: u64, update: u64) {
+    let state = Update::<Arc<Cell>>::new(manager, update);
+    {
+        let mut slots = state.slots.lock();
+        for namespace in namespaces {
+            let key = text(namespace, user);
+            let cell = match cells.get(key.as_str()) {
+                Some(cell) => Arc::clone(&cell),
+                None => Arc::clone(&cells.entry(key.to_string()).or_default()),
+            };
+            {
+                let mut stored = cell.stored.lock();
+                assert!(stored.holder.is_none(), "the key is free");
+                stored.holder = Some(state.id);
+                let mut working = cell.working.try_lock().unwrap();
+                working.value = stored.value.clone();
+                working.version = stored.version;
+                working.touched = false;
+            }
+            slots.push(cell);
+        }
+    }
+    for index in 0..namespaces.len() {
+        let mut session = state.slots.lock()[index].working.try_lock_arc().unwrap();
+        session.touched = true;
+        session.value.apple += 1;
+    }
+    state.finish();
+    let mut slots = state.slots.lock();
+    for cell in slots.iter() {
+        let mut working = cell.working.try_lock().unwrap();
+        let mut stored = cell.stored.lock();
+        if working.touched {
+            assert_eq!(stored.version, working.version, "no other writer");
+            stored.value = std::mem::take(&mut working.value);
+            stored.version += 1;
+        }
+        stored.holder = None;
+    }
+    slots.clear();
+}
+
 fn main() {
-    let usage = "usage: floors <table|fused|fused-4|grouped-4> <updates>";
+    let usage =
+        "usage: floors <table|fused|fused-4|grouped-4|runtime|runtime-4|cell|cell-4> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
     let updates: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
     let records: Map<String, Value> = DashMap::default();
     let groups: Map<String, [Value; 4]> = DashMap::default();
     let locks = Mutex::default();
+    let cells = Cells::default();
+    let manager = Arc::new(());
     for update in 0..updates {
         let user = black_box(update % 1_000 + 1);
         match workload.as_str() {
@@ -173,8 +324,12 @@ fn main() {
                 }
                 write_back(&groups, &key, values, version);
             }
+            "runtime" => runtime(&records, &manager, &NAMESPACES[..1], user, update),
+            "runtime-4" => runtime(&records, &manager, &NAMESPACES, user, update),
+            "cell" => cell(&cells, &manager, &NAMESPACES[..1], user, update),
+            "cell-4" => cell(&cells, &manager, &NAMESPACES, user, update),
             _ => panic!("{usage}"),
         }
     }
-    black_box((records.len(), groups.len()));
+    black_box((records.len(), groups.len(), cells.len()));
 }

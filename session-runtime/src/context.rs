@@ -97,14 +97,6 @@ impl UpdateState {
         key.follows_members() && crate::chat_migration::in_supergroup(&self.ids)
     }
 
-    /// The storage of the sessions of type `type_id` (the first for a type
-    /// that was not registered, as its lazy load takes).
-    fn storage_index(&self, type_id: TypeId) -> usize {
-        self.manager
-            .registration(type_id)
-            .map_or(0, |registration| registration.storage_index)
-    }
-
     /// The error for a session of type `type_id` that a `SessionRef` holds
     /// when it is asked for again (its key is built anew: this is rare).
     fn already_borrowed(&self, type_id: TypeId, session: &'static str) -> Error {
@@ -218,6 +210,10 @@ type PerSession<T> = SmallVec<[T; INLINE_SESSIONS]>;
 
 struct SlotEntry {
     type_id: TypeId,
+    /// Its registration's place in `ManagerInner::registrations`, or
+    /// `usize::MAX` for a lazy type that was not registered: no search by
+    /// type at the commit.
+    registration: usize,
     /// The storage its session is kept in (see `ManagerInner::storages`).
     storage_index: usize,
     state: EntryState,
@@ -227,6 +223,7 @@ impl SlotEntry {
     fn new(registration: &Registration, state: EntryState) -> Self {
         Self {
             type_id: registration.type_id,
+            registration: registration.index,
             storage_index: registration.storage_index,
             state,
         }
@@ -333,10 +330,16 @@ impl Sessions {
                 Some(EntryState::Lazy(cell)) => Arc::clone(cell),
                 None => {
                     let cell = Arc::new(OnceCell::new());
-                    slots.push(SlotEntry {
-                        type_id: TypeId::of::<T>(),
-                        storage_index: self.inner.storage_index(TypeId::of::<T>()),
-                        state: EntryState::Lazy(Arc::clone(&cell)),
+                    let state = EntryState::Lazy(Arc::clone(&cell));
+                    slots.push(match self.inner.manager.registration(TypeId::of::<T>()) {
+                        Some(registration) => SlotEntry::new(registration, state),
+                        None => SlotEntry {
+                            type_id: TypeId::of::<T>(),
+                            registration: usize::MAX,
+                            // The default storage, as its lazy load takes.
+                            storage_index: 0,
+                            state,
+                        },
                     });
                     cell
                 }
@@ -530,7 +533,8 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
         let check_round_trip = || {
             state
                 .manager
-                .registration(entry.type_id)
+                .registrations
+                .get(entry.registration)
                 .is_none_or(Registration::check_round_trip)
         };
         match slot.write_in_process(memory, &check_round_trip, errors) {

@@ -135,6 +135,8 @@ pub(crate) type ClaimInProcess = fn(
 
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
+    /// Its place in `ManagerInner::registrations`: set by the builder.
+    pub(crate) index: usize,
     pub(crate) type_id: TypeId,
     pub(crate) type_name: &'static str,
     pub(crate) name: &'static str,
@@ -158,6 +160,7 @@ pub(crate) struct Registration {
 impl Registration {
     fn of<T: Session>(storage_index: usize) -> Self {
         Self {
+            index: 0,
             type_id: TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
             name: T::NAME,
@@ -450,6 +453,7 @@ impl SessionManagerBuilder {
                     }
                 };
             }
+            registration.index = registrations.len();
             registrations.push(registration);
         }
         let locks = Arc::<KeyLocks>::default();

@@ -145,11 +145,13 @@ impl Scope {
         ids: &UpdateIds,
         out: &mut SmolStrBuilder,
     ) -> Result<(), &'static str> {
-        const SENDER: &str = "the sender's user id";
-        const CHAT: &str = "a chat id";
+        if let Some(id) = self.single_id(ids) {
+            out.push_str(id?.digits(&mut itoa::Buffer::new()));
+            return Ok(());
+        }
         match self {
-            Scope::User => push_int(out, ids.user_id.ok_or(SENDER)?),
-            Scope::Chat => push_int(out, ids.chat_id.ok_or(CHAT)?),
+            // Keyed by one id: written above.
+            Scope::User | Scope::Chat => {}
             Scope::UserInChat => {
                 let chat = ids.chat_id.ok_or(CHAT)?;
                 let user = ids.user_id.ok_or(SENDER)?;
@@ -171,12 +173,36 @@ impl Scope {
         }
         Ok(())
     }
+
+    /// The one id the key of a `user` or `chat` scope is made of, or what
+    /// is missing; `None` for the other scopes.
+    fn single_id(self, ids: &UpdateIds) -> Option<Result<IntId, &'static str>> {
+        match self {
+            Scope::User => Some(ids.user_id.map(IntId::Unsigned).ok_or(SENDER)),
+            Scope::Chat => Some(ids.chat_id.map(IntId::Signed).ok_or(CHAT)),
+            _ => None,
+        }
+    }
 }
+
+/// What a key names when the update lacks the sender, or the chat.
+const SENDER: &str = "the sender's user id";
+const CHAT: &str = "a chat id";
 
 /// The one id a `user` or `chat` scope key is made of.
 enum IntId {
     Unsigned(u64),
     Signed(i64),
+}
+
+impl IntId {
+    /// The id's digits, written in `buffer`.
+    fn digits(self, buffer: &mut itoa::Buffer) -> &str {
+        match self {
+            IntId::Unsigned(id) => buffer.format(id),
+            IntId::Signed(id) => buffer.format(id),
+        }
+    }
 }
 
 fn push_int(out: &mut SmolStrBuilder, int: impl itoa::Integer) {
@@ -334,19 +360,12 @@ impl StorageKey {
     ) -> Result<Self, &'static str> {
         // The usual keys, one id after the namespace: joined in one step,
         // with no builder to grow (about a quarter of the key's cost).
-        let id = match strategy {
-            KeyStrategy::Scope(Scope::User) => ids.user_id.map(IntId::Unsigned),
-            KeyStrategy::Scope(Scope::Chat) => ids.chat_id.map(IntId::Signed),
-            _ => None,
-        };
-        if let Some(id) = id {
+        if let KeyStrategy::Scope(scope) = strategy
+            && let Some(Ok(id)) = scope.single_id(ids)
+        {
             let mut digits = itoa::Buffer::new();
-            let digits = match id {
-                IntId::Unsigned(id) => digits.format(id),
-                IntId::Signed(id) => digits.format(id),
-            };
             return Ok(Self {
-                full: SmolStr::from_iter([namespace, digits]),
+                full: SmolStr::from_iter([namespace, id.digits(&mut digits)]),
                 scope_start: namespace.len(),
             });
         }

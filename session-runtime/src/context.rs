@@ -817,7 +817,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
         };
         let state = match opened {
             Ok(slot) => EntryState::Loaded(slot),
-            Err(error) => EntryState::failed(error),
+            Err(error) => EntryState::Failed(error),
         };
         slots.push(SlotEntry::new(registration, state));
     }

@@ -131,7 +131,7 @@ pub(crate) type ClaimInProcess = fn(
     &'static str,
     StorageKey,
     Taker,
-) -> Option<Result<Arc<dyn ErasedSlot>, Error>>;
+) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>>;
 
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {

@@ -403,27 +403,30 @@ pub(crate) fn open_in_process<T: Session>(
 /// slot, if no other update holds or waits for the key; `None` if one does
 /// (nothing was taken). A storage that keeps its keys' locks in its
 /// records takes the key and copies the value in one access.
+///
+/// The error is boxed, as the update's list keeps it: the answer is moved
+/// on every update, and a failure is rare.
 pub(crate) fn claim_in_process<T: Session>(
     storage: &Arc<StorageEntry>,
     memory: &MemoryStorage,
     session: &'static str,
     key: StorageKey,
     taker: Taker,
-) -> Option<Result<Arc<dyn ErasedSlot>, Error>> {
+) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>> {
     let meta = |key, lock| SlotMeta::new(storage, session, key, lock, None);
     match memory.claim_typed::<T>(&key, taker) {
         Some(Claimed::Taken(lock, found)) => {
             let meta = meta(key, lock);
             Some(match found {
-                Ok(found) => open_found(meta, found),
+                Ok(found) => open_found(meta, found).map_err(Box::new),
                 // Dropping the slot's meta gives the key back.
-                Err(source) => Err(meta.storage_error(source)),
+                Err(source) => Err(Box::new(meta.storage_error(source))),
             })
         }
         Some(Claimed::Busy) => None,
         None => {
             let lock = storage.home.table().try_claim(key.shared(), taker)?;
-            Some(open_in_process::<T>(meta(key, lock), memory))
+            Some(open_in_process::<T>(meta(key, lock), memory).map_err(Box::new))
         }
     }
 }

@@ -355,7 +355,9 @@ impl Sessions {
         let registration = manager.registration(TypeId::of::<T>());
         let storage_index = registration.map_or(0, |registration| registration.storage_index);
         let key = match registration {
-            Some(registration) => manager.registration_key(registration, &state.ids)?,
+            Some(registration) => manager
+                .registration_key(registration, &state.ids)
+                .map_err(|error| *error)?,
             None => manager.storage_key(T::NAME, &T::KEY, &state.ids)?,
         };
         let deadline = Instant::now() + manager.lock_timeout;
@@ -803,7 +805,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
         let key = match manager.registration_key(registration, &state.ids) {
             Ok(key) => key,
             Err(error) => {
-                slots.push(SlotEntry::failed(registration, error));
+                slots.push(SlotEntry::new(registration, EntryState::Failed(error)));
                 continue;
             }
         };
@@ -855,7 +857,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.registration_key(registration, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry::failed(registration, error)),
+            Err(error) => entries.push(SlotEntry::new(registration, EntryState::Failed(error))),
         }
     }
     if wanted.is_empty() {

@@ -212,15 +212,20 @@ impl ManagerInner {
 
     /// The key of `registration`'s session for the update `ids`, from its
     /// namespace built once when it has one.
+    ///
+    /// The error is boxed, as the update's list keeps it: the answer is
+    /// moved on every update, and a missing id is rare.
     pub(crate) fn registration_key(
         &self,
         registration: &Registration,
         ids: &UpdateIds,
-    ) -> Result<StorageKey, Error> {
+    ) -> Result<StorageKey, Box<Error>> {
         match &registration.namespace {
             Some(namespace) => StorageKey::in_namespace(namespace, &registration.key, ids)
-                .map_err(|needs| missing_id(registration.name, needs)),
-            None => self.storage_key(registration.name, &registration.key, ids),
+                .map_err(|needs| Box::new(missing_id(registration.name, needs))),
+            None => self
+                .storage_key(registration.name, &registration.key, ids)
+                .map_err(Box::new),
         }
     }
 

@@ -21,6 +21,7 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
+use crate::soon::Soon;
 use crate::storage::StorageError;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{LeaseOwner, Record, Write};
@@ -259,7 +260,9 @@ impl EntryState {
 }
 
 impl Sessions {
-    pub(crate) async fn begin(manager: Arc<ManagerInner>, ids: UpdateIds) -> Self {
+    /// Starts an update (see [`SessionManager::begin`]): ready at once when
+    /// its eager sessions were taken with no wait.
+    pub(crate) fn begin(manager: Arc<ManagerInner>, ids: UpdateIds) -> Soon<Self> {
         let state = Arc::new(UpdateState {
             manager,
             ids,
@@ -268,13 +271,15 @@ impl Sessions {
             leases: OnceLock::new(),
             finished: AtomicBool::new(false),
         });
-        if !load_eager_at_once(&state) {
-            // Boxed: the path that waits (for a key, a remote storage) is
-            // large, and an update that never takes it should not carry it.
-            let slots = Box::pin(load_eager(&state)).await;
-            *state.slots.lock() = slots;
+        if load_eager_at_once(&state) {
+            return Soon::now(Self { inner: state });
         }
-        Self { inner: state }
+        // The path that waits (for a key, a remote storage).
+        Soon::later(async move {
+            let slots = load_eager(&state).await;
+            *state.slots.lock() = slots;
+            Self { inner: state }
+        })
     }
 
     /// The ids of the update these sessions belong to.
@@ -423,41 +428,22 @@ impl Sessions {
     ///
     /// Every session is attempted; the first error is returned and the others
     /// are logged. Later calls do nothing.
-    pub async fn commit(&self, outcome: HandlerOutcome) -> Result<(), Error> {
+    ///
+    /// The sessions kept in memory storages are written, and their keys
+    /// given back, when this is called: the future is then ready, or
+    /// writes to the other storages when it is first polled.
+    pub fn commit(
+        &self,
+        outcome: HandlerOutcome,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return Soon::now(Ok(()));
         }
-        let RemoteCommit {
-            entries,
-            save,
-            errors,
-        } = match self.commit_in_process(outcome) {
-            ControlFlow::Break(done) => return done,
-            ControlFlow::Continue(remote) => remote,
-        };
-        let state = Arc::clone(&self.inner);
-        // The writes run to completion in a task of their own, holding the
-        // keys until they are done: a caller that gives up on the commit
-        // (a timeout around the handler, a shutdown) must not let the next
-        // update of a key read it before the write it started lands.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime
-                .spawn(write_back(state, entries, save, errors))
-                .await
-                .unwrap_or_else(|error| match error.try_into_panic() {
-                    Ok(panic) => std::panic::resume_unwind(panic),
-                    Err(error) => Err(Error::Storage {
-                        session: "(every session of the update)",
-                        key: String::new(),
-                        storage: Arc::from("(the runtime)"),
-                        source: StorageError::other(format!(
-                            "the commit did not finish: {error} (the runtime is shutting down)"
-                        )),
-                    }),
-                }),
-            // Boxed: the write's future is large, and a commit that only
-            // writes in process (most) should not carry its room.
-            Err(_) => Box::pin(write_back(state, entries, save, errors)).await,
+        match self.commit_in_process(outcome) {
+            ControlFlow::Break(done) => Soon::now(done),
+            ControlFlow::Continue(remote) => {
+                Soon::later(commit_remote(Arc::clone(&self.inner), remote))
+            }
         }
     }
 
@@ -508,6 +494,37 @@ impl Sessions {
             save,
             errors,
         })
+    }
+}
+
+/// The part of a commit left after its in-process part (see
+/// [`Sessions::commit`]).
+async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<(), Error> {
+    let RemoteCommit {
+        entries,
+        save,
+        errors,
+    } = remote;
+    // The writes run to completion in a task of their own, holding the
+    // keys until they are done: a caller that gives up on the commit
+    // (a timeout around the handler, a shutdown) must not let the next
+    // update of a key read it before the write it started lands.
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn(write_back(state, entries, save, errors))
+            .await
+            .unwrap_or_else(|error| match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => Err(Error::Storage {
+                    session: "(every session of the update)",
+                    key: String::new(),
+                    storage: Arc::from("(the runtime)"),
+                    source: StorageError::other(format!(
+                        "the commit did not finish: {error} (the runtime is shutting down)"
+                    )),
+                }),
+            }),
+        Err(_) => write_back(state, entries, save, errors).await,
     }
 }
 
@@ -690,11 +707,12 @@ impl SessionManager {
     /// storage down, undecodable bytes) reports its error from its accessor,
     /// and the others keep working.
     ///
-    /// The future holds its own handle on the manager: it does not borrow
+    /// When every eager session lives in a memory storage and no other
+    /// update holds its key, the keys are taken and the sessions loaded when
+    /// this is called, and the future is ready; otherwise the future waits
+    /// for them. It holds its own handle on the manager: it does not borrow
     /// `self`.
     pub fn begin(&self, ids: UpdateIds) -> impl Future<Output = Sessions> + Send + 'static {
-        // Not an `async fn`: the update's future is the context's own, with
-        // no state machine around it to move it into.
         Sessions::begin(Arc::clone(&self.inner), ids)
     }
 

@@ -353,6 +353,7 @@ impl StorageKey {
     /// Builds the key in `namespace` (from [`StorageKey::namespace_of`]) for
     /// the update `ids`, or says which id is missing: as
     /// [`StorageKey::for_update`] does, with the namespace already written.
+    #[inline]
     pub(crate) fn in_namespace(
         namespace: &str,
         strategy: &KeyStrategy,

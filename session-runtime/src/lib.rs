@@ -21,6 +21,7 @@ mod metrics;
 mod migrate;
 mod session;
 mod slot;
+mod soon;
 mod update_leases;
 
 pub mod codec;

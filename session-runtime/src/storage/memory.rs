@@ -757,6 +757,7 @@ impl<T: Session> NewValue for TypedPut<T> {
             .then_some(())
     }
 
+    #[inline]
     fn set(self, stored: &mut Value) {
         stored.set_typed(self.value);
     }

@@ -125,6 +125,35 @@ async fn an_update_that_stores_nothing_leaves_nothing() {
     }
 }
 
+/// In memory, an update is begun when `begin` is called (its keys taken,
+/// the future ready), and committed when `commit` is called (the values
+/// written and the keys given back before the future is awaited).
+#[tokio::test]
+async fn an_update_in_memory_is_begun_and_committed_when_called() {
+    use futures_util::FutureExt as _;
+
+    for storage in both_variants() {
+        let manager = manager(&storage);
+        let first = manager
+            .begin(user(1))
+            .now_or_never()
+            .expect("ready at once: the key was free");
+        first.counter().unwrap().apple += 1;
+        let mut second = Box::pin(manager.begin(user(1)));
+        assert!(
+            second.as_mut().now_or_never().is_none(),
+            "the second update waits for the key the first took when it was begun"
+        );
+        let committed = first.commit(HandlerOutcome::Succeeded);
+        let second = second
+            .now_or_never()
+            .expect("ready once the first commit was called, before it is awaited");
+        assert_eq!(second.counter().unwrap().apple, 1, "{storage:?}");
+        committed.await.unwrap();
+        second.commit(HandlerOutcome::Succeeded).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_update_of_one_manager_waits_for_another_managers_update() {
     for storage in both_variants() {

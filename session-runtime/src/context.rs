@@ -431,9 +431,9 @@ impl Sessions {
     ///
     /// The sessions kept in memory storages are written, and their keys
     /// given back, when this is called: the future is then ready, or
-    /// writes to the other storages once it is polled (from then on to the
-    /// end, even if it is dropped). A future dropped before it was ever
-    /// polled writes nothing there, and gives the keys back.
+    /// writes to the other storages once it is polled (on a Tokio runtime,
+    /// to the end even if it is then dropped). A future dropped before it
+    /// was ever polled writes nothing there, and gives the keys back.
     pub fn commit(
         &self,
         outcome: HandlerOutcome,

@@ -32,7 +32,12 @@
 //!   error and metrics plumbing, values moved between layers);
 //! - `cell`, `cell-4`: the record is its updates' slot: the working copy is
 //!   allocated once per record and used by every update of the key, and
-//!   the commit writes into the record it holds, with no second map access.
+//!   the commit writes into the record it holds, with no second map access;
+//! - `held`, `held-4`: half of `cell`: the update holds its records (shared
+//!   cells of the map) from claim to commit, so the commit writes into the
+//!   record it holds with no second map access, but its working copy is
+//!   allocated per session and update as in `runtime` (no copy kept beside
+//!   each stored value).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -284,9 +289,67 @@ fn cell(cells: &Cells, manager: &Arc<()>, namespaces: &[&str], user: u64, update
     slots.clear();
 }
 
+/// A record the map shares with the updates holding it (see [`held`]).
+type HeldRecords = DashMap<String, Arc<Mutex<Record<Value>>>, RandomState>;
+
+/// An update's slot in [`held`]: its copy, and the record it came from.
+struct HeldSlot {
+    record: Arc<Mutex<Record<Value>>>,
+    value: Value,
+    version: u64,
+    touched: bool,
+}
+
+/// Today's design (see [`runtime`]) where the update holds the records it
+/// took, so its commit writes into each with no second map access.
+fn held(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64, update: u64) {
+    let state = Update::<Arc<Mutex<HeldSlot>>>::new(manager, update);
+    {
+        let mut slots = state.slots.lock();
+        for namespace in namespaces {
+            let key = text(namespace, user);
+            let record = match records.get(key.as_str()) {
+                Some(record) => Arc::clone(&record),
+                None => Arc::clone(&records.entry(key.to_string()).or_default()),
+            };
+            let (value, version) = {
+                let mut stored = record.lock();
+                assert!(stored.holder.is_none(), "the key is free");
+                stored.holder = Some(state.id);
+                (stored.value.clone(), stored.version)
+            };
+            slots.push(Arc::new(Mutex::new(HeldSlot {
+                record,
+                value,
+                version,
+                touched: false,
+            })));
+        }
+    }
+    for index in 0..namespaces.len() {
+        let mut session = state.slots.lock()[index].try_lock_arc().unwrap();
+        session.touched = true;
+        session.value.apple += 1;
+    }
+    state.finish();
+    let mut slots = state.slots.lock();
+    for slot in slots.iter() {
+        let mut slot = slot.try_lock().unwrap();
+        let value = std::mem::take(&mut slot.value);
+        let mut stored = slot.record.lock();
+        if slot.touched {
+            assert_eq!(stored.version, slot.version, "no other writer");
+            stored.value = value;
+            stored.version += 1;
+        }
+        stored.holder = None;
+    }
+    slots.clear();
+}
+
 fn main() {
-    let usage =
-        "usage: floors <table|fused|fused-4|grouped-4|runtime|runtime-4|cell|cell-4> <updates>";
+    let usage = "usage: floors <table|fused|fused-4|grouped-4|runtime|runtime-4|cell|cell-4\
+                 |held|held-4> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
     let updates: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
@@ -294,6 +357,7 @@ fn main() {
     let groups: Map<String, [Value; 4]> = DashMap::default();
     let locks = Mutex::default();
     let cells = Cells::default();
+    let held_records = HeldRecords::default();
     let manager = Arc::new(());
     for update in 0..updates {
         let user = black_box(update % 1_000 + 1);
@@ -328,8 +392,10 @@ fn main() {
             "runtime-4" => runtime(&records, &manager, &NAMESPACES, user, update),
             "cell" => cell(&cells, &manager, &NAMESPACES[..1], user, update),
             "cell-4" => cell(&cells, &manager, &NAMESPACES, user, update),
+            "held" => held(&held_records, &manager, &NAMESPACES[..1], user, update),
+            "held-4" => held(&held_records, &manager, &NAMESPACES, user, update),
             _ => panic!("{usage}"),
         }
     }
-    black_box((records.len(), groups.len(), cells.len()));
+    black_box((records.len(), groups.len(), cells.len(), held_records.len()));
 }

@@ -15,7 +15,7 @@ use crate::lock::{KeyClaim, Taker};
 use crate::manager::StorageEntry;
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
-use crate::storage::memory::{Claimed, Found, MemoryStorage};
+use crate::storage::memory::{Claimed, Found, HeldRecord, MemoryStorage};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -30,6 +30,9 @@ pub(crate) struct SlotMeta {
     /// The update's lease on the key, when its storage has leases.
     pub(crate) lease_owner: Option<LeaseOwner>,
     pub(crate) lock: KeyClaim,
+    /// The memory record the key was taken in, when it was: the commit
+    /// writes there, with no second access to the map.
+    pub(crate) record: Option<HeldRecord>,
 }
 
 impl Drop for SlotMeta {
@@ -55,6 +58,7 @@ impl SlotMeta {
             storage: Arc::clone(storage),
             lease_owner,
             lock,
+            record: None,
         }
     }
 
@@ -215,7 +219,14 @@ impl<T: Session> SlotState<T> {
         self.touched = false;
         let value = std::mem::replace(&mut self.value, T::initial());
         let meta = &mut self.meta;
-        Ok(memory.put_typed(&meta.key, value, expected_version, T::TTL, &mut meta.lock))
+        Ok(memory.put_typed(
+            &meta.key,
+            meta.record.as_ref(),
+            value,
+            expected_version,
+            T::TTL,
+            &mut meta.lock,
+        ))
     }
 
     /// The put this session needs, if it changed: what is sent to a storage
@@ -415,8 +426,9 @@ pub(crate) fn claim_in_process<T: Session>(
 ) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>> {
     let meta = |key, lock| SlotMeta::new(storage, session, key, lock, None);
     match memory.claim_typed::<T>(&key, taker) {
-        Some(Claimed::Taken(lock, found)) => {
-            let meta = meta(key, lock);
+        Some(Claimed::Taken(lock, found, record)) => {
+            let mut meta = meta(key, lock);
+            meta.record = Some(record);
             Some(match found {
                 Ok(found) => open_found(meta, found).map_err(Box::new),
                 // Dropping the slot's meta gives the key back.

@@ -14,6 +14,7 @@ use dashmap::mapref::entry::Entry;
 use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use parking_lot::Mutex;
 use smol_str::SmolStr;
 
 use crate::key::StorageKey;
@@ -52,8 +53,9 @@ use typed::Value;
 ///   invisible at once and swept from memory at most once a second, by the
 ///   writes that follow. Each record also keeps the lock of its key: an
 ///   update takes the key and copies the value in one access to the map,
-///   and writes the value back and frees the key in one more. A key that a
-///   second update asks for moves to a lock table until nobody waits.
+///   and writes the value back and frees the key in the record it took,
+///   with no second access. A key that a second update asks for moves to a
+///   lock table until nobody waits.
 /// - [`MemoryStorage::with_capacity`]: at most that many records, on
 ///   [`moka`]; beyond that the least recently used go first (plain LRU: a
 ///   new user's session is always kept, an idle regular's goes). Its keys
@@ -79,7 +81,7 @@ enum Records {
 }
 
 struct Unbounded {
-    map: DashMap<String, Stored, foldhash::fast::RandomState>,
+    map: DashMap<String, SharedRecord, foldhash::fast::RandomState>,
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
@@ -93,6 +95,19 @@ struct Unbounded {
     /// across this storage's keys and its others.
     locks: OnceLock<Arc<KeyLocks>>,
 }
+
+/// A record of the unbounded map, shared with the update that took its
+/// key there (see [`HeldRecord`]).
+///
+/// A record whose key is held stays in the map: only a record whose key is
+/// free is ever removed (a delete keeps a held one without its value, the
+/// sweep keeps it, a vacant one goes only once its key is free), and a
+/// record is removed, or looked up to be taken, under its shard's lock.
+type SharedRecord = Arc<Mutex<Stored>>;
+
+/// The record an update took its key in: its commit writes there, with no
+/// second access to the map (see [`SharedRecord`]).
+pub(crate) struct HeldRecord(SharedRecord);
 
 #[derive(Clone)]
 struct Stored {
@@ -332,7 +347,7 @@ impl MemoryStorage {
                 let live = unbounded
                     .map
                     .iter()
-                    .filter(|entry| entry.live(&now))
+                    .filter(|entry| entry.lock().live(&now))
                     .count();
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
@@ -354,8 +369,10 @@ impl MemoryStorage {
             Records::Unbounded(unbounded) => unbounded
                 .map
                 .get(key)
-                .filter(|stored| stored.live(now))
-                .map(|stored| stored.record())
+                .and_then(|record| {
+                    let stored = record.lock();
+                    stored.live(now).then(|| stored.record())
+                })
                 .transpose(),
             Records::Bounded(cache, _) => cache
                 .get(key)
@@ -373,7 +390,7 @@ impl MemoryStorage {
             Records::Unbounded(unbounded) => unbounded
                 .map
                 .get(key)
-                .map_or(Ok(Found::Nothing), |stored| stored.found(&now)),
+                .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
             Records::Bounded(cache, _) => cache
                 .get(key)
                 .map_or(Ok(Found::Nothing), |stored| stored.found(&now)),
@@ -389,18 +406,24 @@ impl MemoryStorage {
     ///
     /// Frees the key in the same access if `claim` holds it in its record
     /// and nobody waits for it (marking the claim given back); the update
-    /// is done with the key.
+    /// is done with the key. The record is `held`'s when the update took
+    /// the key there: no second access to the map.
     pub(crate) fn put_typed<T: Session>(
         &self,
         key: &StorageKey,
+        held: Option<&HeldRecord>,
         value: T,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         claim: &mut KeyClaim,
     ) -> Option<WriteOutcome> {
         let now = Now::lazy();
+        // Only while the claim holds the key is the record sure to be the
+        // map's (see `SharedRecord`).
+        let held = held.filter(|_| !claim.is_released());
         let outcome = self.put(
             key.as_str(),
+            held,
             expected_version,
             ttl,
             &now,
@@ -422,7 +445,7 @@ impl MemoryStorage {
             Records::Unbounded(unbounded) => unbounded
                 .map
                 .get(key)
-                .is_some_and(|s| s.holds(version, value)),
+                .is_some_and(|record| record.lock().holds(version, value)),
             Records::Bounded(cache, _) => cache.get(key).is_some_and(|s| s.holds(version, value)),
         }
     }
@@ -431,10 +454,16 @@ impl MemoryStorage {
     /// writes `new` over the stored value (in place in the unbounded map) or
     /// into an empty one. Writes nothing if the current record already holds
     /// it (see [`NewValue::already_in`]). Frees the key for `claim`, if
-    /// given, as [`MemoryStorage::put_typed`] says.
+    /// given, as [`MemoryStorage::put_typed`] says; writes into `held` if
+    /// given, the record at `key` that the claim holds.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one put, as its callers describe it"
+    )]
     fn put<New: NewValue>(
         &self,
         key: &str,
+        held: Option<&HeldRecord>,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         now: &Now,
@@ -446,24 +475,38 @@ impl MemoryStorage {
                 if ttl.is_some() {
                     unbounded.expiring.store(true, Ordering::Relaxed);
                 }
-                let mut current = unbounded.record(key);
-                let written = match new.already_in(&current) {
-                    Some(unchanged) => Err(unchanged),
-                    None => Ok(next_version(Some(&current), expected_version, now).inspect(
-                        |&version| {
-                            new.set(&mut current.value);
-                            current.renew(version, ttl, now);
-                        },
-                    )),
+                let (written, vacant) = {
+                    // The map's shard stays locked with the record when it
+                    // is looked up here, until the end of this block: the
+                    // removal below takes it again.
+                    let found;
+                    let mut current = match held {
+                        Some(HeldRecord(record)) => record.lock(),
+                        None => {
+                            found = unbounded.record(key);
+                            found.lock()
+                        }
+                    };
+                    let written = match new.already_in(&current) {
+                        Some(unchanged) => Err(unchanged),
+                        None => Ok(next_version(Some(&current), expected_version, now).inspect(
+                            |&version| {
+                                new.set(&mut current.value);
+                                current.renew(version, ttl, now);
+                            },
+                        )),
+                    };
+                    if let Some(claim) = claim {
+                        current.free_for(claim);
+                    }
+                    (written, current.vacant())
                 };
-                if let Some(claim) = claim {
-                    current.free_for(claim);
-                }
-                let vacant = current.vacant();
-                drop(current);
                 if vacant {
-                    // Made above for a write that was refused.
-                    unbounded.map.remove_if(key, |_, stored| stored.vacant());
+                    // Made for a write that was refused, or left by a key
+                    // freed with nothing stored.
+                    unbounded
+                        .map
+                        .remove_if(key, |_, record| record.lock().vacant());
                 }
                 written?
             }
@@ -516,6 +559,7 @@ impl MemoryStorage {
             ) => {
                 let Ok(outcome) = self.put(
                     key.as_str(),
+                    None,
                     *expected_version,
                     *ttl,
                     now,
@@ -571,17 +615,19 @@ impl Unbounded {
             .is_ok()
         {
             // A held key keeps its record (invisible once expired) for its lock.
-            self.map
-                .retain(|_, stored| stored.live(now) || stored.lock != RecordLock::Free);
+            self.map.retain(|_, record| {
+                let stored = record.lock();
+                stored.live(now) || stored.lock != RecordLock::Free
+            });
         }
     }
 }
 
 /// What [`MemoryStorage::claim_typed`] did.
 pub(crate) enum Claimed<T> {
-    /// Took the key, and copied what is stored (or met the error doing so:
-    /// the claim still holds the key, to give back).
-    Taken(KeyClaim, Result<Found<T>, StorageError>),
+    /// Took the key in its record, and copied what is stored (or met the
+    /// error doing so: the claim still holds the key, to give back).
+    Taken(KeyClaim, Result<Found<T>, StorageError>, HeldRecord),
     /// Another update holds or waits for the key: nothing taken.
     Busy,
 }
@@ -617,12 +663,17 @@ impl MemoryStorage {
             return None;
         };
         let now = Now::lazy();
-        let mut record = unbounded.record(key.as_str());
+        let shared = unbounded.record(key.as_str());
+        let mut record = shared.lock();
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
         }
         let claim = record.hold(key.shared(), taker);
-        Some(Claimed::Taken(claim, record.found(&now)))
+        Some(Claimed::Taken(
+            claim,
+            record.found(&now),
+            HeldRecord(Arc::clone(&shared)),
+        ))
     }
 }
 
@@ -631,19 +682,23 @@ impl Unbounded {
         self.locks.get_or_init(Arc::default)
     }
 
-    /// The record at `key`, locked for writing; a new one without a value
-    /// if there was none (a held key keeps it for its lock; a write fills
-    /// it). Most calls find a record: in place, sparing the key's copy.
+    /// The record at `key`, with its shard's lock (while the record is
+    /// locked under it, nothing removes the record: see [`SharedRecord`]);
+    /// a new one without a value if there was none (a held key keeps it for
+    /// its lock; a write fills it). Most calls find a record: in place,
+    /// sparing the key's copy. Whoever holds it must not reach into the
+    /// map.
     // Always inlined: as a call, it cost the usual path about 50
     // instructions per session (callgrind, `per_update memory`).
     #[inline(always)]
-    fn record(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, Stored> {
-        match self.map.get_mut(key) {
+    fn record(&self, key: &str) -> dashmap::mapref::one::Ref<'_, String, SharedRecord> {
+        match self.map.get(key) {
             Some(record) => record,
             None => self
                 .map
                 .entry(key.to_owned())
-                .or_insert_with(Stored::placeholder),
+                .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
+                .downgrade(),
         }
     }
 
@@ -653,20 +708,20 @@ impl Unbounded {
         loop {
             if self
                 .map
-                .remove_if(key, |_, stored| stored.lock == RecordLock::Free)
+                .remove_if(key, |_, record| record.lock().lock == RecordLock::Free)
                 .is_some()
             {
                 return;
             }
-            match self.map.get_mut(key) {
-                None => return,
-                Some(mut held) if held.lock != RecordLock::Free => {
-                    held.clear_value();
-                    return;
-                }
-                // Freed in between: removed on the next turn.
-                Some(_) => {}
+            let Some(record) = self.map.get(key) else {
+                return;
+            };
+            let mut held = record.lock();
+            if held.lock != RecordLock::Free {
+                held.clear_value();
+                return;
             }
+            // Freed in between: removed on the next turn.
         }
     }
 }
@@ -680,7 +735,8 @@ impl KeyHome for Unbounded {
     }
 
     fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
-        let mut record = self.record(key.as_str());
+        let shared = self.record(key.as_str());
+        let mut record = shared.lock();
         match record.lock {
             RecordLock::Free => Ok(Begun::Taken(record.hold(key, taker))),
             RecordLock::Held(holder) if holder.update == taker.update => {
@@ -700,12 +756,13 @@ impl KeyHome for Unbounded {
         if claim.is_released() {
             return;
         }
-        let Some(mut record) = self.map.get_mut(claim.key().as_str()) else {
+        let Some(shared) = self.map.get(claim.key().as_str()) else {
             // A held key keeps its record: only a claim of the table's own
             // gets here.
             self.locks().release(claim);
             return;
         };
+        let mut record = shared.lock();
         match record.lock {
             RecordLock::Queued => {
                 if !self.locks().release_in_table(claim) {
@@ -722,9 +779,10 @@ impl KeyHome for Unbounded {
         }
         let vacant = record.vacant();
         drop(record);
+        drop(shared);
         if vacant {
             self.map
-                .remove_if(claim.key().as_str(), |_, stored| stored.vacant());
+                .remove_if(claim.key().as_str(), |_, record| record.lock().vacant());
         }
     }
 }
@@ -922,7 +980,7 @@ impl Storage for MemoryStorage {
         match &self.records {
             Records::Unbounded(unbounded) => {
                 for entry in unbounded.map.iter() {
-                    collector.offer(entry.key(), entry.value());
+                    collector.offer(entry.key(), &entry.value().lock());
                 }
             }
             Records::Bounded(cache, _) => {
@@ -956,15 +1014,20 @@ impl Storage for MemoryStorage {
                             unbounded.expiring.store(true, Ordering::Relaxed);
                         }
                         match unbounded.map.entry(restore.key.as_str().to_owned()) {
-                            Entry::Occupied(mut entry) if newer(Some(entry.get()), restore) => {
-                                // The key's lock stays with its record.
-                                let lock = entry.get().lock;
-                                entry.insert(Stored { lock, ..stored });
-                                RestoreOutcome::Restored
+                            Entry::Occupied(entry) => {
+                                let mut current = entry.get().lock();
+                                match newer(Some(&current), restore) {
+                                    true => {
+                                        // The key's lock stays with its record.
+                                        let lock = current.lock;
+                                        *current = Stored { lock, ..stored };
+                                        RestoreOutcome::Restored
+                                    }
+                                    false => RestoreOutcome::Skipped,
+                                }
                             }
-                            Entry::Occupied(_) => RestoreOutcome::Skipped,
                             Entry::Vacant(entry) => {
-                                entry.insert(stored);
+                                entry.insert(Arc::new(Mutex::new(stored)));
                                 RestoreOutcome::Restored
                             }
                         }
@@ -1132,7 +1195,7 @@ mod tests {
         unbounded
             .map
             .get(key(scope).as_str())
-            .map(|record| record.lock)
+            .map(|record| record.lock().lock)
     }
 
     /// Update `update` takes the key of `scope`, which must be free.
@@ -1191,7 +1254,7 @@ mod tests {
         let (storage, unbounded, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
         let first = match storage.claim_typed::<Plain>(&key("a"), taker(1)) {
-            Some(Claimed::Taken(claim, found)) => {
+            Some(Claimed::Taken(claim, found, _)) => {
                 assert!(found.is_ok());
                 claim
             }
@@ -1210,6 +1273,42 @@ mod tests {
         assert!(second.await.unwrap().is_ok());
         assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
         assert_eq!(unbounded.locks().len(), 0, "the table let the key go");
+    }
+
+    /// The record an update took its key in stays the map's while the key
+    /// is held (a delete empties it in place), so the commit that writes
+    /// through it writes the map's record; the key is free afterwards.
+    #[tokio::test]
+    async fn a_commit_writes_through_the_record_its_update_took() {
+        let (storage, unbounded, _home) = records();
+        storage.write(&[put("a", None, None)]).await.unwrap();
+        let (mut claim, held) = match storage.claim_typed::<Plain>(&key("a"), taker(1)) {
+            Some(Claimed::Taken(claim, _, held)) => (claim, held),
+            _ => panic!("a free key is taken"),
+        };
+        storage
+            .write(&[Write::Delete { key: key("a") }])
+            .await
+            .unwrap();
+        let in_map = |held: &HeldRecord| {
+            unbounded
+                .map
+                .get(key("a").as_str())
+                .is_some_and(|record| Arc::ptr_eq(&record, &held.0))
+        };
+        assert!(in_map(&held), "a delete keeps a held record in place");
+        let outcome = storage.put_typed(&key("a"), Some(&held), Plain {}, None, None, &mut claim);
+        let Some(WriteOutcome::Written { version }) = outcome else {
+            panic!("written after the delete, as a new record: {outcome:?}");
+        };
+        assert!(claim.is_released(), "the write freed the key");
+        assert!(in_map(&held));
+        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        let loaded = storage.load(&[key("a")]).await.unwrap();
+        assert_eq!(
+            loaded[0].as_ref().map(|record| record.version),
+            Some(version)
+        );
     }
 
     #[tokio::test]

@@ -18,18 +18,16 @@
 //!   in a lock table (a mutex over a hash map), copy the stored value out of
 //!   a sharded map into an allocated slot, write it back under a version
 //!   check, remove the key from the table;
-//! - `fused`: the key's lock kept in its record, as the memory storage does
-//!   now: one map access takes the key and copies the value, one writes
-//!   the value back and frees the key (the runtime also allocates the
-//!   update's slot, which this floor does not);
+//! - `fused`: the key's lock kept in its record, as the memory storage did
+//!   before its records were shared cells: one map access takes the key
+//!   and copies the value, one writes the value back and frees the key (the
+//!   runtime also allocates the update's slot, which this floor does not);
 //! - `fused-4`: four session types of one user, four fused records;
 //! - `grouped-4`: the same four sessions in one record per user;
-//! - `runtime`, `runtime-4`: today's design with the runtime's own parts
-//!   and none of its glue: the update's state (an `Arc` with a locked slot
+//! - `runtime`, `runtime-4`: the design before `held` with the runtime's
+//!   own parts and none of its glue: the update's state (an `Arc` with a locked slot
 //!   list), a slot allocated per session, one borrow per session through an
-//!   owned guard, the commit writing back through the map. The distance to
-//!   `per_update memory` is the runtime's glue (type erasure, dynamic calls,
-//!   error and metrics plumbing, values moved between layers);
+//!   owned guard, the commit writing back through the map;
 //! - `cell`, `cell-4`: the record is its updates' slot: the working copy is
 //!   allocated once per record and used by every update of the key, and
 //!   the commit writes into the record it holds, with no second map access;
@@ -37,7 +35,10 @@
 //!   cells of the map) from claim to commit, so the commit writes into the
 //!   record it holds with no second map access, but its working copy is
 //!   allocated per session and update as in `runtime` (no copy kept beside
-//!   each stored value).
+//!   each stored value). This is the memory storage's design now: the
+//!   distance to `per_update memory` is the runtime's glue (type erasure,
+//!   dynamic calls, error and metrics plumbing, values moved between
+//!   layers).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -181,11 +182,11 @@ impl<S> Update<S> {
     }
 }
 
-/// Today's design with none of the runtime's glue: the update's state and
-/// each slot allocated, the keys taken and the values copied in one access
-/// to their records, one borrow per session through an owned guard (a
-/// `SessionRef`), and the commit writing each value back and freeing its key
-/// in one more access.
+/// The design before [`held`] with none of the runtime's glue: the
+/// update's state and each slot allocated, the keys taken and the values
+/// copied in one access to their records, one borrow per session through
+/// an owned guard (a `SessionRef`), and the commit writing each value back
+/// and freeing its key in one more access.
 fn runtime(
     records: &Map<String, Value>,
     manager: &Arc<()>,

@@ -182,6 +182,28 @@ impl<S> Update<S> {
     }
 }
 
+/// A session the workload's handler changes: a read-modify-write.
+trait Change {
+    fn change(&mut self);
+}
+
+impl Change for Slot {
+    fn change(&mut self) {
+        self.touched = true;
+        self.value.apple += 1;
+    }
+}
+
+/// The handler's part of an update: each of its `sessions` borrowed
+/// through an owned guard (a `SessionRef`) and changed; then the update is
+/// finished, as its commit starts.
+fn handle<S: Change>(state: &Update<Arc<Mutex<S>>>, sessions: usize) {
+    for index in 0..sessions {
+        state.slots.lock()[index].try_lock_arc().unwrap().change();
+    }
+    state.finish();
+}
+
 /// The design before [`held`] with none of the runtime's glue: the
 /// update's state and each slot allocated, the keys taken and the values
 /// copied in one access to their records, one borrow per session through
@@ -209,12 +231,7 @@ fn runtime(
             slots.push(Arc::new(Mutex::new(slot)));
         }
     }
-    for index in 0..namespaces.len() {
-        let mut session = state.slots.lock()[index].try_lock_arc().unwrap();
-        session.touched = true;
-        session.value.apple += 1;
-    }
-    state.finish();
+    handle(&state, namespaces.len());
     let mut slots = state.slots.lock();
     for slot in slots.iter() {
         let mut slot = slot.try_lock().unwrap();
@@ -245,6 +262,14 @@ struct Working {
 
 type Cells = DashMap<String, Arc<Cell>, RandomState>;
 
+/// The record at `key`, shared with the map; a new one if there was none.
+fn shared<V: Default>(map: &DashMap<String, Arc<V>, RandomState>, key: &str) -> Arc<V> {
+    match map.get(key) {
+        Some(record) => Arc::clone(&record),
+        None => Arc::clone(&map.entry(key.to_owned()).or_default()),
+    }
+}
+
 /// The design where the record is the slot: one access to the map per key
 /// (to find the cell; the commit goes to the cell itself), no allocation but
 /// the update's state; otherwise as [`runtime`].
@@ -254,10 +279,7 @@ fn cell(cells: &Cells, manager: &Arc<()>, namespaces: &[&str], user: u64, update
         let mut slots = state.slots.lock();
         for namespace in namespaces {
             let key = text(namespace, user);
-            let cell = match cells.get(key.as_str()) {
-                Some(cell) => Arc::clone(&cell),
-                None => Arc::clone(&cells.entry(key.to_string()).or_default()),
-            };
+            let cell = shared(cells, &key);
             {
                 let mut stored = cell.stored.lock();
                 assert!(stored.holder.is_none(), "the key is free");
@@ -301,18 +323,23 @@ struct HeldSlot {
     touched: bool,
 }
 
-/// Today's design (see [`runtime`]) where the update holds the records it
-/// took, so its commit writes into each with no second map access.
+impl Change for HeldSlot {
+    fn change(&mut self) {
+        self.touched = true;
+        self.value.apple += 1;
+    }
+}
+
+/// The memory storage's design now: [`runtime`]'s, where the update holds
+/// the records it took, so its commit writes into each with no second map
+/// access.
 fn held(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64, update: u64) {
     let state = Update::<Arc<Mutex<HeldSlot>>>::new(manager, update);
     {
         let mut slots = state.slots.lock();
         for namespace in namespaces {
             let key = text(namespace, user);
-            let record = match records.get(key.as_str()) {
-                Some(record) => Arc::clone(&record),
-                None => Arc::clone(&records.entry(key.to_string()).or_default()),
-            };
+            let record = shared(records, &key);
             let (value, version) = {
                 let mut stored = record.lock();
                 assert!(stored.holder.is_none(), "the key is free");
@@ -327,12 +354,7 @@ fn held(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64
             })));
         }
     }
-    for index in 0..namespaces.len() {
-        let mut session = state.slots.lock()[index].try_lock_arc().unwrap();
-        session.touched = true;
-        session.value.apple += 1;
-    }
-    state.finish();
+    handle(&state, namespaces.len());
     let mut slots = state.slots.lock();
     for slot in slots.iter() {
         let mut slot = slot.try_lock().unwrap();

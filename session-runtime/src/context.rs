@@ -230,7 +230,8 @@ impl SlotEntry {
         }
     }
 
-    fn failed(registration: &Registration, error: Error) -> Self {
+    /// An entry that failed with `error`, boxed already or not.
+    fn failed(registration: &Registration, error: impl Into<Box<Error>>) -> Self {
         Self::new(registration, EntryState::failed(error))
     }
 }
@@ -246,8 +247,9 @@ enum EntryState {
 }
 
 impl EntryState {
-    fn failed(error: Error) -> Self {
-        EntryState::Failed(Box::new(error))
+    /// A failure with `error`, boxed already or not.
+    fn failed(error: impl Into<Box<Error>>) -> Self {
+        EntryState::Failed(error.into())
     }
 
     fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
@@ -825,7 +827,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
         let key = match manager.registration_key(registration, &state.ids) {
             Ok(key) => key,
             Err(error) => {
-                slots.push(SlotEntry::new(registration, EntryState::Failed(error)));
+                slots.push(SlotEntry::failed(registration, error));
                 continue;
             }
         };
@@ -839,7 +841,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
         };
         let state = match opened {
             Ok(slot) => EntryState::Loaded(slot),
-            Err(error) => EntryState::Failed(error),
+            Err(error) => EntryState::failed(error),
         };
         slots.push(SlotEntry::new(registration, state));
     }
@@ -877,7 +879,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.registration_key(registration, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry::new(registration, EntryState::Failed(error))),
+            Err(error) => entries.push(SlotEntry::failed(registration, error)),
         }
     }
     if wanted.is_empty() {

@@ -2,7 +2,6 @@
 
 use std::any::{Any, TypeId};
 use std::future::Future;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -443,23 +442,16 @@ impl Sessions {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
             return Soon::now(Ok(()));
         }
-        match self.commit_in_process(outcome) {
-            ControlFlow::Break(done) => Soon::now(done),
-            ControlFlow::Continue(remote) => {
-                Soon::later(commit_remote(Arc::clone(&self.inner), remote))
-            }
-        }
+        self.commit_in_process(outcome)
     }
 
     /// The part of a commit done here and now, under the update's slot
     /// list: sessions kept in memory storages are written (no await:
     /// nothing a cancelled commit could leave half done), and if nothing
     /// is left to send anywhere, the entries are dropped in place, which
-    /// gives their keys back. Otherwise what remains for [`write_back`].
-    fn commit_in_process(
-        &self,
-        outcome: HandlerOutcome,
-    ) -> ControlFlow<Result<(), Error>, RemoteCommit> {
+    /// gives their keys back. Otherwise the future of what remains (see
+    /// [`commit_remote`]), built here: what it takes is moved once.
+    fn commit_in_process(&self, outcome: HandlerOutcome) -> Soon<Result<(), Error>> {
         let state = &*self.inner;
         let mut slots = self.slots();
         let save =
@@ -491,13 +483,14 @@ impl Sessions {
                 .any(|slot| slot.maybe_touched());
         if !remote && state.leases.get().is_none() {
             slots.clear();
-            return ControlFlow::Break(first_error(errors));
+            return Soon::now(first_error(errors));
         }
-        ControlFlow::Continue(RemoteCommit {
+        let remote = RemoteCommit {
             entries: std::mem::take(&mut *slots),
             save,
             errors,
-        })
+        };
+        Soon::later(commit_remote(Arc::clone(&self.inner), remote))
     }
 }
 

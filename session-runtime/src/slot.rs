@@ -206,6 +206,27 @@ impl<T: Session> SlotState<T> {
         if !self.touched {
             return Ok(None);
         }
+        // The usual commit: a copy of the value kept in the record the
+        // update holds, written back there.
+        if let Some(Loaded::Value { version }) = self.stored
+            && self.meta.record.is_some()
+            && !self.meta.lock.is_released()
+        {
+            if check_round_trip() {
+                self::check_round_trip(&self.meta, &self.value)?;
+            }
+            self.stored = None;
+            self.touched = false;
+            let value = std::mem::replace(&mut self.value, T::initial());
+            let SlotMeta { record, lock, .. } = &mut self.meta;
+            return Ok(record
+                .as_ref()
+                .and_then(|record| record.commit(memory, value, version, T::TTL, lock))
+                .map(|written| match written {
+                    Ok(version) => WriteOutcome::Written { version },
+                    Err(cause) => WriteOutcome::Conflict(cause),
+                }));
+        }
         // A copy of a stored value is compared with it by the storage, where
         // it still is; anything else is compared here.
         let compared_here = !matches!(self.stored, Some(Loaded::Value { .. }));

@@ -109,6 +109,63 @@ type SharedRecord = Arc<Mutex<Stored>>;
 /// second access to the map (see [`SharedRecord`]).
 pub(crate) struct HeldRecord(SharedRecord);
 
+impl HeldRecord {
+    /// The commit's write of the update that took its key in this record
+    /// and loaded its value at `expected_version`: stores `value` as the
+    /// next version if the record is still of that version, and frees the
+    /// key for `claim`, under one lock of the record and with no access to
+    /// the map. `None` when the record still holds a value equal to
+    /// `value` by `PartialEq` (nothing written); else the version written,
+    /// or why not.
+    ///
+    /// Only while `claim` holds the key is the record sure to be the map's
+    /// (see [`SharedRecord`]): the caller checks.
+    // Always inlined into the one caller per session type: the commit of
+    // every update in memory goes through here.
+    #[inline(always)]
+    pub(crate) fn commit<T: Session>(
+        &self,
+        memory: &MemoryStorage,
+        value: T,
+        expected_version: u64,
+        ttl: Option<Duration>,
+        claim: &mut KeyClaim,
+    ) -> Option<Result<u64, Conflict>> {
+        let Records::Unbounded(unbounded) = &memory.records else {
+            // A held record is always the unbounded map's.
+            return Some(Err(Conflict::NewerVersion));
+        };
+        if ttl.is_some() {
+            unbounded.expiring.store(true, Ordering::Relaxed);
+        }
+        let now = Now::lazy();
+        let (written, vacant) = {
+            let mut current = self.0.lock();
+            let written = match current.holds(Some(expected_version), &value) {
+                true => None,
+                false => Some(
+                    next_version(Some(&current), Some(expected_version), &now).inspect(
+                        |&version| {
+                            current.value.set_typed(value);
+                            current.renew(version, ttl, &now);
+                        },
+                    ),
+                ),
+            };
+            current.free_for(claim);
+            (written, current.vacant())
+        };
+        if vacant {
+            // Deleted while held, and this write refused: nothing to keep.
+            unbounded
+                .map
+                .remove_if(claim.key().as_str(), |_, record| record.lock().vacant());
+        }
+        memory.sweep_if_due(&now);
+        written
+    }
+}
+
 #[derive(Clone)]
 struct Stored {
     value: Value,
@@ -1308,6 +1365,41 @@ mod tests {
         assert_eq!(
             loaded[0].as_ref().map(|record| record.version),
             Some(version)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_commit_through_its_record_writes_the_next_version_or_is_refused_cleanly() {
+        let (storage, unbounded, _home) = records();
+        let first = storage.write(&[put("a", None, None)]).await.unwrap();
+        let [WriteOutcome::Written { version }] = first[..] else {
+            panic!("written: {first:?}");
+        };
+        let take = |update| match storage.claim_typed::<Plain>(&key("a"), taker(update)) {
+            Some(Claimed::Taken(claim, _, held)) => (claim, held),
+            _ => panic!("a free key is taken"),
+        };
+        let (mut claim, held) = take(1);
+        let written = held.commit(&storage, Plain {}, version, None, &mut claim);
+        let next = Write::next_version(Some(version));
+        assert_eq!(written, Some(Ok(next)), "the version after the one loaded");
+        assert!(claim.is_released(), "the write freed the key");
+        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        let (mut claim, held) = take(2);
+        storage
+            .write(&[Write::Delete { key: key("a") }])
+            .await
+            .unwrap();
+        let refused = held.commit(&storage, Plain {}, next, None, &mut claim);
+        assert_eq!(
+            refused,
+            Some(Err(Conflict::NewerVersion)),
+            "deleted meanwhile"
+        );
+        assert!(claim.is_released(), "a refused write frees the key too");
+        assert!(
+            unbounded.map.is_empty(),
+            "the emptied record went with the key's lock"
         );
     }
 

@@ -57,6 +57,8 @@ impl Value {
 
     /// Replaces the value by `value`, in place when it already holds a value
     /// of `T` that nobody else shares (the usual case: no allocation).
+    // Always inlined: see `HeldRecord::commit`.
+    #[inline(always)]
     pub(super) fn set_typed<T: Session>(&mut self, value: T) {
         if let Value::Typed(stored) = self
             && let Some(stored) = Arc::get_mut(stored)

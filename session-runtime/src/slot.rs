@@ -138,6 +138,9 @@ impl SlotMeta {
 
     /// Reports what the storage did with this session's write: metrics, a
     /// debug line, or the error the commit answers.
+    // Always inlined: every commit reports each write it made (as a call,
+    // about 18 instructions more per session in memory).
+    #[inline(always)]
     pub(crate) fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
         metrics::written(self.session, &self.storage.metrics, &outcome);
         match outcome {

@@ -201,6 +201,9 @@ impl Loaded {
 impl<T: Session> SlotState<T> {
     /// Moves the value into `memory` if it changed (see
     /// [`ErasedSlot::write_in_process`]): the update is over for this slot.
+    // Always inlined into its one caller per session type, as
+    // `MemoryStorage::claim_typed` is.
+    #[inline(always)]
     fn write_value(
         &mut self,
         memory: &MemoryStorage,

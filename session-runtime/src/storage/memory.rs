@@ -298,6 +298,8 @@ impl Stored {
     }
 }
 
+// Inlined: see `HeldRecord::commit`.
+#[inline]
 fn expiry(ttl: Option<Duration>, now: &Now) -> Option<Instant> {
     ttl.and_then(|ttl| now.get().checked_add(ttl))
 }

@@ -251,6 +251,8 @@ impl EntryState {
         EntryState::Failed(error.into())
     }
 
+    // Inlined: see `Sessions::slots`.
+    #[inline]
     fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
         match self {
             EntryState::Loaded(slot) => Some(slot),
@@ -288,6 +290,8 @@ impl Sessions {
         &self.inner.ids
     }
 
+    // Inlined, as `EntryState::loaded` is: every accessor calls both.
+    #[inline]
     fn slots(&self) -> MutexGuard<'_, Slots> {
         self.inner.slots.lock()
     }

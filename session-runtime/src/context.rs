@@ -828,10 +828,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
                 continue;
             }
         };
-        let taker = state.taker(registration.name, registration.type_name);
-        let Some(opened) =
-            (registration.claim_in_process)(storage, memory, registration.name, key, taker)
-        else {
+        let Some(opened) = (registration.claim_in_process)(storage, memory, key, state.id) else {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;

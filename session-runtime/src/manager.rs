@@ -12,7 +12,7 @@ use smol_str::SmolStr;
 use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
 use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
-use crate::lock::{KeyHome, KeyLocks, Taker};
+use crate::lock::{KeyHome, KeyLocks};
 use crate::metrics::StorageMetrics;
 use crate::session::Session;
 use crate::slot::{self, ErasedSlot, SlotMeta};
@@ -128,9 +128,8 @@ pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn E
 pub(crate) type ClaimInProcess = fn(
     &Arc<StorageEntry>,
     &MemoryStorage,
-    &'static str,
     StorageKey,
-    Taker,
+    u64,
 ) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>>;
 
 /// A session type known to the manager, with its type erased.

@@ -437,7 +437,7 @@ pub(crate) fn open_in_process<T: Session>(
     open_found(meta, found)
 }
 
-/// Takes the key of a session kept in `memory` for `taker`, and opens its
+/// Takes the key of a session kept in `memory` for the update `update`, and opens its
 /// slot, if no other update holds or waits for the key; `None` if one does
 /// (nothing was taken). A storage that keeps its keys' locks in its
 /// records takes the key and copies the value in one access.
@@ -447,11 +447,16 @@ pub(crate) fn open_in_process<T: Session>(
 pub(crate) fn claim_in_process<T: Session>(
     storage: &Arc<StorageEntry>,
     memory: &MemoryStorage,
-    session: &'static str,
     key: StorageKey,
-    taker: Taker,
+    update: u64,
 ) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>> {
-    let meta = |key, lock| SlotMeta::new(storage, session, key, lock, None);
+    // Built here, of constants: not moved through the call.
+    let taker = Taker {
+        update,
+        session: T::NAME,
+        type_name: std::any::type_name::<T>(),
+    };
+    let meta = |key, lock| SlotMeta::new(storage, T::NAME, key, lock, None);
     match memory.claim_typed::<T>(&key, taker) {
         Some(Claimed::Taken(lock, found, record)) => {
             let mut meta = meta(key, lock);

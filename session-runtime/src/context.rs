@@ -20,7 +20,7 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
-use crate::soon::Soon;
+use crate::soon::{Soon, Unboxed};
 use crate::storage::StorageError;
 use crate::storage::memory::MemoryStorage;
 use crate::storage::{LeaseOwner, Record, Write};
@@ -444,9 +444,9 @@ impl Sessions {
         outcome: HandlerOutcome,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         if self.inner.finished.swap(true, Ordering::AcqRel) {
-            return Soon::now(Ok(()));
+            return Unboxed(Soon::now(Ok(())));
         }
-        self.commit_in_process(outcome)
+        Unboxed(self.commit_in_process(outcome))
     }
 
     /// The part of a commit done here and now, under the update's slot
@@ -455,7 +455,7 @@ impl Sessions {
     /// is left to send anywhere, the entries are dropped in place, which
     /// gives their keys back. Otherwise the future of what remains (see
     /// [`commit_remote`]), built here: what it takes is moved once.
-    fn commit_in_process(&self, outcome: HandlerOutcome) -> Soon<Result<(), Error>> {
+    fn commit_in_process(&self, outcome: HandlerOutcome) -> Soon<Result<(), Box<Error>>> {
         let state = &*self.inner;
         let mut slots = self.slots();
         let save =
@@ -500,7 +500,7 @@ impl Sessions {
 
 /// The part of a commit left after its in-process part (see
 /// [`Sessions::commit`]).
-async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<(), Error> {
+async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<(), Box<Error>> {
     let RemoteCommit {
         entries,
         save,
@@ -516,14 +516,14 @@ async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<
             .await
             .unwrap_or_else(|error| match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
-                Err(error) => Err(Error::Storage {
+                Err(error) => Err(Box::new(Error::Storage {
                     session: "(every session of the update)",
                     key: String::new(),
                     storage: Arc::from("(the runtime)"),
                     source: StorageError::other(format!(
                         "the commit did not finish: {error} (the runtime is shutting down)"
                     )),
-                }),
+                })),
             }),
         Err(_) => write_back(state, entries, save, errors).await,
     }
@@ -573,9 +573,9 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
 }
 
 /// The first error is the caller's to report; the others are logged here,
-/// each once.
+/// each once. Boxed, as the commit's future carries it (see [`Unboxed`]).
 #[inline]
-fn first_error(errors: Vec<Error>) -> Result<(), Error> {
+fn first_error(errors: Vec<Error>) -> Result<(), Box<Error>> {
     // The usual case, on every commit: no iterator to build and drop.
     if errors.is_empty() {
         return Ok(());
@@ -584,13 +584,13 @@ fn first_error(errors: Vec<Error>) -> Result<(), Error> {
 }
 
 /// [`first_error`] with errors to tell: kept out of the usual path.
-fn log_others(errors: Vec<Error>) -> Result<(), Error> {
+fn log_others(errors: Vec<Error>) -> Result<(), Box<Error>> {
     let mut errors = errors.into_iter();
     let first = errors.next();
     for error in errors {
         tracing::warn!(%error, "session not saved");
     }
-    first.map_or(Ok(()), Err)
+    first.map_or(Ok(()), |first| Err(Box::new(first)))
 }
 
 /// Writes what the update changed and gives back its leases (see
@@ -600,7 +600,7 @@ async fn write_back(
     entries: Slots,
     save: bool,
     mut errors: Vec<Error>,
-) -> Result<(), Error> {
+) -> Result<(), Box<Error>> {
     {
         let state = &*state;
         // A read-only update allocates nothing here.

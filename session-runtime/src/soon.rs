@@ -35,3 +35,21 @@ impl<T> Future for Soon<T> {
         }
     }
 }
+
+/// A future whose error travels boxed, answered unboxed: an `Error` is
+/// about a hundred bytes, and a commit's answer is moved on every update
+/// for a failure that is rare.
+pub(crate) struct Unboxed<F>(pub(crate) F);
+
+impl<F, E> Future for Unboxed<F>
+where
+    F: Future<Output = Result<(), Box<E>>> + Unpin,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.get_mut().0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|error| *error))
+    }
+}

@@ -550,14 +550,8 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
         let Some(memory) = &state.manager.storages[storage_index].in_process else {
             continue;
         };
-        let check_round_trip = || {
-            state
-                .manager
-                .registrations
-                .get(entry.registration)
-                .is_none_or(Registration::check_round_trip)
-        };
-        match slot.write_in_process(memory, &check_round_trip, errors) {
+        let registration = state.manager.registrations.get(entry.registration);
+        match slot.write_in_process(memory, registration, errors) {
             // Without the feature, nothing reads which storages were written.
             Ok(true) if metrics::ENABLED && !written_to.contains(&storage_index) => {
                 written_to.push(storage_index)

@@ -12,7 +12,7 @@ use crate::codec::{self, Codec};
 use crate::error::Error;
 use crate::key::StorageKey;
 use crate::lock::{KeyClaim, Taker};
-use crate::manager::StorageEntry;
+use crate::manager::{Registration, StorageEntry};
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
 use crate::storage::memory::{Claimed, Found, HeldRecord, MemoryStorage};
@@ -207,7 +207,7 @@ impl<T: Session> SlotState<T> {
     fn write_value(
         &mut self,
         memory: &MemoryStorage,
-        check_round_trip: &dyn Fn() -> bool,
+        registration: Option<&Registration>,
     ) -> Result<Option<WriteOutcome>, Error> {
         if !self.touched {
             return Ok(None);
@@ -218,7 +218,7 @@ impl<T: Session> SlotState<T> {
             && self.meta.record.is_some()
             && !self.meta.lock.is_released()
         {
-            if check_round_trip() {
+            if round_trip_due(registration) {
                 self::check_round_trip(&self.meta, &self.value)?;
             }
             self.stored = None;
@@ -239,7 +239,7 @@ impl<T: Session> SlotState<T> {
         if compared_here && !self.changed()? {
             return Ok(None);
         }
-        if check_round_trip() {
+        if round_trip_due(registration) {
             self::check_round_trip(&self.meta, &self.value)?;
         }
         let expected_version = self.stored.take().as_ref().map(Loaded::version);
@@ -343,6 +343,14 @@ fn with_buffers<R>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> R) -> R {
     })
 }
 
+/// Whether a write of a session of `registration`'s type checks its round
+/// trip first (see [`Registration::check_round_trip`]); always for a lazy
+/// type that was not registered.
+#[inline]
+fn round_trip_due(registration: Option<&Registration>) -> bool {
+    registration.is_none_or(Registration::check_round_trip)
+}
+
 /// Checks that `value` comes back from its codec as it went in, as it must
 /// for Redis or SQL to keep it: encodes, decodes, and compares (by
 /// `PartialEq`, else by encoding again).
@@ -384,12 +392,12 @@ pub(crate) trait ErasedSlot: Any + Send + Sync {
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed>;
     /// Writes the session to `memory` as a value if it changed (checking
-    /// first, if `check_round_trip` says so, that it survives its codec's
+    /// first, if its `registration` says so, that it survives its codec's
     /// round trip), reporting the outcome into `errors`; whether it wrote.
     fn write_in_process(
         &self,
         memory: &MemoryStorage,
-        check_round_trip: &dyn Fn() -> bool,
+        registration: Option<&Registration>,
         errors: &mut Vec<Error>,
     ) -> Result<bool, Borrowed>;
     /// Reports what the storage did with this slot's write.
@@ -502,12 +510,12 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     fn write_in_process(
         &self,
         memory: &MemoryStorage,
-        check_round_trip: &dyn Fn() -> bool,
+        registration: Option<&Registration>,
         errors: &mut Vec<Error>,
     ) -> Result<bool, Borrowed> {
         let mut state = self.try_lock().ok_or(Borrowed)?;
         let state = &mut *state;
-        Ok(match state.write_value(memory, check_round_trip) {
+        Ok(match state.write_value(memory, registration) {
             Ok(None) => false,
             Ok(Some(outcome)) => {
                 state.meta.report(outcome, errors);

@@ -445,10 +445,10 @@ pub(crate) fn open_in_process<T: Session>(
     open_found(meta, found)
 }
 
-/// Takes the key of a session kept in `memory` for the update `update`, and opens its
-/// slot, if no other update holds or waits for the key; `None` if one does
-/// (nothing was taken). A storage that keeps its keys' locks in its
-/// records takes the key and copies the value in one access.
+/// Takes the key of a session kept in `memory` for the update `update`,
+/// and opens its slot, if no other update holds or waits for the key;
+/// `None` if one does (nothing was taken). A storage that keeps its keys'
+/// locks in its records takes the key and copies the value in one access.
 ///
 /// The error is boxed, as the update's list keeps it: the answer is moved
 /// on every update, and a failure is rare.

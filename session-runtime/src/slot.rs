@@ -212,27 +212,6 @@ impl<T: Session> SlotState<T> {
         if !self.touched {
             return Ok(None);
         }
-        // The usual commit: a copy of the value kept in the record the
-        // update holds, written back there.
-        if let Some(Loaded::Value { version }) = self.stored
-            && self.meta.record.is_some()
-            && !self.meta.lock.is_released()
-        {
-            if round_trip_due(registration) {
-                self::check_round_trip(&self.meta, &self.value)?;
-            }
-            self.stored = None;
-            self.touched = false;
-            let value = std::mem::replace(&mut self.value, T::initial());
-            let SlotMeta { record, lock, .. } = &mut self.meta;
-            return Ok(record
-                .as_ref()
-                .and_then(|record| record.commit(memory, value, version, T::TTL, lock))
-                .map(|written| match written {
-                    Ok(version) => WriteOutcome::Written { version },
-                    Err(cause) => WriteOutcome::Conflict(cause),
-                }));
-        }
         // A copy of a stored value is compared with it by the storage, where
         // it still is; anything else is compared here.
         let compared_here = !matches!(self.stored, Some(Loaded::Value { .. }));
@@ -245,15 +224,23 @@ impl<T: Session> SlotState<T> {
         let expected_version = self.stored.take().as_ref().map(Loaded::version);
         self.touched = false;
         let value = std::mem::replace(&mut self.value, T::initial());
-        let meta = &mut self.meta;
-        Ok(memory.put_typed(
-            &meta.key,
-            meta.record.as_ref(),
-            value,
-            expected_version,
-            T::TTL,
-            &mut meta.lock,
-        ))
+        let SlotMeta {
+            key, record, lock, ..
+        } = &mut self.meta;
+        // Only while the claim holds the key is its record sure to be the
+        // map's (see `HeldRecord`).
+        let held = !lock.is_released();
+        Ok(match record {
+            // The record the update took its key in: written there, with
+            // no access to the map.
+            Some(record) if held => record
+                .commit(memory, value, expected_version, T::TTL, lock)
+                .map(|written| match written {
+                    Ok(version) => WriteOutcome::Written { version },
+                    Err(cause) => WriteOutcome::Conflict(cause),
+                }),
+            _ => memory.put_typed(key, value, expected_version, T::TTL, lock),
+        })
     }
 
     /// The put this session needs, if it changed: what is sent to a storage

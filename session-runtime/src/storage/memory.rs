@@ -111,12 +111,12 @@ pub(crate) struct HeldRecord(SharedRecord);
 
 impl HeldRecord {
     /// The commit's write of the update that took its key in this record
-    /// and loaded its value at `expected_version`: stores `value` as the
-    /// next version if the record is still of that version, and frees the
-    /// key for `claim`, under one lock of the record and with no access to
-    /// the map. `None` when the record still holds a value equal to
-    /// `value` by `PartialEq` (nothing written); else the version written,
-    /// or why not.
+    /// and loaded it at `expected_version` (`None`: nothing stored): stores
+    /// `value` as the next version if the record is still of that version,
+    /// and frees the key for `claim`, under one lock of the record and with
+    /// no access to the map. `None` when the record still holds a value
+    /// equal to `value` by `PartialEq` (nothing written); else the version
+    /// written, or why not.
     ///
     /// Only while `claim` holds the key is the record sure to be the map's
     /// (see [`SharedRecord`]): the caller checks.
@@ -129,7 +129,7 @@ impl HeldRecord {
         &self,
         memory: &MemoryStorage,
         value: T,
-        expected_version: u64,
+        expected_version: Option<u64>,
         ttl: Option<Duration>,
         claim: &mut KeyClaim,
     ) -> Option<Result<u64, Conflict>> {
@@ -143,15 +143,13 @@ impl HeldRecord {
         let now = Now::lazy();
         let (written, vacant) = {
             let mut current = self.0.lock();
-            let written = match current.holds(Some(expected_version), &value) {
+            let written = match current.holds(expected_version, &value) {
                 true => None,
                 false => Some(
-                    next_version(Some(&current), Some(expected_version), &now).inspect(
-                        |&version| {
-                            current.value.set_typed(value);
-                            current.renew(version, ttl, &now);
-                        },
-                    ),
+                    next_version(Some(&current), expected_version, &now).inspect(|&version| {
+                        current.value.set_typed(value);
+                        current.renew(version, ttl, &now);
+                    }),
                 ),
             };
             current.free_for(claim);
@@ -159,9 +157,7 @@ impl HeldRecord {
         };
         if vacant {
             // Deleted while held, and this write refused: nothing to keep.
-            unbounded
-                .map
-                .remove_if(claim.key().as_str(), |_, record| record.lock().vacant());
+            unbounded.remove_vacant(claim.key());
         }
         memory.sweep_if_due(&now);
         written
@@ -477,24 +473,19 @@ impl MemoryStorage {
     ///
     /// Frees the key in the same access if `claim` holds it in its record
     /// and nobody waits for it (marking the claim given back); the update
-    /// is done with the key. The record is `held`'s when the update took
-    /// the key there: no second access to the map.
+    /// is done with the key. (An update that took the key in its record
+    /// writes there: [`HeldRecord::commit`].)
     pub(crate) fn put_typed<T: Session>(
         &self,
         key: &StorageKey,
-        held: Option<&HeldRecord>,
         value: T,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         claim: &mut KeyClaim,
     ) -> Option<WriteOutcome> {
         let now = Now::lazy();
-        // Only while the claim holds the key is the record sure to be the
-        // map's (see `SharedRecord`).
-        let held = held.filter(|_| !claim.is_released());
         let outcome = self.put(
             key.as_str(),
-            held,
             expected_version,
             ttl,
             &now,
@@ -525,16 +516,10 @@ impl MemoryStorage {
     /// writes `new` over the stored value (in place in the unbounded map) or
     /// into an empty one. Writes nothing if the current record already holds
     /// it (see [`NewValue::already_in`]). Frees the key for `claim`, if
-    /// given, as [`MemoryStorage::put_typed`] says; writes into `held` if
-    /// given, the record at `key` that the claim holds.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one put, as its callers describe it"
-    )]
+    /// given, as [`MemoryStorage::put_typed`] says.
     fn put<New: NewValue>(
         &self,
         key: &str,
-        held: Option<&HeldRecord>,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         now: &Now,
@@ -547,17 +532,10 @@ impl MemoryStorage {
                     unbounded.expiring.store(true, Ordering::Relaxed);
                 }
                 let (written, vacant) = {
-                    // The map's shard stays locked with the record when it
-                    // is looked up here, until the end of this block: the
-                    // removal below takes it again.
-                    let found;
-                    let mut current = match held {
-                        Some(HeldRecord(record)) => record.lock(),
-                        None => {
-                            found = unbounded.record(key);
-                            found.lock()
-                        }
-                    };
+                    // The map's shard stays locked with the record until the
+                    // end of this block: the removal below takes it again.
+                    let found = unbounded.record(key);
+                    let mut current = found.lock();
                     let written = match new.already_in(&current) {
                         Some(unchanged) => Err(unchanged),
                         None => Ok(next_version(Some(&current), expected_version, now).inspect(
@@ -575,9 +553,7 @@ impl MemoryStorage {
                 if vacant {
                     // Made for a write that was refused, or left by a key
                     // freed with nothing stored.
-                    unbounded
-                        .map
-                        .remove_if(key, |_, record| record.lock().vacant());
+                    unbounded.remove_vacant(key);
                 }
                 written?
             }
@@ -630,7 +606,6 @@ impl MemoryStorage {
             ) => {
                 let Ok(outcome) = self.put(
                     key.as_str(),
-                    None,
                     *expected_version,
                     *ttl,
                     now,
@@ -777,6 +752,12 @@ impl Unbounded {
         }
     }
 
+    /// Removes the record at `key` if it holds no value and its key is free
+    /// (see [`Stored::vacant`]), as checked again under its shard's lock.
+    fn remove_vacant(&self, key: &str) {
+        self.map.remove_if(key, |_, record| record.lock().vacant());
+    }
+
     /// Removes the record at `key`, or only its value while an update holds
     /// the key (the lock stays with the record).
     fn delete(&self, key: &str) {
@@ -856,8 +837,7 @@ impl KeyHome for Unbounded {
         drop(record);
         drop(shared);
         if vacant {
-            self.map
-                .remove_if(claim.key().as_str(), |_, record| record.lock().vacant());
+            self.remove_vacant(claim.key());
         }
     }
 }
@@ -1372,8 +1352,8 @@ mod tests {
                 .is_some_and(|record| Arc::ptr_eq(&record, &held.0))
         };
         assert!(in_map(&held), "a delete keeps a held record in place");
-        let outcome = storage.put_typed(&key("a"), Some(&held), Plain {}, None, None, &mut claim);
-        let Some(WriteOutcome::Written { version }) = outcome else {
+        let outcome = held.commit(&storage, Plain {}, None, None, &mut claim);
+        let Some(Ok(version)) = outcome else {
             panic!("written after the delete, as a new record: {outcome:?}");
         };
         assert!(claim.is_released(), "the write freed the key");
@@ -1398,7 +1378,7 @@ mod tests {
             _ => panic!("a free key is taken"),
         };
         let (mut claim, held) = take(1);
-        let written = held.commit(&storage, Plain {}, version, None, &mut claim);
+        let written = held.commit(&storage, Plain {}, Some(version), None, &mut claim);
         let next = Write::next_version(Some(version));
         assert_eq!(written, Some(Ok(next)), "the version after the one loaded");
         assert!(claim.is_released(), "the write freed the key");
@@ -1408,7 +1388,7 @@ mod tests {
             .write(&[Write::Delete { key: key("a") }])
             .await
             .unwrap();
-        let refused = held.commit(&storage, Plain {}, next, None, &mut claim);
+        let refused = held.commit(&storage, Plain {}, Some(next), None, &mut claim);
         assert_eq!(
             refused,
             Some(Err(Conflict::NewerVersion)),

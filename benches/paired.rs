@@ -11,11 +11,10 @@
 //! and `grouped-held`, one record per user) against the same teloxide
 //! sides, which tell what no glue at all would give; the dispatch path.
 //!
-//! Compare ratios within one binary: built again from the same library
-//! code, with only this file changed, the memory rows moved from 1.28 to
-//! 1.40 (1 session) and from 1.08 to 1.26 (4 sessions), every round alike.
-//! The layout of the code weighs that much; the instruction counts of
-//! `per_update` do not move with it.
+//! The workspace builds benchmarks with one codegen unit (see its
+//! `Cargo.toml`): with sixteen, adding the floor rows to this file moved
+//! the memory rows' ratios from 1.30 to 1.40 (1 session) and from 1.17 to
+//! 1.26 (4 sessions), the library unchanged.
 //!
 //! The criterion benches (`memory`, `dispatch`) time each side in a few
 //! seconds of its own: on a shared 2-core machine a side's row moved by 40%
@@ -33,6 +32,7 @@ use std::time::{Duration, Instant};
 use teloxide::dispatching::dialogue::InMemStorage;
 use teloxide::prelude::dptree;
 use tg_session::MemoryStorage;
+use tokio::runtime::Runtime;
 
 mod dispatch_trees;
 mod floor_designs;
@@ -46,22 +46,29 @@ const ROUNDS: usize = 31;
 /// How long one side of a round runs, about.
 const SIDE: Duration = Duration::from_millis(40);
 
-/// Times `batch` runs of `update` (one update each).
-async fn timed<F, Fut>(batch: u64, update: &mut F) -> Duration
+/// Times `batch` runs of `update` (one update each), on `runtime`.
+///
+/// Never inlined, and a runtime entered per batch rather than one future
+/// around every comparison: each side's loop is a function of its own,
+/// whatever other rows this file has.
+#[inline(never)]
+fn timed<F, Fut>(runtime: &Runtime, batch: u64, update: &mut F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
-    let start = Instant::now();
-    for _ in 0..batch {
-        update().await;
-    }
-    start.elapsed()
+    runtime.block_on(async {
+        let start = Instant::now();
+        for _ in 0..batch {
+            update().await;
+        }
+        start.elapsed()
+    })
 }
 
 /// Times `ours` against `theirs` in [`ROUNDS`] pairs and prints the ratio
 /// of our time to theirs per update: below 1, ours is faster.
-async fn compare<A, FutA, B, FutB>(name: &str, mut ours: A, mut theirs: B)
+fn compare<A, FutA, B, FutB>(runtime: &Runtime, name: &str, mut ours: A, mut theirs: B)
 where
     A: FnMut() -> FutA,
     FutA: Future<Output = ()>,
@@ -70,11 +77,11 @@ where
 {
     // A batch of about `SIDE` on our side, found by doubling (warms both up).
     let mut batch = 16;
-    while timed(batch, &mut ours).await < SIDE / 4 {
+    while timed(runtime, batch, &mut ours) < SIDE / 4 {
         batch *= 2;
     }
     batch *= 4;
-    timed(batch, &mut theirs).await;
+    timed(runtime, batch, &mut theirs);
     let mut ratios: Vec<f64> = Vec::with_capacity(ROUNDS);
     // Each side's time per update, for the absolute numbers beside the ratio.
     let mut ours_each: Vec<f64> = Vec::with_capacity(ROUNDS);
@@ -82,12 +89,12 @@ where
     for round in 0..ROUNDS {
         let (ours_took, theirs_took) = match round % 2 {
             0 => {
-                let ours_took = timed(batch, &mut ours).await;
-                (ours_took, timed(batch, &mut theirs).await)
+                let ours_took = timed(runtime, batch, &mut ours);
+                (ours_took, timed(runtime, batch, &mut theirs))
             }
             _ => {
-                let theirs_took = timed(batch, &mut theirs).await;
-                (timed(batch, &mut ours).await, theirs_took)
+                let theirs_took = timed(runtime, batch, &mut theirs);
+                (timed(runtime, batch, &mut ours), theirs_took)
             }
         };
         ratios.push(ours_took.as_secs_f64() / theirs_took.as_secs_f64());
@@ -119,18 +126,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    {
         let user = AtomicU64::new(0);
         let next = || black_box(next_user(&user));
 
         let one = manager(MemoryStorage::new(), false);
         let teloxide_one = InMemStorage::<One>::new();
         compare(
+            &runtime,
             "memory, 1 session",
             || ours_one(&one, next()),
             || teloxide_rmw(&teloxide_one, next(), |s| s.apple += 1),
-        )
-        .await;
+        );
 
         let four = manager(MemoryStorage::new(), true);
         let teloxide_four = (
@@ -140,6 +147,7 @@ fn main() {
             InMemStorage::<Four>::new(),
         );
         compare(
+            &runtime,
             "memory, 4 sessions",
             || ours_four(&four, next()),
             || async {
@@ -149,8 +157,7 @@ fn main() {
                 teloxide_rmw(&teloxide_four.2, user, |s| s.apple += 1).await;
                 teloxide_rmw(&teloxide_four.3, user, |s| s.apple += 1).await;
             },
-        )
-        .await;
+        );
 
         // The floors of the memory storage's design and of one record per
         // user (see `floors.rs`), against the same teloxide sides: what
@@ -164,6 +171,7 @@ fn main() {
         ] {
             let floors = &floors;
             compare(
+                &runtime,
                 name,
                 || {
                     update += 1;
@@ -179,8 +187,7 @@ fn main() {
                         teloxide_rmw(&teloxide_four.3, user, |s| s.apple += 1).await;
                     }
                 },
-            )
-            .await;
+            );
         }
         black_box(floors.sizes());
 
@@ -192,10 +199,10 @@ fn main() {
             dispatch_trees::Counter,
         >::new()]);
         compare(
+            &runtime,
             "dispatch, 100 users",
             || dispatch_trees::run_all(&ours_tree, &ours_updates),
             || dispatch_trees::run_all(&theirs_tree, &theirs_updates),
-        )
-        .await;
-    });
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! around it, in each design an in-process engine could have: what the
 //! `floors` example counts with callgrind and the paired bench times
 //! against teloxide. The designs are listed in `floors.rs`.
+//!
+//! (`dead_code` is allowed as in `workload/`: each bench target uses a part.)
 
 #![allow(
     clippy::unwrap_used,

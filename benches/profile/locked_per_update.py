@@ -15,7 +15,8 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
+
+from callgrind import executions
 
 
 def locked_instructions(binary):
@@ -37,36 +38,14 @@ def locked_instructions(binary):
     return locked
 
 
-def executions(binary, workload, updates):
-    """Address -> executions, for the binary's own code."""
-    handle, path = tempfile.mkstemp()
-    os.close(handle)
-    subprocess.run(["valgrind", "--tool=callgrind", "--dump-instr=yes", "--compress-pos=no",
-                    "--compress-strings=no", f"--callgrind-out-file={path}",
-                    binary, workload, str(updates)], capture_output=True, check=True)
-    counts, in_binary, call_cost_follows = collections.Counter(), False, False
-    with open(path) as out:
-        for line in out:
-            if line.startswith("ob="):
-                in_binary = os.path.basename(line[3:].strip()) == os.path.basename(binary)
-            elif line.startswith("calls="):
-                call_cost_follows = True  # the next line is the call's inclusive cost
-            elif line.startswith("0x"):
-                if call_cost_follows:
-                    call_cost_follows = False
-                    continue
-                fields = line.split()
-                if in_binary and len(fields) > 2:
-                    counts[int(fields[0], 16)] += int(fields[2])
-    os.unlink(path)
-    return counts
-
-
 def main():
     binary, workload = sys.argv[1], sys.argv[2]
     updates = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
     locked = locked_instructions(binary)
-    first, second = executions(binary, workload, updates), executions(binary, workload, 2 * updates)
+    own = os.path.basename(binary)
+    address = lambda object_file, at: at if object_file == own else None
+    first = executions(binary, workload, updates, address)
+    second = executions(binary, workload, 2 * updates, address)
     by_function = collections.Counter()
     for address, (function, _) in locked.items():
         by_function[function] += second.get(address, 0) - first.get(address, 0)

@@ -14,6 +14,8 @@
 //! cycling over 1,000 users):
 //!
 //! - `memory`, `memory-eq` (the type derives `PartialEq`), `memory-4`;
+//! - `bounded`, `bounded-4`: the same on `MemoryStorage::with_capacity`
+//!   (room for every user's records);
 //! - `teloxide`: `Dialogue::get_or_default` + `Dialogue::update` on
 //!   `InMemStorage`;
 //! - `redis`, `redis-4` (a `redis-server` this process starts; the client's
@@ -39,7 +41,7 @@ use teloxide::prelude::dptree;
 use workload::{EqOne, One, manager, next_user, ours_four, ours_one, ours_one_eq, teloxide_rmw};
 
 fn main() {
-    let usage = "usage: per_update <memory|memory-eq|memory-4|teloxide|redis|redis-4|sqlite|sqlite-4\
+    let usage = "usage: per_update <memory|memory-eq|memory-4|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
                  |dispatch|dispatch-teloxide|dispatch-floor> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
@@ -62,16 +64,17 @@ fn main() {
                     .await
                     .unwrap(),
             ),
+            "bounded" | "bounded-4" => Arc::new(MemoryStorage::with_capacity(100_000)),
             _ => Arc::new(MemoryStorage::new()),
         };
         match workload.as_str() {
-            "memory" | "redis" | "sqlite" => {
+            "memory" | "bounded" | "redis" | "sqlite" => {
                 let manager = manager(storage, false);
                 for _ in 0..updates {
                     ours_one(&manager, next_user(&user)).await;
                 }
             }
-            "memory-4" | "redis-4" | "sqlite-4" => {
+            "memory-4" | "bounded-4" | "redis-4" | "sqlite-4" => {
                 let manager = manager(storage, true);
                 for _ in 0..updates {
                     ours_four(&manager, next_user(&user)).await;

@@ -1,5 +1,6 @@
 //! The embedded default storage: session values in a concurrent map.
 
+mod bounded;
 mod typed;
 
 use std::cell::Cell;
@@ -11,9 +12,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use parking_lot::Mutex;
 use smol_str::SmolStr;
 
@@ -60,6 +58,9 @@ use typed::Value;
 ///   [`moka`]; beyond that the least recently used go first (plain LRU: a
 ///   new user's session is always kept, an idle regular's goes). Its keys
 ///   are locked in a table beside the records, which eviction may drop.
+///   A record without a TTL is written in place, as in the unbounded map
+///   (a write that eviction raced is put back, not lost); a record with a
+///   TTL is replaced, so that the cache's expiry of it moves.
 ///
 /// Every manager built over one memory storage (or its clones) locks its
 /// keys in the same place: their updates of one key wait for each other, as
@@ -74,10 +75,7 @@ pub struct MemoryStorage {
 #[derive(Clone)]
 enum Records {
     Unbounded(Arc<Unbounded>),
-    /// The records, and the table where its keys are locked (see
-    /// [`MemoryStorage::key_home`]): eviction may drop a record, so a key's
-    /// lock cannot live in it.
-    Bounded(Cache<String, Stored>, Arc<OnceLock<Arc<KeyLocks>>>),
+    Bounded(Arc<bounded::Bounded>),
 }
 
 struct Unbounded {
@@ -324,29 +322,6 @@ impl Now {
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the bounded store keeps a record past its expiry (invisible),
-/// so that a write prepared before the expiry is refused as
-/// [`Conflict::Expired`] rather than blamed on another writer.
-const EXPIRED_KEPT: Duration = Duration::from_secs(60);
-
-struct PerRecordTtl;
-
-impl moka::Expiry<String, Stored> for PerRecordTtl {
-    fn expire_after_create(&self, _: &String, value: &Stored, _: Instant) -> Option<Duration> {
-        value.ttl.map(|ttl| ttl.saturating_add(EXPIRED_KEPT))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        value: &Stored,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        value.ttl.map(|ttl| ttl.saturating_add(EXPIRED_KEPT))
-    }
-}
-
 /// The version check of a conditional put, shared by both backends: the
 /// version to write, or why not.
 // Always inlined: see `HeldRecord::commit`.
@@ -367,6 +342,28 @@ fn next_version(
         });
     }
     Ok(Write::next_version(expected_version))
+}
+
+/// The conditional put on a record: nothing if it already holds the value
+/// (`Err`), else the version written over it, or why not.
+// Always inlined: see `HeldRecord::commit`.
+#[inline(always)]
+fn put_into<New: NewValue>(
+    current: &mut Stored,
+    expected_version: Option<u64>,
+    ttl: Option<Duration>,
+    now: &Now,
+    new: New,
+) -> Result<Result<u64, Conflict>, New::Unchanged> {
+    if let Some(unchanged) = new.already_in(current) {
+        return Err(unchanged);
+    }
+    Ok(
+        next_version(Some(current), expected_version, now).inspect(|&version| {
+            new.set(&mut current.value);
+            current.renew(version, ttl, now);
+        }),
+    )
 }
 
 impl MemoryStorage {
@@ -392,17 +389,7 @@ impl MemoryStorage {
     /// the least recently used beyond that.
     pub fn with_capacity(max_records: u64) -> Self {
         Self {
-            records: Records::Bounded(
-                Cache::builder()
-                    .max_capacity(max_records)
-                    // moka's default (TinyLFU) refuses a newcomer used less
-                    // often than the regulars: a new user's first session
-                    // would be dropped at once. Plain LRU keeps recent users.
-                    .eviction_policy(EvictionPolicy::lru())
-                    .expire_after(PerRecordTtl)
-                    .build(),
-                Arc::default(),
-            ),
+            records: Records::Bounded(Arc::new(bounded::Bounded::new(max_records))),
         }
     }
 
@@ -418,10 +405,8 @@ impl MemoryStorage {
                     .count();
                 u64::try_from(live).unwrap_or(u64::MAX)
             }
-            Records::Bounded(cache, _) => {
-                let now = Now::lazy();
-                let live = cache.iter().filter(|(_, stored)| stored.live(&now)).count();
-                u64::try_from(live).unwrap_or(u64::MAX)
+            Records::Bounded(bounded) => {
+                u64::try_from(bounded.live(&Now::lazy())).unwrap_or(u64::MAX)
             }
         }
     }
@@ -441,11 +426,7 @@ impl MemoryStorage {
                     stored.live(now).then(|| stored.record())
                 })
                 .transpose(),
-            Records::Bounded(cache, _) => cache
-                .get(key)
-                .filter(|stored| stored.live(now))
-                .map(|stored| stored.record())
-                .transpose(),
+            Records::Bounded(bounded) => bounded.get(key, now),
         }
     }
 
@@ -458,9 +439,9 @@ impl MemoryStorage {
                 .map
                 .get(key)
                 .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
-            Records::Bounded(cache, _) => cache
-                .get(key)
-                .map_or(Ok(Found::Nothing), |stored| stored.found(&now)),
+            Records::Bounded(bounded) => bounded
+                .read(key, |stored| stored.found(&now))
+                .unwrap_or(Ok(Found::Nothing)),
         }
     }
 
@@ -508,7 +489,9 @@ impl MemoryStorage {
                 .map
                 .get(key)
                 .is_some_and(|record| record.lock().holds(version, value)),
-            Records::Bounded(cache, _) => cache.get(key).is_some_and(|s| s.holds(version, value)),
+            Records::Bounded(bounded) => bounded
+                .read(key, |stored| stored.holds(version, value))
+                .unwrap_or(false),
         }
     }
 
@@ -536,15 +519,7 @@ impl MemoryStorage {
                     // end of this block: the removal below takes it again.
                     let found = unbounded.record(key);
                     let mut current = found.lock();
-                    let written = match new.already_in(&current) {
-                        Some(unchanged) => Err(unchanged),
-                        None => Ok(next_version(Some(&current), expected_version, now).inspect(
-                            |&version| {
-                                new.set(&mut current.value);
-                                current.renew(version, ttl, now);
-                            },
-                        )),
-                    };
+                    let written = put_into(&mut current, expected_version, ttl, now, new);
                     if let Some(claim) = claim {
                         current.free_for(claim);
                     }
@@ -557,34 +532,10 @@ impl MemoryStorage {
                 }
                 written?
             }
-            Records::Bounded(cache, _) => {
+            Records::Bounded(bounded) => {
                 // Keys are locked in the manager's table, not here.
                 let _ = claim;
-                let mut written = Err(Conflict::NewerVersion);
-                let mut unchanged = None;
-                cache.entry_by_ref(key).and_compute_with(|current| {
-                    let current = current.map(|entry| entry.into_value());
-                    unchanged = current.as_ref().and_then(|current| new.already_in(current));
-                    if unchanged.is_some() {
-                        return Op::Nop;
-                    }
-                    match next_version(current.as_ref(), expected_version, now) {
-                        Ok(version) => {
-                            written = Ok(version);
-                            let mut value = Value::Encoded(bytes::Bytes::new());
-                            new.set(&mut value);
-                            Op::Put(Stored::new(value, version, ttl, now))
-                        }
-                        Err(cause) => {
-                            written = Err(cause);
-                            Op::Nop
-                        }
-                    }
-                });
-                if let Some(unchanged) = unchanged {
-                    return Err(unchanged);
-                }
-                written
+                bounded.put(key, expected_version, ttl, now, new)?
             }
         };
         Ok(match written {
@@ -618,8 +569,8 @@ impl MemoryStorage {
                 unbounded.delete(key.as_str());
                 WriteOutcome::Deleted
             }
-            (Write::Delete { key }, Records::Bounded(cache, _)) => {
-                cache.invalidate(key.as_str());
+            (Write::Delete { key }, Records::Bounded(bounded)) => {
+                bounded.delete(key.as_str());
                 WriteOutcome::Deleted
             }
         }
@@ -691,8 +642,8 @@ impl MemoryStorage {
                 unbounded.locks.get_or_init(|| Arc::clone(locks));
                 Arc::clone(unbounded) as Arc<dyn KeyHome>
             }
-            Records::Bounded(_, table) => {
-                Arc::clone(table.get_or_init(|| Arc::clone(locks))) as Arc<dyn KeyHome>
+            Records::Bounded(bounded) => {
+                Arc::clone(bounded.locks.get_or_init(|| Arc::clone(locks))) as Arc<dyn KeyHome>
             }
         }
     }
@@ -1038,10 +989,8 @@ impl Storage for MemoryStorage {
                     collector.offer(entry.key(), &entry.value().lock());
                 }
             }
-            Records::Bounded(cache, _) => {
-                for (key, stored) in cache.iter() {
-                    collector.offer(&key, &stored);
-                }
+            Records::Bounded(bounded) => {
+                bounded.for_each(|key, stored| collector.offer(key, stored))
             }
         }
         collector.page(prefix, with_values)
@@ -1087,21 +1036,7 @@ impl Storage for MemoryStorage {
                             }
                         }
                     }
-                    Records::Bounded(cache, _) => {
-                        let mut outcome = RestoreOutcome::Skipped;
-                        cache
-                            .entry_by_ref(restore.key.as_str())
-                            .and_compute_with(|current| {
-                                let current = current.map(|entry| entry.into_value());
-                                if newer(current.as_ref(), restore) {
-                                    outcome = RestoreOutcome::Restored;
-                                    Op::Put(stored)
-                                } else {
-                                    Op::Nop
-                                }
-                            });
-                        outcome
-                    }
+                    Records::Bounded(bounded) => bounded.restore(restore, stored, newer),
                 }
             })
             .collect();
@@ -1198,10 +1133,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let Records::Bounded(cache, _) = &storage.records else {
+        let Records::Bounded(bounded) = &storage.records else {
             panic!("with_capacity is bounded");
         };
-        cache.run_pending_tasks();
+        bounded.run_pending_tasks();
         for user in 0..20 {
             let found = storage
                 .load(&[key(&format!("newcomer{user}"))])

@@ -426,9 +426,10 @@ pub(crate) fn open_in_process<T: Session>(
     meta: SlotMeta,
     memory: &MemoryStorage,
 ) -> Result<Arc<dyn ErasedSlot>, Error> {
-    let found = memory
-        .load_typed::<T>(meta.key.as_str())
-        .map_err(|source| meta.storage_error(source))?;
+    let (found, record) = memory.load_typed::<T>(meta.key.as_str());
+    let found = found.map_err(|source| meta.storage_error(source))?;
+    let mut meta = meta;
+    meta.record = record;
     open_found(meta, found)
 }
 

@@ -95,20 +95,26 @@ struct Unbounded {
 }
 
 /// A record of the unbounded map, shared with the update that took its
-/// key there (see [`HeldRecord`]).
+/// key there (see [`HeldRecord`]); or of the bounded cache, shared with
+/// whoever reads or writes it (see `bounded`).
 ///
+/// In the unbounded map:
 /// A record whose key is held stays in the map: only a record whose key is
 /// free is ever removed (a delete keeps a held one without its value, the
 /// sweep keeps it, a vacant one goes only once its key is free), and a
 /// record is removed, or looked up to be taken, under its shard's lock.
 type SharedRecord = Arc<Mutex<Stored>>;
 
-/// The record an update took its key in: its commit writes there, with no
-/// second access to the map (see [`SharedRecord`]).
+/// The record an update's commit writes in, with no second access to the
+/// map or cache.
+/// The unbounded map's record the update took its key in (see
+/// [`SharedRecord`]), or the bounded cache's record it loaded (its key is
+/// locked in the table: see `Bounded::commit_held`).
 pub(crate) struct HeldRecord(SharedRecord);
 
 impl HeldRecord {
     /// The commit's write of the update that took its key in this record
+    /// (or loaded it from the bounded cache: see [`HeldRecord`])
     /// and loaded it at `expected_version` (`None`: nothing stored): stores
     /// `value` as the next version if the record is still of that version,
     /// and frees the key for `claim`, under one lock of the record and with
@@ -131,9 +137,11 @@ impl HeldRecord {
         ttl: Option<Duration>,
         claim: &mut KeyClaim,
     ) -> Option<Result<u64, Conflict>> {
-        let Records::Unbounded(unbounded) = &memory.records else {
-            // A held record is always the unbounded map's.
-            return Some(Err(Conflict::NewerVersion));
+        let unbounded = match &memory.records {
+            Records::Unbounded(unbounded) => unbounded,
+            Records::Bounded(bounded) => {
+                return bounded.commit_held(claim.key(), &self.0, value, expected_version, ttl);
+            }
         };
         if ttl.is_some() {
             unbounded.expiring.store(true, Ordering::Relaxed);
@@ -431,17 +439,28 @@ impl MemoryStorage {
     }
 
     /// What is stored at `key`, as a value of `T` where the storage holds
-    /// one it can copy, else as bytes.
-    pub(crate) fn load_typed<T: Session>(&self, key: &str) -> Result<Found<T>, StorageError> {
+    /// one it can copy, else as bytes; with the bounded cache's record it
+    /// came from, for the commit to write in (see [`HeldRecord`]).
+    pub(crate) fn load_typed<T: Session>(
+        &self,
+        key: &str,
+    ) -> (Result<Found<T>, StorageError>, Option<HeldRecord>) {
         let now = Now::lazy();
         match &self.records {
-            Records::Unbounded(unbounded) => unbounded
-                .map
-                .get(key)
-                .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
-            Records::Bounded(bounded) => bounded
-                .read(key, |stored| stored.found(&now))
-                .unwrap_or(Ok(Found::Nothing)),
+            Records::Unbounded(unbounded) => (
+                unbounded
+                    .map
+                    .get(key)
+                    .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
+                None,
+            ),
+            Records::Bounded(bounded) => match bounded.record(key) {
+                Some(record) => {
+                    let found = record.lock().found(&now);
+                    (found, Some(HeldRecord(record)))
+                }
+                None => (Ok(Found::Nothing), None),
+            },
         }
     }
 

@@ -416,4 +416,25 @@ mod tests {
         assert_eq!(now.lock().ttl, None);
         assert_eq!(record.lock().version, 1, "the old one untouched");
     }
+
+    #[test]
+    fn a_write_in_a_record_the_cache_evicted_meanwhile_is_kept() {
+        let bounded = Bounded::new(4);
+        let record = put(&bounded, "k", 1);
+        for other in 0..20 {
+            put(&bounded, &format!("other{other}"), 1);
+            bounded.records.get(&format!("other{other}"));
+        }
+        bounded.run_pending_tasks();
+        assert!(
+            bounded.records.get("k").is_none(),
+            "evicted, as the least recently used"
+        );
+        let bytes = bytes::Bytes::from_static(b"next");
+        let written = bounded.put_in("k", &record, Some(1), &Now::lazy(), EncodedPut(&bytes));
+        assert!(matches!(written, Ok(InPlace::Done(Ok(2)))));
+        let back = bounded.records.get("k").expect("put back");
+        assert!(Arc::ptr_eq(&back, &record));
+        assert_eq!(back.lock().version, 2);
+    }
 }

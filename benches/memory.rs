@@ -20,8 +20,8 @@ use tg_session::SessionManager;
 
 mod workload;
 use workload::{
-    EqFour, EqOne, EqThree, EqTwo, Four, One, Three, Two, next_user, ours_four, ours_four_eq,
-    ours_one, ours_one_eq, teloxide_rmw,
+    EqFour, EqOne, EqThree, EqTwo, Four, One, TeloxideFour, Three, Two, next_user, ours_four,
+    ours_four_eq, ours_one, ours_one_eq, teloxide_rmw,
 };
 
 fn bench(c: &mut Criterion) {
@@ -79,20 +79,10 @@ fn bench(c: &mut Criterion) {
                 .iter(|| ours_four_eq(&four_eq, black_box(next_user(&user))))
         },
     );
-    let storages = (
-        InMemStorage::<One>::new(),
-        InMemStorage::<Two>::new(),
-        InMemStorage::<Three>::new(),
-        InMemStorage::<Four>::new(),
-    );
+    let storages = TeloxideFour::new();
     group.bench_function(BenchmarkId::new("teloxide_dialogue", "4 sessions"), |b| {
-        b.to_async(&runtime).iter(|| async {
-            let user = black_box(next_user(&user));
-            teloxide_rmw(&storages.0, user, |s| s.apple += 1).await;
-            teloxide_rmw(&storages.1, user, |s| s.apple += 1).await;
-            teloxide_rmw(&storages.2, user, |s| s.apple += 1).await;
-            teloxide_rmw(&storages.3, user, |s| s.apple += 1).await;
-        })
+        b.to_async(&runtime)
+            .iter(|| storages.update(black_box(next_user(&user)), 4))
     });
     group.finish();
 }

@@ -104,3 +104,34 @@ pub async fn teloxide_rmw<D: Clone + Default + Send + 'static>(
     bump(&mut state);
     dialogue.update(state).await.unwrap();
 }
+
+/// teloxide's storages for the four session types of [`ours_four`], one
+/// `InMemStorage` each, as a teloxide bot with four dialogues has.
+pub struct TeloxideFour {
+    one: Arc<InMemStorage<One>>,
+    two: Arc<InMemStorage<Two>>,
+    three: Arc<InMemStorage<Three>>,
+    four: Arc<InMemStorage<Four>>,
+}
+
+impl TeloxideFour {
+    pub fn new() -> Self {
+        Self {
+            one: InMemStorage::new(),
+            two: InMemStorage::new(),
+            three: InMemStorage::new(),
+            four: InMemStorage::new(),
+        }
+    }
+
+    /// [`ours_four`]'s update through teloxide dialogues, over the first
+    /// `sessions` types (1 or 4): a [`teloxide_rmw`] each.
+    pub async fn update(&self, user: u64, sessions: usize) {
+        teloxide_rmw(&self.one, user, |s| s.apple += 1).await;
+        if sessions == 4 {
+            teloxide_rmw(&self.two, user, |s| s.apple += 1).await;
+            teloxide_rmw(&self.three, user, |s| s.apple += 1).await;
+            teloxide_rmw(&self.four, user, |s| s.apple += 1).await;
+        }
+    }
+}

@@ -13,7 +13,8 @@
 //! updates' records cancel out. Workloads (the memory benchmark's update,
 //! cycling over 1,000 users):
 //!
-//! - `memory`, `memory-eq` (the type derives `PartialEq`), `memory-4`;
+//! - `memory`, `memory-eq` (the type derives `PartialEq`), `memory-4`,
+//!   `memory-lazy` (the session loaded on first use, `#[session(lazy)]`);
 //! - `bounded`, `bounded-4`: the same on `MemoryStorage::with_capacity`
 //!   (room for every user's records);
 //! - `teloxide`: `Dialogue::get_or_default` + `Dialogue::update` on
@@ -38,10 +39,13 @@ use tg_session_test_kit::redis_server::RedisServer;
 mod dispatch_trees;
 mod workload;
 use teloxide::prelude::dptree;
-use workload::{EqOne, One, manager, next_user, ours_four, ours_one, ours_one_eq, teloxide_rmw};
+use workload::{
+    EqOne, LazyOne, One, manager, next_user, ours_four, ours_lazy, ours_one, ours_one_eq,
+    teloxide_rmw,
+};
 
 fn main() {
-    let usage = "usage: per_update <memory|memory-eq|memory-4|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
+    let usage = "usage: per_update <memory|memory-eq|memory-4|memory-lazy|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
                  |dispatch|dispatch-teloxide|dispatch-floor> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
@@ -78,6 +82,16 @@ fn main() {
                 let manager = manager(storage, true);
                 for _ in 0..updates {
                     ours_four(&manager, next_user(&user)).await;
+                }
+            }
+            "memory-lazy" => {
+                let manager = SessionManager::builder()
+                    .storage(storage)
+                    .register::<LazyOne>()
+                    .build()
+                    .unwrap();
+                for _ in 0..updates {
+                    ours_lazy(&manager, next_user(&user)).await;
                 }
             }
             "memory-eq" => {

@@ -40,6 +40,21 @@ session_type!(#[derive(PartialEq)] /** [`Two`], comparable. */ EqTwo "eq_two");
 session_type!(#[derive(PartialEq)] /** [`Three`], comparable. */ EqThree "eq_three");
 session_type!(#[derive(PartialEq)] /** [`Four`], comparable. */ EqFour "eq_four");
 
+/// [`One`], loaded only when asked for (`#[session(lazy)]`).
+#[derive(Session, Serialize, Deserialize, Clone, Default)]
+#[session(key = "lazy_one", lazy)]
+pub struct LazyOne {
+    pub apple: u32,
+    pub name: Option<String>,
+}
+
+/// An update changing the lazy session, loaded by `ctx.lazy_one().await`.
+pub async fn ours_lazy(manager: &SessionManager, user: u64) {
+    let ctx = manager.begin(ids(user)).await;
+    ctx.lazy_one().await.unwrap().apple += 1;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
 /// A manager over `storage` with [`One`] registered, and with [`Two`],
 /// [`Three`] and [`Four`] too when `four`.
 pub fn manager(storage: impl tg_session::storage::Storage, four: bool) -> SessionManager {

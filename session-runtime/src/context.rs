@@ -339,9 +339,8 @@ impl Sessions {
                 Some(EntryState::Failed(error)) => return Err((**error).clone()),
                 Some(EntryState::Lazy(cell)) => Arc::clone(cell),
                 None => {
-                    let cell = Arc::new(OnceCell::new());
-                    let state = EntryState::Lazy(Arc::clone(&cell));
-                    slots.push(match self.inner.manager.registration(TypeId::of::<T>()) {
+                    let registration = self.inner.manager.registration(TypeId::of::<T>());
+                    let entry = |state| match registration {
                         Some(registration) => SlotEntry::new(registration, state),
                         None => SlotEntry {
                             type_id: TypeId::of::<T>(),
@@ -350,13 +349,63 @@ impl Sessions {
                             storage_index: 0,
                             state,
                         },
-                    });
+                    };
+                    // Borrowed under the list's lock, as `get` does: the
+                    // load at once waits for nothing.
+                    if let Some(opened) = self.load_at_once::<T>(registration) {
+                        let slot = opened?;
+                        let borrowed = borrow::<T>(&self.inner, &slot);
+                        slots.push(entry(EntryState::Loaded(slot)));
+                        return borrowed;
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    slots.push(entry(EntryState::Lazy(Arc::clone(&cell))));
                     cell
                 }
             }
         };
         let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
         borrow::<T>(&self.inner, slot)
+    }
+
+    /// A lazy session kept in memory, taken and copied in one access as an
+    /// eager one is, if no other update holds or waits for its key: no
+    /// cell for a second load of it to wait on. `None` if it must be
+    /// waited for, or is not kept in memory (nothing was taken).
+    fn load_at_once<T: Session>(
+        &self,
+        registration: Option<&Registration>,
+    ) -> Option<Result<Arc<dyn ErasedSlot>, Error>> {
+        let state = &*self.inner;
+        let manager = &state.manager;
+        let storage = &manager.storages[registration.map_or(0, |r| r.storage_index)];
+        let memory = storage
+            .in_process
+            .as_ref()
+            .filter(|_| !state.follows_members(&T::KEY))?;
+        let key = match registration {
+            Some(registration) => manager.registration_key(registration, &state.ids),
+            None => manager
+                .storage_key(T::NAME, &T::KEY, &state.ids)
+                .map_err(Box::new),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(error) => return Some(Err(*error)),
+        };
+        let timer = metrics::Timer::start();
+        let opened = slot::claim_in_process::<T>(storage, memory, key, state.id)?;
+        Some(match opened {
+            Ok(slot) => {
+                metrics::loaded(
+                    &metrics::SessionNames::one(T::NAME),
+                    &storage.metrics,
+                    timer,
+                );
+                Ok(slot)
+            }
+            Err(error) => Err(*error),
+        })
     }
 
     async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {

@@ -14,7 +14,9 @@
 //! cycling over 1,000 users):
 //!
 //! - `memory`, `memory-eq` (the type derives `PartialEq`), `memory-4`,
-//!   `memory-lazy` (the session loaded on first use, `#[session(lazy)]`);
+//!   `memory-lazy` (the session loaded on first use, `#[session(lazy)]`),
+//!   `memory-read` (the session read, not changed; every user's stored first),
+//!   `memory-read-new` (the same with nothing stored);
 //! - `bounded`, `bounded-4`: the same on `MemoryStorage::with_capacity`
 //!   (room for every user's records);
 //! - `teloxide`: `Dialogue::get_or_default` + `Dialogue::update` on
@@ -41,11 +43,11 @@ mod workload;
 use teloxide::prelude::dptree;
 use workload::{
     EqOne, LazyOne, One, manager, next_user, ours_four, ours_lazy, ours_one, ours_one_eq,
-    teloxide_rmw,
+    ours_read, teloxide_rmw,
 };
 
 fn main() {
-    let usage = "usage: per_update <memory|memory-eq|memory-4|memory-lazy|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
+    let usage = "usage: per_update <memory|memory-eq|memory-4|memory-lazy|memory-read|memory-read-new|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
                  |dispatch|dispatch-teloxide|dispatch-floor> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
@@ -82,6 +84,17 @@ fn main() {
                 let manager = manager(storage, true);
                 for _ in 0..updates {
                     ours_four(&manager, next_user(&user)).await;
+                }
+            }
+            "memory-read" | "memory-read-new" => {
+                let manager = manager(storage, false);
+                if workload == "memory-read" {
+                    for _ in 0..workload::USERS {
+                        ours_one(&manager, next_user(&user)).await;
+                    }
+                }
+                for _ in 0..updates {
+                    std::hint::black_box(ours_read(&manager, next_user(&user)).await);
                 }
             }
             "memory-lazy" => {

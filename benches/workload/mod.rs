@@ -55,6 +55,14 @@ pub async fn ours_lazy(manager: &SessionManager, user: u64) {
     ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
 
+/// An update reading the session `ctx.one()` gives, changing nothing.
+pub async fn ours_read(manager: &SessionManager, user: u64) -> u32 {
+    let ctx = manager.begin(ids(user)).await;
+    let apple = ctx.one().unwrap().apple;
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    apple
+}
+
 /// A manager over `storage` with [`One`] registered, and with [`Two`],
 /// [`Three`] and [`Four`] too when `four`.
 pub fn manager(storage: impl tg_session::storage::Storage, four: bool) -> SessionManager {

@@ -79,7 +79,9 @@ enum Records {
 }
 
 struct Unbounded {
-    map: DashMap<String, SharedRecord, foldhash::fast::RandomState>,
+    /// Keyed by the update's own key (a short one is kept inline: no
+    /// allocation for a new record's key).
+    map: DashMap<SmolStr, SharedRecord, foldhash::fast::RandomState>,
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
@@ -485,7 +487,7 @@ impl MemoryStorage {
     ) -> Option<WriteOutcome> {
         let now = Now::lazy();
         let outcome = self.put(
-            key.as_str(),
+            key.shared(),
             expected_version,
             ttl,
             &now,
@@ -521,7 +523,7 @@ impl MemoryStorage {
     /// given, as [`MemoryStorage::put_typed`] says.
     fn put<New: NewValue>(
         &self,
-        key: &str,
+        key: &SmolStr,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         now: &Now,
@@ -575,7 +577,7 @@ impl MemoryStorage {
                 _,
             ) => {
                 let Ok(outcome) = self.put(
-                    key.as_str(),
+                    key.shared(),
                     *expected_version,
                     *ttl,
                     now,
@@ -683,7 +685,7 @@ impl MemoryStorage {
             return None;
         };
         let now = Now::lazy();
-        let shared = unbounded.record(key.as_str());
+        let shared = unbounded.record(key.shared());
         let mut record = shared.lock();
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
@@ -711,12 +713,12 @@ impl Unbounded {
     // Always inlined: as a call, it cost the usual path about 50
     // instructions per session (callgrind, `per_update memory`).
     #[inline(always)]
-    fn record(&self, key: &str) -> dashmap::mapref::one::Ref<'_, String, SharedRecord> {
-        match self.map.get(key) {
+    fn record(&self, key: &SmolStr) -> dashmap::mapref::one::Ref<'_, SmolStr, SharedRecord> {
+        match self.map.get(key.as_str()) {
             Some(record) => record,
             None => self
                 .map
-                .entry(key.to_owned())
+                .entry(key.clone())
                 .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
                 .downgrade(),
         }
@@ -761,7 +763,7 @@ impl KeyHome for Unbounded {
     }
 
     fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
-        let shared = self.record(key.as_str());
+        let shared = self.record(key);
         let mut record = shared.lock();
         match record.lock {
             RecordLock::Free => Ok(Begun::Taken(record.hold(key, taker))),
@@ -1036,7 +1038,7 @@ impl Storage for MemoryStorage {
                         if restore.ttl.is_some() {
                             unbounded.expiring.store(true, Ordering::Relaxed);
                         }
-                        match unbounded.map.entry(restore.key.as_str().to_owned()) {
+                        match unbounded.map.entry(restore.key.shared().clone()) {
                             Entry::Occupied(entry) => {
                                 let mut current = entry.get().lock();
                                 match newer(Some(&current), restore) {

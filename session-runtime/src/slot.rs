@@ -210,6 +210,13 @@ impl<T: Session> SlotState<T> {
         registration: Option<&Registration>,
     ) -> Result<Option<WriteOutcome>, Error> {
         if !self.touched {
+            // Nothing to write: the key is freed in the record it was taken
+            // in, with no access to the map (dropping the claim would look
+            // the record up again).
+            let SlotMeta { record, lock, .. } = &mut self.meta;
+            if let Some(record) = record {
+                record.free(memory, lock);
+            }
             return Ok(None);
         }
         // A copy of a stored value is compared with it by the storage, where

@@ -172,6 +172,26 @@ impl HeldRecord {
     }
 }
 
+impl HeldRecord {
+    /// Frees the key `claim` took in this record, as its drop would, with
+    /// no access to the map (unless nothing is stored: the record goes).
+    /// A key taken in the table (the bounded store's, or one updates
+    /// queued for) is left to the claim's drop.
+    pub(crate) fn free(&self, memory: &MemoryStorage, claim: &mut KeyClaim) {
+        let Records::Unbounded(unbounded) = &memory.records else {
+            return;
+        };
+        let vacant = {
+            let mut current = self.0.lock();
+            current.free_for(claim);
+            claim.is_released() && current.vacant()
+        };
+        if vacant {
+            unbounded.remove_vacant(claim.key());
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Stored {
     value: Value,

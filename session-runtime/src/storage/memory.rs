@@ -79,9 +79,7 @@ enum Records {
 }
 
 struct Unbounded {
-    /// Keyed by the update's own key (a short one is kept inline: no
-    /// allocation for a new record's key).
-    map: DashMap<SmolStr, SharedRecord, foldhash::fast::RandomState>,
+    map: DashMap<String, SharedRecord, foldhash::fast::RandomState>,
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
@@ -507,7 +505,7 @@ impl MemoryStorage {
     ) -> Option<WriteOutcome> {
         let now = Now::lazy();
         let outcome = self.put(
-            key.shared(),
+            key.as_str(),
             expected_version,
             ttl,
             &now,
@@ -543,7 +541,7 @@ impl MemoryStorage {
     /// given, as [`MemoryStorage::put_typed`] says.
     fn put<New: NewValue>(
         &self,
-        key: &SmolStr,
+        key: &str,
         expected_version: Option<u64>,
         ttl: Option<Duration>,
         now: &Now,
@@ -597,7 +595,7 @@ impl MemoryStorage {
                 _,
             ) => {
                 let Ok(outcome) = self.put(
-                    key.shared(),
+                    key.as_str(),
                     *expected_version,
                     *ttl,
                     now,
@@ -705,7 +703,7 @@ impl MemoryStorage {
             return None;
         };
         let now = Now::lazy();
-        let shared = unbounded.record(key.shared());
+        let shared = unbounded.record(key.as_str());
         let mut record = shared.lock();
         if record.lock != RecordLock::Free {
             return Some(Claimed::Busy);
@@ -733,12 +731,12 @@ impl Unbounded {
     // Always inlined: as a call, it cost the usual path about 50
     // instructions per session (callgrind, `per_update memory`).
     #[inline(always)]
-    fn record(&self, key: &SmolStr) -> dashmap::mapref::one::Ref<'_, SmolStr, SharedRecord> {
-        match self.map.get(key.as_str()) {
+    fn record(&self, key: &str) -> dashmap::mapref::one::Ref<'_, String, SharedRecord> {
+        match self.map.get(key) {
             Some(record) => record,
             None => self
                 .map
-                .entry(key.clone())
+                .entry(key.to_owned())
                 .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
                 .downgrade(),
         }
@@ -783,7 +781,7 @@ impl KeyHome for Unbounded {
     }
 
     fn begin(&self, key: &SmolStr, taker: Taker) -> Result<Begun, LockError> {
-        let shared = self.record(key);
+        let shared = self.record(key.as_str());
         let mut record = shared.lock();
         match record.lock {
             RecordLock::Free => Ok(Begun::Taken(record.hold(key, taker))),
@@ -1058,7 +1056,7 @@ impl Storage for MemoryStorage {
                         if restore.ttl.is_some() {
                             unbounded.expiring.store(true, Ordering::Relaxed);
                         }
-                        match unbounded.map.entry(restore.key.shared().clone()) {
+                        match unbounded.map.entry(restore.key.as_str().to_owned()) {
                             Entry::Occupied(entry) => {
                                 let mut current = entry.get().lock();
                                 match newer(Some(&current), restore) {

@@ -383,15 +383,9 @@ impl Sessions {
             .in_process
             .as_ref()
             .filter(|_| !state.follows_members(&T::KEY))?;
-        let key = match registration {
-            Some(registration) => manager.registration_key(registration, &state.ids),
-            None => manager
-                .storage_key(T::NAME, &T::KEY, &state.ids)
-                .map_err(Box::new),
-        };
-        let key = match key {
+        let key = match self.lazy_key::<T>(registration) {
             Ok(key) => key,
-            Err(error) => return Some(Err(*error)),
+            Err(error) => return Some(Err(error)),
         };
         let timer = metrics::Timer::start();
         let opened = slot::claim_in_process::<T>(storage, memory, key, state.id)?;
@@ -408,17 +402,27 @@ impl Sessions {
         })
     }
 
+    /// The key of a lazy session of type `T`, registered or not.
+    fn lazy_key<T: Session>(
+        &self,
+        registration: Option<&Registration>,
+    ) -> Result<StorageKey, Error> {
+        let state = &*self.inner;
+        match registration {
+            Some(registration) => state
+                .manager
+                .registration_key(registration, &state.ids)
+                .map_err(|error| *error),
+            None => state.manager.storage_key(T::NAME, &T::KEY, &state.ids),
+        }
+    }
+
     async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {
         let state = &*self.inner;
         let manager = &state.manager;
         let registration = manager.registration(TypeId::of::<T>());
         let storage_index = registration.map_or(0, |registration| registration.storage_index);
-        let key = match registration {
-            Some(registration) => manager
-                .registration_key(registration, &state.ids)
-                .map_err(|error| *error)?,
-            None => manager.storage_key(T::NAME, &T::KEY, &state.ids)?,
-        };
+        let key = self.lazy_key::<T>(registration)?;
         let deadline = Instant::now() + manager.lock_timeout;
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let storage = &manager.storages[storage_index];

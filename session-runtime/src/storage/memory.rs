@@ -98,23 +98,21 @@ struct Unbounded {
 /// key there (see [`HeldRecord`]); or of the bounded cache, shared with
 /// whoever reads or writes it (see `bounded`).
 ///
-/// In the unbounded map:
-/// A record whose key is held stays in the map: only a record whose key is
-/// free is ever removed (a delete keeps a held one without its value, the
-/// sweep keeps it, a vacant one goes only once its key is free), and a
-/// record is removed, or looked up to be taken, under its shard's lock.
+/// In the unbounded map, a record whose key is held stays there: only a
+/// record whose key is free is ever removed (a delete keeps a held one
+/// without its value, the sweep keeps it, a vacant one goes only once its
+/// key is free), and a record is removed, or looked up to be taken, under
+/// its shard's lock.
 type SharedRecord = Arc<Mutex<Stored>>;
 
 /// The record an update's commit writes in, with no second access to the
-/// map or cache.
-/// The unbounded map's record the update took its key in (see
-/// [`SharedRecord`]), or the bounded cache's record it loaded (its key is
-/// locked in the table: see `Bounded::commit_held`).
+/// map or cache: the unbounded map's record the update took its key in
+/// (see [`SharedRecord`]), or the bounded cache's record it loaded (its
+/// key is locked in the table: see `Bounded::commit_held`).
 pub(crate) struct HeldRecord(SharedRecord);
 
 impl HeldRecord {
     /// The commit's write of the update that took its key in this record
-    /// (or loaded it from the bounded cache: see [`HeldRecord`])
     /// and loaded it at `expected_version` (`None`: nothing stored): stores
     /// `value` as the next version if the record is still of that version,
     /// and frees the key for `claim`, under one lock of the record and with
@@ -123,7 +121,8 @@ impl HeldRecord {
     /// written, or why not.
     ///
     /// Only while `claim` holds the key is the record sure to be the map's
-    /// (see [`SharedRecord`]): the caller checks.
+    /// (see [`SharedRecord`]): the caller checks. A record of the bounded
+    /// cache is written by `Bounded::commit_held`.
     // Always inlined into the one caller per session type, as the record's
     // small steps it takes are (`next_version`, `Stored::renew`, ...): the
     // commit of every update in memory goes through here, and as calls they
@@ -172,9 +171,7 @@ impl HeldRecord {
         memory.sweep_if_due(&now);
         written
     }
-}
 
-impl HeldRecord {
     /// Frees the key `claim` took in this record, as its drop would, with
     /// no access to the map (unless nothing is stored: the record goes).
     /// A key taken in the table (the bounded store's, or one updates

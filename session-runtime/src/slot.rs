@@ -38,6 +38,15 @@ pub(crate) struct SlotMeta {
 impl Drop for SlotMeta {
     fn drop(&mut self) {
         // Most keys kept in memory records were freed by their write.
+        if self.lock.is_released() {
+            return;
+        }
+        // A key taken in its record (a session not written: untouched, or
+        // its handler failed) is freed there, with no access to the map;
+        // any other goes back through its home.
+        if let (Some(record), Some(memory)) = (&self.record, &self.storage.in_process) {
+            record.free(memory, &mut self.lock);
+        }
         if !self.lock.is_released() {
             self.storage.home.give_back(&mut self.lock);
         }
@@ -210,13 +219,6 @@ impl<T: Session> SlotState<T> {
         registration: Option<&Registration>,
     ) -> Result<Option<WriteOutcome>, Error> {
         if !self.touched {
-            // Nothing to write: the key is freed in the record it was taken
-            // in, with no access to the map (dropping the claim would look
-            // the record up again).
-            let SlotMeta { record, lock, .. } = &mut self.meta;
-            if let Some(record) = record {
-                record.free(memory, lock);
-            }
             return Ok(None);
         }
         // A copy of a stored value is compared with it by the storage, where

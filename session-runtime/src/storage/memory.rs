@@ -172,8 +172,9 @@ impl HeldRecord {
         written
     }
 
-    /// Frees the key `claim` took in this record, as its drop would, with
-    /// no access to the map (unless nothing is stored: the record goes).
+    /// Frees the key `claim` took in this record, as the table's give-back
+    /// would, with no access to the map (unless nothing is stored: the
+    /// record goes).
     /// A key taken in the table (the bounded store's, or one updates
     /// queued for) is left to the claim's drop.
     pub(crate) fn free(&self, memory: &MemoryStorage, claim: &mut KeyClaim) {

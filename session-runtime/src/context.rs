@@ -22,7 +22,7 @@ use crate::session::Session;
 use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
 use crate::soon::{Soon, Unboxed};
 use crate::storage::StorageError;
-use crate::storage::memory::MemoryStorage;
+use crate::storage::memory::{MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Write};
 use crate::update_leases::{AcquireError, UpdateLeases};
 
@@ -388,7 +388,7 @@ impl Sessions {
             Err(error) => return Some(Err(error)),
         };
         let timer = metrics::Timer::start();
-        let opened = slot::claim_in_process::<T>(storage, memory, key, state.id)?;
+        let opened = slot::claim_in_process::<T>(storage, memory, UpdateKey::Built(key), state.id)?;
         Some(match opened {
             Ok(slot) => {
                 metrics::loaded(
@@ -868,7 +868,7 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
             slots.clear();
             return false;
         };
-        let key = match manager.registration_key(registration, &state.ids) {
+        let key = match manager.update_key(registration, &state.ids) {
             Ok(key) => key,
             Err(error) => {
                 slots.push(SlotEntry::failed(registration, error));

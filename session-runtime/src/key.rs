@@ -205,6 +205,75 @@ impl IntId {
     }
 }
 
+/// An integer id as a key writes it, sign and magnitude (a user id is a
+/// `u64`, a chat id an `i64`): what the memory storage finds the key of a
+/// `user` or `chat` session by, with no text built (see
+/// `storage::memory::map_key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Id {
+    negative: bool,
+    magnitude: u64,
+}
+
+impl Id {
+    pub(crate) fn unsigned(id: u64) -> Self {
+        Self {
+            negative: false,
+            magnitude: id,
+        }
+    }
+
+    pub(crate) fn signed(id: i64) -> Self {
+        Self {
+            negative: id < 0,
+            magnitude: id.unsigned_abs(),
+        }
+    }
+
+    pub(crate) fn magnitude(self) -> u64 {
+        self.magnitude
+    }
+
+    pub(crate) fn is_negative(self) -> bool {
+        self.negative
+    }
+
+    /// The id `text` writes, if it writes one as `itoa` does: digits with
+    /// no leading zero, after a `-` for a magnitude other than zero.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(digits) => (true, digits),
+            None => (false, text),
+        };
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && !(negative && digits == "0");
+        if !canonical {
+            return None;
+        }
+        let magnitude = digits.parse().ok()?;
+        Some(Self {
+            negative,
+            magnitude,
+        })
+    }
+
+    /// The one id of an update's key of `strategy`: its sender's or chat's
+    /// id for a `user` or `chat` scope; `None` for any other key, or when
+    /// the update lacks the id.
+    pub(crate) fn of_key(strategy: &KeyStrategy, ids: &UpdateIds) -> Option<Self> {
+        match strategy {
+            KeyStrategy::Scope(scope) => match scope.single_id(ids)? {
+                Ok(IntId::Unsigned(id)) => Some(Self::unsigned(id)),
+                Ok(IntId::Signed(id)) => Some(Self::signed(id)),
+                Err(_) => None,
+            },
+            KeyStrategy::Custom(_) => None,
+        }
+    }
+}
+
 fn push_int(out: &mut SmolStrBuilder, int: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(int));
 }
@@ -375,6 +444,26 @@ impl StorageKey {
             strategy.write_scope_key(ids, out)?;
             Ok(namespace.len())
         })
+    }
+
+    /// The key in `namespace` (from [`StorageKey::namespace_of`]) whose
+    /// scope key is `id`.
+    pub(crate) fn of_id(namespace: &str, id: Id) -> Self {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(id.magnitude);
+        Self {
+            full: match id.negative {
+                true => SmolStr::from_iter([namespace, "-", digits]),
+                false => SmolStr::from_iter([namespace, digits]),
+            },
+            scope_start: namespace.len(),
+        }
+    }
+
+    /// The key whose whole text is `full`, its scope key starting at
+    /// `scope_start`: a key kept already, shared.
+    pub(crate) fn from_shared(full: SmolStr, scope_start: usize) -> Self {
+        Self { full, scope_start }
     }
 
     /// The whole key, shared: what the in-process lock table keeps.

@@ -11,12 +11,12 @@ use smol_str::SmolStr;
 
 use crate::chat_migration::lookups::ChatLookups;
 use crate::error::Error;
-use crate::key::{KeyStrategy, Scope, StorageKey, UpdateIds};
+use crate::key::{Id, KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::{KeyHome, KeyLocks};
 use crate::metrics::StorageMetrics;
 use crate::session::Session;
 use crate::slot::{self, ErasedSlot, SlotMeta};
-use crate::storage::memory::MemoryStorage;
+use crate::storage::memory::{IdKey, MemoryStorage, UpdateKey};
 use crate::storage::{Record, SharedStorage, Storage, StorageError};
 
 /// When sessions changed by a handler are written.
@@ -125,10 +125,10 @@ pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn E
 /// Takes the key of a session of the registered type kept in a memory
 /// storage and loads its slot, if the key is free (see
 /// [`slot::claim_in_process`]).
-pub(crate) type ClaimInProcess = fn(
+pub(crate) type ClaimInProcess = for<'a> fn(
     &Arc<StorageEntry>,
     &MemoryStorage,
-    StorageKey,
+    UpdateKey<'a>,
     u64,
 ) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>>;
 
@@ -154,6 +154,9 @@ pub(crate) struct Registration {
     /// The text its keys start with, when it is the same for every update
     /// (no bot id in keys): set by the builder.
     namespace: Option<SmolStr>,
+    /// The namespace's hash, for a memory storage's lookups by a key's
+    /// parts (see [`ManagerInner::update_key`]).
+    namespace_hash: u64,
 }
 
 impl Registration {
@@ -172,6 +175,7 @@ impl Registration {
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
             namespace: None,
+            namespace_hash: 0,
             follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),
         }
     }
@@ -226,6 +230,29 @@ impl ManagerInner {
                 .storage_key(registration.name, &registration.key, ids)
                 .map_err(Box::new),
         }
+    }
+
+    /// The key of `registration`'s session for the update `ids`, as a
+    /// memory storage finds it: by its namespace and id where it is made of
+    /// them (a `user` or `chat` key with no bot id in it), with no text
+    /// built; else built as [`ManagerInner::registration_key`] builds it.
+    #[inline]
+    pub(crate) fn update_key<'a>(
+        &self,
+        registration: &'a Registration,
+        ids: &UpdateIds,
+    ) -> Result<UpdateKey<'a>, Box<Error>> {
+        if let (Some(namespace), Some(id)) =
+            (&registration.namespace, Id::of_key(&registration.key, ids))
+        {
+            return Ok(UpdateKey::Id(IdKey {
+                namespace,
+                namespace_hash: registration.namespace_hash,
+                id,
+            }));
+        }
+        self.registration_key(registration, ids)
+            .map(UpdateKey::Built)
     }
 
     /// The key prefix every key starts with, if any.
@@ -441,6 +468,10 @@ impl SessionManagerBuilder {
         for (mut registration, storage) in self.registrations {
             registration.namespace = (!self.bot_id_in_keys)
                 .then(|| StorageKey::namespace_of(self.prefix.as_deref(), registration.name));
+            registration.namespace_hash = registration
+                .namespace
+                .as_deref()
+                .map_or(0, crate::storage::memory::head_hash);
             registration.follows_chat |= self
                 .chat_keyed
                 .iter()

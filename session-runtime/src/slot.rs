@@ -15,7 +15,7 @@ use crate::lock::{KeyClaim, Taker};
 use crate::manager::{Registration, StorageEntry};
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
-use crate::storage::memory::{Claimed, Found, HeldRecord, MemoryStorage};
+use crate::storage::memory::{Claimed, Found, HeldRecord, MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -461,7 +461,7 @@ pub(crate) fn open_in_process<T: Session>(
 pub(crate) fn claim_in_process<T: Session>(
     storage: &Arc<StorageEntry>,
     memory: &MemoryStorage,
-    key: StorageKey,
+    key: UpdateKey<'_>,
     update: u64,
 ) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>> {
     // Built here, of constants: not moved through the call.
@@ -471,8 +471,8 @@ pub(crate) fn claim_in_process<T: Session>(
         type_name: std::any::type_name::<T>(),
     };
     let meta = |key, lock| SlotMeta::new(storage, T::NAME, key, lock, None);
-    match memory.claim_typed::<T>(&key, taker) {
-        Some(Claimed::Taken(lock, found, record)) => {
+    match memory.claim_typed::<T>(key, taker) {
+        Ok(Claimed::Taken(key, lock, found, record)) => {
             let mut meta = meta(key, lock);
             meta.record = Some(record);
             Some(match found {
@@ -481,8 +481,9 @@ pub(crate) fn claim_in_process<T: Session>(
                 Err(source) => Err(Box::new(meta.storage_error(source))),
             })
         }
-        Some(Claimed::Busy) => None,
-        None => {
+        Ok(Claimed::Busy) => None,
+        Err(key) => {
+            let key = key.into_storage_key();
             let lock = storage.home.table().try_claim(key.shared(), taker)?;
             Some(open_in_process::<T>(meta(key, lock), memory).map_err(Box::new))
         }

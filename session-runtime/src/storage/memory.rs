@@ -1,6 +1,7 @@
 //! The embedded default storage: session values in a concurrent map.
 
 mod bounded;
+mod map_key;
 mod typed;
 
 use std::cell::Cell;
@@ -23,6 +24,8 @@ use crate::storage::{
     Conflict, KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScanPage, ScannedRecord,
     Storage, Write, WriteOutcome, page_limit,
 };
+pub(crate) use map_key::{IdKey, head_hash};
+use map_key::{KeyView, MapKey, TextKey};
 pub(crate) use typed::Found;
 use typed::Value;
 
@@ -79,7 +82,8 @@ enum Records {
 }
 
 struct Unbounded {
-    map: DashMap<String, SharedRecord, foldhash::fast::RandomState>,
+    /// Found by text, or by an update's key's parts (see [`UpdateKey`]).
+    map: DashMap<MapKey, SharedRecord, foldhash::fast::RandomState>,
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
@@ -450,7 +454,6 @@ impl MemoryStorage {
     fn get(&self, key: &str, now: &Now) -> Result<Option<Record>, StorageError> {
         match &self.records {
             Records::Unbounded(unbounded) => unbounded
-                .map
                 .get(key)
                 .and_then(|record| {
                     let stored = record.lock();
@@ -472,7 +475,6 @@ impl MemoryStorage {
         match &self.records {
             Records::Unbounded(unbounded) => (
                 unbounded
-                    .map
                     .get(key)
                     .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
                 None,
@@ -528,7 +530,6 @@ impl MemoryStorage {
         let version = Some(version);
         match &self.records {
             Records::Unbounded(unbounded) => unbounded
-                .map
                 .get(key)
                 .is_some_and(|record| record.lock().holds(version, value)),
             Records::Bounded(bounded) => bounded
@@ -664,9 +665,15 @@ impl Unbounded {
 
 /// What [`MemoryStorage::claim_typed`] did.
 pub(crate) enum Claimed<T> {
-    /// Took the key in its record, and copied what is stored (or met the
-    /// error doing so: the claim still holds the key, to give back).
-    Taken(KeyClaim, Result<Found<T>, StorageError>, HeldRecord),
+    /// Took the key (given back as text) in its record, and copied what is
+    /// stored (or met the error doing so: the claim still holds the key,
+    /// to give back).
+    Taken(
+        StorageKey,
+        KeyClaim,
+        Result<Found<T>, StorageError>,
+        HeldRecord,
+    ),
     /// Another update holds or waits for the key: nothing taken.
     Busy,
 }
@@ -697,28 +704,50 @@ impl MemoryStorage {
     // inliner, it was inlined for some types and not others (about 20
     // instructions per session where it was not).
     #[inline(always)]
-    pub(crate) fn claim_typed<T: Session>(
+    pub(crate) fn claim_typed<'a, T: Session>(
         &self,
-        key: &StorageKey,
+        key: UpdateKey<'a>,
         taker: Taker,
-    ) -> Option<Claimed<T>> {
+    ) -> Result<Claimed<T>, UpdateKey<'a>> {
         let Records::Unbounded(unbounded) = &self.records else {
-            return None;
+            return Err(key);
         };
         let now = Now::lazy();
-        let shared = unbounded.record(key.as_str());
+        let (shared, key) = unbounded.record_of(key);
         let mut record = shared.lock();
         if record.lock != RecordLock::Free {
-            return Some(Claimed::Busy);
+            return Ok(Claimed::Busy);
         }
         let claim = record.hold(key.shared(), taker);
-        Some(Claimed::Taken(
+        Ok(Claimed::Taken(
+            key,
             claim,
             record.found(&now),
             HeldRecord(Arc::clone(&shared)),
         ))
     }
 }
+
+/// The key of an update's session, as a memory storage finds it.
+pub(crate) enum UpdateKey<'a> {
+    /// Its text, built.
+    Built(StorageKey),
+    /// Its namespace and id, found with no text built (see `map_key`).
+    Id(IdKey<'a>),
+}
+
+impl UpdateKey<'_> {
+    /// The key as text, built if it was not.
+    pub(crate) fn into_storage_key(self) -> StorageKey {
+        match self {
+            UpdateKey::Built(key) => key,
+            UpdateKey::Id(key) => key.storage_key(),
+        }
+    }
+}
+
+/// A record of the unbounded map, with its shard's lock.
+type MapRef<'a> = dashmap::mapref::one::Ref<'a, MapKey, SharedRecord>;
 
 impl Unbounded {
     fn locks(&self) -> &KeyLocks {
@@ -734,21 +763,56 @@ impl Unbounded {
     // Always inlined: as a call, it cost the usual path about 50
     // instructions per session (callgrind, `per_update memory`).
     #[inline(always)]
-    fn record(&self, key: &str) -> dashmap::mapref::one::Ref<'_, String, SharedRecord> {
-        match self.map.get(key) {
+    fn record(&self, key: &str) -> MapRef<'_> {
+        match self.get(key) {
             Some(record) => record,
-            None => self
-                .map
-                .entry(key.to_owned())
-                .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
-                .downgrade(),
+            None => self.insert_placeholder(SmolStr::new(key)),
         }
+    }
+
+    /// [`Unbounded::record`] at an update's key, found by its parts when it
+    /// has them (see `map_key`); with the key, shared with the map's when
+    /// the record was there.
+    #[inline(always)]
+    fn record_of(&self, key: UpdateKey<'_>) -> (MapRef<'_>, StorageKey) {
+        match key {
+            UpdateKey::Id(key) => match self.map.get(&key as &dyn KeyView) {
+                Some(record) => {
+                    let key = record.key().storage_key();
+                    (record, key)
+                }
+                None => {
+                    let key = key.storage_key();
+                    (self.insert_placeholder(key.shared().clone()), key)
+                }
+            },
+            UpdateKey::Built(key) => (self.record(key.as_str()), key),
+        }
+    }
+
+    /// The record at `key`, if there is one.
+    fn get(&self, key: &str) -> Option<MapRef<'_>> {
+        self.map.get(&TextKey::new(key) as &dyn KeyView)
+    }
+
+    /// The record at `key`, a new one without a value unless one was made
+    /// since it was looked for.
+    // Never inlined: only a key's first update comes here.
+    #[inline(never)]
+    fn insert_placeholder(&self, key: SmolStr) -> MapRef<'_> {
+        self.map
+            .entry(MapKey::new(key))
+            .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
+            .downgrade()
     }
 
     /// Removes the record at `key` if it holds no value and its key is free
     /// (see [`Stored::vacant`]), as checked again under its shard's lock.
     fn remove_vacant(&self, key: &str) {
-        self.map.remove_if(key, |_, record| record.lock().vacant());
+        self.map
+            .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
+                record.lock().vacant()
+            });
     }
 
     /// Removes the record at `key`, or only its value while an update holds
@@ -757,12 +821,14 @@ impl Unbounded {
         loop {
             if self
                 .map
-                .remove_if(key, |_, record| record.lock().lock == RecordLock::Free)
+                .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
+                    record.lock().lock == RecordLock::Free
+                })
                 .is_some()
             {
                 return;
             }
-            let Some(record) = self.map.get(key) else {
+            let Some(record) = self.get(key) else {
                 return;
             };
             let mut held = record.lock();
@@ -805,7 +871,7 @@ impl KeyHome for Unbounded {
         if claim.is_released() {
             return;
         }
-        let Some(shared) = self.map.get(claim.key().as_str()) else {
+        let Some(shared) = self.get(claim.key().as_str()) else {
             // A held key keeps its record: only a claim of the table's own
             // gets here.
             self.locks().release(claim);
@@ -1028,7 +1094,7 @@ impl Storage for MemoryStorage {
         match &self.records {
             Records::Unbounded(unbounded) => {
                 for entry in unbounded.map.iter() {
-                    collector.offer(entry.key(), &entry.value().lock());
+                    collector.offer(entry.key().as_str(), &entry.value().lock());
                 }
             }
             Records::Bounded(bounded) => {
@@ -1059,7 +1125,10 @@ impl Storage for MemoryStorage {
                         if restore.ttl.is_some() {
                             unbounded.expiring.store(true, Ordering::Relaxed);
                         }
-                        match unbounded.map.entry(restore.key.as_str().to_owned()) {
+                        match unbounded
+                            .map
+                            .entry(MapKey::new(restore.key.shared().clone()))
+                        {
                             Entry::Occupied(entry) => {
                                 let mut current = entry.get().lock();
                                 match newer(Some(&current), restore) {
@@ -1091,6 +1160,7 @@ impl Storage for MemoryStorage {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::key::Id;
 
     fn key(scope: &str) -> StorageKey {
         StorageKey::new(None, None, "test", scope)
@@ -1147,8 +1217,8 @@ mod tests {
         let Records::Unbounded(unbounded) = &storage.records else {
             panic!("new() is unbounded");
         };
-        assert!(unbounded.map.get("test:gone").is_none());
-        assert!(unbounded.map.get("test:kept").is_some());
+        assert!(unbounded.get("test:gone").is_none());
+        assert!(unbounded.get("test:kept").is_some());
     }
 
     #[tokio::test]
@@ -1225,7 +1295,6 @@ mod tests {
 
     fn lock_of(unbounded: &Unbounded, scope: &str) -> Option<RecordLock> {
         unbounded
-            .map
             .get(key(scope).as_str())
             .map(|record| record.lock().lock)
     }
@@ -1282,19 +1351,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_update_finds_by_its_key_s_parts_the_record_written_by_text() {
+        let (storage, unbounded, _home) = records();
+        storage.write(&[put("-42", None, None)]).await.unwrap();
+        let namespace = SmolStr::new("test:");
+        let by_id = |id| {
+            UpdateKey::Id(IdKey {
+                namespace: &namespace,
+                namespace_hash: head_hash(&namespace),
+                id,
+            })
+        };
+        let (claim, found) = match storage.claim_typed::<Plain>(by_id(Id::signed(-42)), taker(1)) {
+            Ok(Claimed::Taken(key, claim, found, _)) => {
+                assert_eq!(key, self::key("-42"));
+                assert_eq!(key.scope_key(), "-42");
+                (claim, found)
+            }
+            _ => panic!("a free key is taken"),
+        };
+        assert!(matches!(found, Ok(Found::Record(_))), "the written record");
+        assert!(matches!(
+            storage.claim_typed::<Plain>(UpdateKey::Built(key("-42")), taker(2)),
+            Ok(Claimed::Busy)
+        ));
+        drop(claim);
+        // A key with nothing stored is made once, found by text after.
+        let Ok(Claimed::Taken(key, ..)) =
+            storage.claim_typed::<Plain>(by_id(Id::unsigned(7)), taker(3))
+        else {
+            panic!("a new key is taken");
+        };
+        assert_eq!(key.as_str(), "test:7");
+        assert!(unbounded.get("test:7").is_some());
+    }
+
+    #[tokio::test]
     async fn a_second_update_queues_in_the_table_and_the_key_comes_back_free() {
         let (storage, unbounded, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
-        let first = match storage.claim_typed::<Plain>(&key("a"), taker(1)) {
-            Some(Claimed::Taken(claim, found, _)) => {
+        let first = match storage.claim_typed::<Plain>(UpdateKey::Built(key("a")), taker(1)) {
+            Ok(Claimed::Taken(_, claim, found, _)) => {
                 assert!(found.is_ok());
                 claim
             }
             _ => panic!("a free key is taken"),
         };
         assert!(matches!(
-            storage.claim_typed::<Plain>(&key("a"), taker(2)),
-            Some(Claimed::Busy)
+            storage.claim_typed::<Plain>(UpdateKey::Built(key("a")), taker(2)),
+            Ok(Claimed::Busy)
         ));
         let second = queue_behind(&home, &unbounded, "a", 2).await;
         // The same update asking again fails at once, queued or not.
@@ -1314,17 +1419,17 @@ mod tests {
     async fn a_commit_writes_through_the_record_its_update_took() {
         let (storage, unbounded, _home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
-        let (mut claim, held) = match storage.claim_typed::<Plain>(&key("a"), taker(1)) {
-            Some(Claimed::Taken(claim, _, held)) => (claim, held),
-            _ => panic!("a free key is taken"),
-        };
+        let (mut claim, held) =
+            match storage.claim_typed::<Plain>(UpdateKey::Built(key("a")), taker(1)) {
+                Ok(Claimed::Taken(_, claim, _, held)) => (claim, held),
+                _ => panic!("a free key is taken"),
+            };
         storage
             .write(&[Write::Delete { key: key("a") }])
             .await
             .unwrap();
         let in_map = |held: &HeldRecord| {
             unbounded
-                .map
                 .get(key("a").as_str())
                 .is_some_and(|record| Arc::ptr_eq(&record, &held.0))
         };
@@ -1350,8 +1455,10 @@ mod tests {
         let [WriteOutcome::Written { version }] = first[..] else {
             panic!("written: {first:?}");
         };
-        let take = |update| match storage.claim_typed::<Plain>(&key("a"), taker(update)) {
-            Some(Claimed::Taken(claim, _, held)) => (claim, held),
+        let take = |update| match storage
+            .claim_typed::<Plain>(UpdateKey::Built(key("a")), taker(update))
+        {
+            Ok(Claimed::Taken(_, claim, _, held)) => (claim, held),
             _ => panic!("a free key is taken"),
         };
         let (mut claim, held) = take(1);
@@ -1405,8 +1512,8 @@ mod tests {
             .unwrap();
         assert_eq!(storage.load(&[key("a")]).await.unwrap(), [None]);
         assert!(matches!(
-            storage.claim_typed::<Plain>(&key("a"), taker(2)),
-            Some(Claimed::Busy)
+            storage.claim_typed::<Plain>(UpdateKey::Built(key("a")), taker(2)),
+            Ok(Claimed::Busy)
         ));
         drop(held);
         assert!(unbounded.map.is_empty());
@@ -1432,6 +1539,6 @@ mod tests {
         );
         drop(held);
         storage.write(&[put("other2", None, None)]).await.unwrap();
-        assert!(unbounded.map.get("test:a").is_none(), "swept once free");
+        assert!(unbounded.get("test:a").is_none(), "swept once free");
     }
 }

@@ -713,14 +713,17 @@ impl MemoryStorage {
             return Err(key);
         };
         let now = Now::lazy();
-        let (shared, key) = unbounded.record_of(key);
+        let shared = unbounded.record_of(key);
+        // The key's text from the map's (settled) key, not from a copy
+        // just made: reading a copy back at once waits for its stores.
+        let map_key = shared.key();
         let mut record = shared.lock();
         if record.lock != RecordLock::Free {
             return Ok(Claimed::Busy);
         }
-        let claim = record.hold(key.shared(), taker);
+        let claim = record.hold(map_key.text(), taker);
         Ok(Claimed::Taken(
-            key,
+            map_key.storage_key(),
             claim,
             record.found(&now),
             HeldRecord(Arc::clone(&shared)),
@@ -771,22 +774,15 @@ impl Unbounded {
     }
 
     /// [`Unbounded::record`] at an update's key, found by its parts when it
-    /// has them (see `map_key`); with the key, shared with the map's when
-    /// the record was there.
+    /// has them (see `map_key`).
     #[inline(always)]
-    fn record_of(&self, key: UpdateKey<'_>) -> (MapRef<'_>, StorageKey) {
+    fn record_of(&self, key: UpdateKey<'_>) -> MapRef<'_> {
         match key {
             UpdateKey::Id(key) => match self.map.get(&key as &dyn KeyView) {
-                Some(record) => {
-                    let key = record.key().storage_key();
-                    (record, key)
-                }
-                None => {
-                    let key = key.storage_key();
-                    (self.insert_placeholder(key.shared().clone()), key)
-                }
+                Some(record) => record,
+                None => self.insert_placeholder(key.storage_key().shared().clone()),
             },
-            UpdateKey::Built(key) => (self.record(key.as_str()), key),
+            UpdateKey::Built(key) => self.record(key.as_str()),
         }
     }
 

@@ -89,6 +89,10 @@ impl MapKey {
         &self.text
     }
 
+    pub(super) fn text(&self) -> &SmolStr {
+        &self.text
+    }
+
     /// The key as a storage key, sharing its text.
     pub(super) fn storage_key(&self) -> StorageKey {
         StorageKey::from_shared(self.text.clone(), self.head_len)

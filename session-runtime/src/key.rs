@@ -230,6 +230,14 @@ impl Id {
         }
     }
 
+    /// The id `-magnitude` (`magnitude` above zero: see [`Id::parse`]).
+    pub(crate) fn negative(magnitude: u64) -> Self {
+        Self {
+            negative: true,
+            magnitude,
+        }
+    }
+
     pub(crate) fn magnitude(self) -> u64 {
         self.magnitude
     }

@@ -383,12 +383,19 @@ impl Sessions {
             .in_process
             .as_ref()
             .filter(|_| !state.follows_members(&T::KEY))?;
-        let key = match self.lazy_key::<T>(registration) {
+        // Found by its parts where it has them, as an eager one is.
+        let key = match registration {
+            Some(registration) => manager
+                .update_key(registration, &state.ids)
+                .map_err(|error| *error),
+            None => self.lazy_key::<T>(None).map(UpdateKey::Built),
+        };
+        let key = match key {
             Ok(key) => key,
             Err(error) => return Some(Err(error)),
         };
         let timer = metrics::Timer::start();
-        let opened = slot::claim_in_process::<T>(storage, memory, UpdateKey::Built(key), state.id)?;
+        let opened = slot::claim_in_process::<T>(storage, memory, key, state.id)?;
         Some(match opened {
             Ok(slot) => {
                 metrics::loaded(

@@ -769,7 +769,7 @@ impl Unbounded {
     fn record(&self, key: &str) -> MapRef<'_> {
         match self.get(key) {
             Some(record) => record,
-            None => self.insert_placeholder(SmolStr::new(key)),
+            None => self.insert_placeholder(MapKey::new(SmolStr::new(key))),
         }
     }
 
@@ -780,7 +780,7 @@ impl Unbounded {
         match key {
             UpdateKey::Id(key) => match self.map.get(&key as &dyn KeyView) {
                 Some(record) => record,
-                None => self.insert_placeholder(key.storage_key().shared().clone()),
+                None => self.insert_placeholder(key.map_key()),
             },
             UpdateKey::Built(key) => self.record(key.as_str()),
         }
@@ -795,9 +795,9 @@ impl Unbounded {
     /// since it was looked for.
     // Never inlined: only a key's first update comes here.
     #[inline(never)]
-    fn insert_placeholder(&self, key: SmolStr) -> MapRef<'_> {
+    fn insert_placeholder(&self, key: MapKey) -> MapRef<'_> {
         self.map
-            .entry(MapKey::new(key))
+            .entry(key)
             .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
             .downgrade()
     }

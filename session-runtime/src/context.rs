@@ -20,7 +20,7 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
-use crate::soon::{Soon, Unboxed};
+use crate::soon::{Soon, SoonDone};
 use crate::storage::StorageError;
 use crate::storage::memory::{MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Write};
@@ -265,7 +265,10 @@ impl EntryState {
 impl Sessions {
     /// Starts an update (see [`SessionManager::begin`]): ready at once when
     /// its eager sessions were taken with no wait.
-    pub(crate) fn begin(manager: Arc<ManagerInner>, ids: UpdateIds) -> Soon<Self> {
+    pub(crate) fn begin(
+        manager: Arc<ManagerInner>,
+        ids: UpdateIds,
+    ) -> Soon<Self, impl Future<Output = Self> + Send + 'static> {
         let state = Arc::new(UpdateState {
             manager,
             ids,
@@ -503,10 +506,7 @@ impl Sessions {
         &self,
         outcome: HandlerOutcome,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        if self.inner.finished.swap(true, Ordering::AcqRel) {
-            return Unboxed(Soon::now(Ok(())));
-        }
-        Unboxed(self.commit_in_process(outcome))
+        self.commit_in_process(outcome)
     }
 
     /// The part of a commit done here and now, under the update's slot
@@ -515,7 +515,13 @@ impl Sessions {
     /// is left to send anywhere, the entries are dropped in place, which
     /// gives their keys back. Otherwise the future of what remains (see
     /// [`commit_remote`]), built here: what it takes is moved once.
-    fn commit_in_process(&self, outcome: HandlerOutcome) -> Soon<Result<(), Box<Error>>> {
+    fn commit_in_process(
+        &self,
+        outcome: HandlerOutcome,
+    ) -> SoonDone<Error, impl Future<Output = Result<(), Box<Error>>> + Send + 'static> {
+        if self.inner.finished.swap(true, Ordering::AcqRel) {
+            return SoonDone::now(Ok(()));
+        }
         let state = &*self.inner;
         let mut slots = self.slots();
         let save =
@@ -547,14 +553,14 @@ impl Sessions {
                 .any(|slot| slot.maybe_touched());
         if !remote && state.leases.get().is_none() {
             slots.clear();
-            return Soon::now(first_error(errors));
+            return SoonDone::now(first_error(errors));
         }
         let remote = RemoteCommit {
             entries: std::mem::take(&mut *slots),
             save,
             errors,
         };
-        Soon::later(commit_remote(Arc::clone(&self.inner), remote))
+        SoonDone::later(commit_remote(Arc::clone(&self.inner), remote))
     }
 }
 
@@ -627,7 +633,7 @@ fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec
 }
 
 /// The first error is the caller's to report; the others are logged here,
-/// each once. Boxed, as the commit's future carries it (see [`Unboxed`]).
+/// each once. Boxed, as the commit's future carries it (see [`SoonDone`]).
 #[inline]
 fn first_error(errors: Vec<Error>) -> Result<(), Box<Error>> {
     // The usual case, on every commit: no iterator to build and drop.

@@ -146,7 +146,11 @@ impl Scope {
         out: &mut SmolStrBuilder,
     ) -> Result<(), &'static str> {
         if let Some(id) = self.single_id(ids) {
-            out.push_str(id?.digits(&mut itoa::Buffer::new()));
+            let id = id?;
+            if id.negative {
+                out.push('-');
+            }
+            push_int(out, id.magnitude);
             return Ok(());
         }
         match self {
@@ -176,10 +180,10 @@ impl Scope {
 
     /// The one id the key of a `user` or `chat` scope is made of, or what
     /// is missing; `None` for the other scopes.
-    fn single_id(self, ids: &UpdateIds) -> Option<Result<IntId, &'static str>> {
+    fn single_id(self, ids: &UpdateIds) -> Option<Result<Id, &'static str>> {
         match self {
-            Scope::User => Some(ids.user_id.map(IntId::Unsigned).ok_or(SENDER)),
-            Scope::Chat => Some(ids.chat_id.map(IntId::Signed).ok_or(CHAT)),
+            Scope::User => Some(ids.user_id.map(Id::unsigned).ok_or(SENDER)),
+            Scope::Chat => Some(ids.chat_id.map(Id::signed).ok_or(CHAT)),
             _ => None,
         }
     }
@@ -189,26 +193,10 @@ impl Scope {
 const SENDER: &str = "the sender's user id";
 const CHAT: &str = "a chat id";
 
-/// The one id a `user` or `chat` scope key is made of.
-enum IntId {
-    Unsigned(u64),
-    Signed(i64),
-}
-
-impl IntId {
-    /// The id's digits, written in `buffer`.
-    fn digits(self, buffer: &mut itoa::Buffer) -> &str {
-        match self {
-            IntId::Unsigned(id) => buffer.format(id),
-            IntId::Signed(id) => buffer.format(id),
-        }
-    }
-}
-
-/// An integer id as a key writes it, sign and magnitude (a user id is a
-/// `u64`, a chat id an `i64`): what the memory storage finds the key of a
-/// `user` or `chat` session by, with no text built (see
-/// `storage::memory::map_key`).
+/// The one id a `user` or `chat` scope key is made of, as the key writes
+/// it: sign and magnitude (a user id is a `u64`, a chat id an `i64`). The
+/// memory storage finds such a key by its namespace and id, with no text
+/// built (see `storage::memory::map_key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Id {
     negative: bool,
@@ -280,11 +268,7 @@ impl Id {
     /// the update lacks the id.
     pub(crate) fn of_key(strategy: &KeyStrategy, ids: &UpdateIds) -> Option<Self> {
         match strategy {
-            KeyStrategy::Scope(scope) => match scope.single_id(ids)? {
-                Ok(IntId::Unsigned(id)) => Some(Self::unsigned(id)),
-                Ok(IntId::Signed(id)) => Some(Self::signed(id)),
-                Err(_) => None,
-            },
+            KeyStrategy::Scope(scope) => scope.single_id(ids)?.ok(),
             KeyStrategy::Custom(_) => None,
         }
     }
@@ -446,14 +430,8 @@ impl StorageKey {
     ) -> Result<Self, &'static str> {
         // The usual keys, one id after the namespace: joined in one step,
         // with no builder to grow (about a quarter of the key's cost).
-        if let KeyStrategy::Scope(scope) = strategy
-            && let Some(Ok(id)) = scope.single_id(ids)
-        {
-            let mut digits = itoa::Buffer::new();
-            return Ok(Self {
-                full: SmolStr::from_iter([namespace, id.digits(&mut digits)]),
-                scope_start: namespace.len(),
-            });
+        if let Some(id) = Id::of_key(strategy, ids) {
+            return Ok(Self::of_id(namespace, id));
         }
         Self::build(|out| {
             out.push_str(namespace);

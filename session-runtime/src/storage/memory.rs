@@ -665,9 +665,9 @@ impl Unbounded {
 
 /// What [`MemoryStorage::claim_typed`] did.
 pub(crate) enum Claimed<T> {
-    /// Took the key (given back as text) in its record, and copied what is
-    /// stored (or met the error doing so: the claim still holds the key,
-    /// to give back).
+    /// Took the key in its record (here its text, shared with the map's
+    /// key), and copied what is stored (or met the error doing so: the
+    /// claim still holds the key, to give back).
     Taken(
         StorageKey,
         KeyClaim,

@@ -713,7 +713,10 @@ impl MemoryStorage {
             return Err(key);
         };
         let now = Now::lazy();
-        let shared = unbounded.record_of(key);
+        let (shared, built) = match key {
+            UpdateKey::Id(key) => (unbounded.record_by_id(&key), None),
+            UpdateKey::Built(key) => (unbounded.record(key.as_str()), Some(key)),
+        };
         // The key's text from the map's (settled) key, not from a copy
         // just made: reading a copy back at once waits for its stores.
         let map_key = shared.key();
@@ -723,7 +726,9 @@ impl MemoryStorage {
         }
         let claim = record.hold(map_key.text(), taker);
         Ok(Claimed::Taken(
-            map_key.storage_key(),
+            // A built key keeps where its scope key starts (a key
+            // function's or a member's key may hold a `:` in it).
+            built.unwrap_or_else(|| map_key.storage_key()),
             claim,
             record.found(&now),
             HeldRecord(Arc::clone(&shared)),
@@ -773,16 +778,13 @@ impl Unbounded {
         }
     }
 
-    /// [`Unbounded::record`] at an update's key, found by its parts when it
-    /// has them (see `map_key`).
+    /// [`Unbounded::record`] at an update's key found by its parts (see
+    /// `map_key`), with no text built unless the record is new.
     #[inline(always)]
-    fn record_of(&self, key: UpdateKey<'_>) -> MapRef<'_> {
-        match key {
-            UpdateKey::Id(key) => match self.map.get(&key as &dyn KeyView) {
-                Some(record) => record,
-                None => self.insert_placeholder(key.map_key()),
-            },
-            UpdateKey::Built(key) => self.record(key.as_str()),
+    fn record_by_id(&self, key: &IdKey<'_>) -> MapRef<'_> {
+        match self.map.get(key as &dyn KeyView) {
+            Some(record) => record,
+            None => self.insert_placeholder(key.map_key()),
         }
     }
 
@@ -1380,6 +1382,19 @@ mod tests {
         };
         assert_eq!(key.as_str(), "test:7");
         assert!(unbounded.get("test:7").is_some());
+    }
+
+    #[test]
+    fn a_built_key_taken_keeps_where_its_scope_key_starts() {
+        let (storage, _unbounded, _home) = records();
+        let built = key("-100:42");
+        let Ok(Claimed::Taken(taken, ..)) =
+            storage.claim_typed::<Plain>(UpdateKey::Built(built.clone()), taker(1))
+        else {
+            panic!("a free key is taken");
+        };
+        assert_eq!(taken.scope_key(), "-100:42");
+        assert_eq!(taken, built);
     }
 
     #[tokio::test]

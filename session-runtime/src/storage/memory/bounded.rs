@@ -393,9 +393,20 @@ mod tests {
         let bytes = bytes::Bytes::from_static(b"next");
         let ttl = Some(Duration::from_secs(60));
         let written = bounded.put("k", Some(1), ttl, &Now::lazy(), EncodedPut(&bytes));
+        assert_replaced(&bounded, &record, written, ttl);
+    }
+
+    /// `written` put a new record at `k` with `ttl`, in place of `record`,
+    /// which stays as it was.
+    fn assert_replaced<E: std::fmt::Debug + PartialEq>(
+        bounded: &Bounded,
+        record: &SharedRecord,
+        written: Result<Result<u64, Conflict>, E>,
+        ttl: Option<Duration>,
+    ) {
         assert_eq!(written, Ok(Ok(2)));
         let now = bounded.records.get("k").unwrap();
-        assert!(!Arc::ptr_eq(&now, &record), "a new record");
+        assert!(!Arc::ptr_eq(&now, record), "a new record");
         assert_eq!(now.lock().ttl, ttl);
         assert_eq!(record.lock().version, 1, "the old one untouched");
     }
@@ -413,11 +424,7 @@ mod tests {
         bounded.records.insert("k".to_owned(), Arc::clone(&record));
         let bytes = bytes::Bytes::from_static(b"next");
         let written = bounded.put("k", Some(1), None, &Now::lazy(), EncodedPut(&bytes));
-        assert_eq!(written, Ok(Ok(2)));
-        let now = bounded.records.get("k").unwrap();
-        assert!(!Arc::ptr_eq(&now, &record), "a new record");
-        assert_eq!(now.lock().ttl, None);
-        assert_eq!(record.lock().version, 1, "the old one untouched");
+        assert_replaced(&bounded, &record, written, None);
     }
 
     #[test]

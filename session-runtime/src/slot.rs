@@ -15,7 +15,7 @@ use crate::lock::{KeyClaim, Taker};
 use crate::manager::{Registration, StorageEntry};
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
-use crate::storage::memory::{Claimed, Found, HeldRecord, MemoryStorage, UpdateKey};
+use crate::storage::memory::{Found, HeldRecord, MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
 /// What a slot knows about where its session lives. Holding it keeps the key
@@ -451,6 +451,15 @@ pub(crate) fn open_in_process<T: Session>(
     open_found(meta, found)
 }
 
+/// What the claim of a memory record opened while the record was locked.
+enum Opening<T> {
+    /// The slot of a copy of the stored value.
+    Opened(Arc<dyn ErasedSlot>),
+    /// Anything else (bytes to decode, an error), to open once the record
+    /// is let go (boxed: rare, and the answer is moved on every update).
+    Later(Box<(SlotMeta, Result<Found<T>, StorageError>)>),
+}
+
 /// Takes the key of a session kept in `memory` for the update `update`,
 /// and opens its slot, if no other update holds or waits for the key;
 /// `None` if one does (nothing was taken). A storage that keeps its keys'
@@ -471,17 +480,44 @@ pub(crate) fn claim_in_process<T: Session>(
         type_name: std::any::type_name::<T>(),
     };
     let meta = |key, lock| SlotMeta::new(storage, T::NAME, key, lock, None);
-    match memory.claim_typed::<T>(key, taker) {
-        Ok(Claimed::Taken(key, lock, found, record)) => {
-            let mut meta = meta(key, lock);
-            meta.record = Some(record);
+    let taken = memory.claim_typed(key, taker, |mut taken| match taken.found::<T>() {
+        // The usual case, each part made where the slot keeps it (see
+        // `Taken`).
+        Ok(Found::Value { value, version }) => {
+            let slot: Arc<dyn ErasedSlot> = Arc::new(Mutex::new(SlotState {
+                meta: SlotMeta {
+                    session: T::NAME,
+                    key: taken.key(),
+                    storage: Arc::clone(storage),
+                    lease_owner: None,
+                    lock: taken.claim(),
+                    record: Some(taken.record()),
+                },
+                value,
+                stored: Some(Loaded::Value { version }),
+                touched: false,
+            }));
+            Opening::Opened(slot)
+        }
+        // Opened once the record is let go: a slot that fails to open
+        // gives its key back there as it is dropped.
+        found => {
+            let mut meta = meta(taken.key(), taken.claim());
+            meta.record = Some(taken.record());
+            Opening::Later(Box::new((meta, found)))
+        }
+    });
+    match taken {
+        Ok(Some(Opening::Opened(slot))) => Some(Ok(slot)),
+        Ok(Some(Opening::Later(later))) => {
+            let (meta, found) = *later;
             Some(match found {
                 Ok(found) => open_found(meta, found).map_err(Box::new),
                 // Dropping the slot's meta gives the key back.
                 Err(source) => Err(Box::new(meta.storage_error(source))),
             })
         }
-        Ok(Claimed::Busy) => None,
+        Ok(None) => None,
         Err(key) => {
             let key = key.into_storage_key();
             let lock = storage.home.table().try_claim(key.shared(), taker)?;

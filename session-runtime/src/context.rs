@@ -19,7 +19,9 @@ use crate::lock::{KeyClaim, Taker};
 use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, StorageEntry};
 use crate::metrics::{self, Operation};
 use crate::session::Session;
-use crate::slot::{self, Borrowed, ErasedSlot, SlotMeta, TypedSlot};
+use crate::slot::{
+    self, Borrowed, EntryState, ErasedSlot, PerSession, SlotEntry, SlotMeta, Slots, TypedSlot,
+};
 use crate::soon::{Soon, SoonDone};
 use crate::storage::StorageError;
 use crate::storage::memory::{MemoryStorage, UpdateKey};
@@ -197,69 +199,6 @@ enum LoadError {
     Leased {
         index: usize,
     },
-}
-
-/// The sessions of an update: inline for the first few, as most updates have.
-type Slots = PerSession<SlotEntry>;
-
-/// How many sessions an update keeps without allocating for them.
-const INLINE_SESSIONS: usize = 4;
-
-/// Something per session of an update, inline for the first few.
-type PerSession<T> = SmallVec<[T; INLINE_SESSIONS]>;
-
-struct SlotEntry {
-    type_id: TypeId,
-    /// Its registration's place in `ManagerInner::registrations`, or
-    /// `usize::MAX` for a lazy type that was not registered: no search by
-    /// type at the commit.
-    registration: usize,
-    /// The storage its session is kept in (see `ManagerInner::storages`).
-    storage_index: usize,
-    state: EntryState,
-}
-
-impl SlotEntry {
-    fn new(registration: &Registration, state: EntryState) -> Self {
-        Self {
-            type_id: registration.type_id,
-            registration: registration.index,
-            storage_index: registration.storage_index,
-            state,
-        }
-    }
-
-    /// An entry that failed with `error`, boxed already or not.
-    fn failed(registration: &Registration, error: impl Into<Box<Error>>) -> Self {
-        Self::new(registration, EntryState::failed(error))
-    }
-}
-
-enum EntryState {
-    /// An eager session, loaded before the handler.
-    Loaded(Arc<dyn ErasedSlot>),
-    /// An eager session that could not be loaded (boxed: entries are kept
-    /// inline, and a failure is rare).
-    Failed(Box<Error>),
-    /// A lazy session: loaded at most once, on first access.
-    Lazy(Arc<OnceCell<Arc<dyn ErasedSlot>>>),
-}
-
-impl EntryState {
-    /// A failure with `error`, boxed already or not.
-    fn failed(error: impl Into<Box<Error>>) -> Self {
-        EntryState::Failed(error.into())
-    }
-
-    // Inlined: see `Sessions::slots`.
-    #[inline]
-    fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
-        match self {
-            EntryState::Loaded(slot) => Some(slot),
-            EntryState::Lazy(cell) => cell.get(),
-            EntryState::Failed(_) => None,
-        }
-    }
 }
 
 impl Sessions {
@@ -888,16 +827,11 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
                 continue;
             }
         };
-        let Some(opened) = (registration.claim_in_process)(storage, memory, key, state.id) else {
+        if !(registration.claim_entry)(storage, memory, key, state.id, registration, &mut slots) {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;
-        };
-        let state = match opened {
-            Ok(slot) => EntryState::Loaded(slot),
-            Err(error) => EntryState::failed(error),
-        };
-        slots.push(SlotEntry::new(registration, state));
+        }
     }
     // Without the feature, nothing reads the labels this would gather.
     for (index, storage) in manager

@@ -15,7 +15,7 @@ use crate::key::{Id, KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::{KeyHome, KeyLocks};
 use crate::metrics::StorageMetrics;
 use crate::session::Session;
-use crate::slot::{self, ErasedSlot, SlotMeta};
+use crate::slot::{self, ErasedSlot, SlotMeta, Slots};
 use crate::storage::memory::{IdKey, MemoryStorage, UpdateKey};
 use crate::storage::{Record, SharedStorage, Storage, StorageError};
 
@@ -122,15 +122,17 @@ pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn Erased
 /// Loads a slot of the registered type from a memory storage, as a value.
 pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn ErasedSlot>, Error>;
 
-/// Takes the key of a session of the registered type kept in a memory
-/// storage and loads its slot, if the key is free (see
-/// [`slot::claim_in_process`]).
-pub(crate) type ClaimInProcess = for<'a> fn(
+/// Takes the key of an eager session of the registered type kept in a
+/// memory storage and pushes its entry into the update's slots, if the key
+/// is free (see [`slot::claim_entry`]).
+pub(crate) type ClaimEntry = for<'a> fn(
     &Arc<StorageEntry>,
     &MemoryStorage,
     UpdateKey<'a>,
     u64,
-) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>>;
+    &Registration,
+    &mut Slots,
+) -> bool;
 
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {
@@ -144,7 +146,7 @@ pub(crate) struct Registration {
     pub(crate) storage_index: usize,
     pub(crate) open: OpenSlot,
     pub(crate) open_in_process: OpenInProcess,
-    pub(crate) claim_in_process: ClaimInProcess,
+    pub(crate) claim_entry: ClaimEntry,
     pub(crate) ttl: Option<Duration>,
     /// Set once a value of this type was checked to survive its codec's
     /// round trip (see [`Registration::check_round_trip`]).
@@ -171,7 +173,7 @@ impl Registration {
             storage_index,
             open: slot::open::<T>,
             open_in_process: slot::open_in_process::<T>,
-            claim_in_process: slot::claim_in_process::<T>,
+            claim_entry: slot::claim_entry::<T>,
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
             namespace: None,

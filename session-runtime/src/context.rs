@@ -811,23 +811,12 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
     let mut slots = state.slots.lock();
     let timer = metrics::Timer::start();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        let index = registration.storage_index;
-        let storage = &manager.storages[index];
-        let (Some(memory), false) = (
-            &storage.in_process,
-            state.follows_members(&registration.key),
-        ) else {
+        let storage = &manager.storages[registration.storage_index];
+        if storage.in_process.is_none() || state.follows_members(&registration.key) {
             slots.clear();
             return false;
-        };
-        let key = match manager.update_key(registration, &state.ids) {
-            Ok(key) => key,
-            Err(error) => {
-                slots.push(SlotEntry::failed(registration, error));
-                continue;
-            }
-        };
-        if !(registration.claim_entry)(storage, memory, key, state.id, registration, &mut slots) {
+        }
+        if !(registration.claim_entry)(manager, &state.ids, state.id, registration, &mut slots) {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;

@@ -122,17 +122,10 @@ pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn Erased
 /// Loads a slot of the registered type from a memory storage, as a value.
 pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn ErasedSlot>, Error>;
 
-/// Takes the key of an eager session of the registered type kept in a
-/// memory storage and pushes its entry into the update's slots, if the key
-/// is free (see [`slot::claim_entry`]).
-pub(crate) type ClaimEntry = for<'a> fn(
-    &Arc<StorageEntry>,
-    &MemoryStorage,
-    UpdateKey<'a>,
-    u64,
-    &Registration,
-    &mut Slots,
-) -> bool;
+/// Takes the key of an update's eager session of the registered type, kept
+/// in a memory storage, and pushes its entry into the update's slots, if
+/// the key is free (see [`slot::claim_entry`]).
+pub(crate) type ClaimEntry = fn(&ManagerInner, &UpdateIds, u64, &Registration, &mut Slots) -> bool;
 
 /// A session type known to the manager, with its type erased.
 pub(crate) struct Registration {

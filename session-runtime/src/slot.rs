@@ -12,9 +12,9 @@ use tokio::sync::OnceCell;
 use crate::codec::CodecError;
 use crate::codec::{self, Codec};
 use crate::error::Error;
-use crate::key::StorageKey;
+use crate::key::{StorageKey, UpdateIds};
 use crate::lock::{KeyClaim, Taker};
-use crate::manager::{Registration, StorageEntry};
+use crate::manager::{ManagerInner, Registration, StorageEntry};
 use crate::metrics::{self, DecodeError, Operation};
 use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
 use crate::storage::memory::{Found, HeldRecord, MemoryStorage, UpdateKey};
@@ -595,23 +595,35 @@ pub(crate) fn claim_in_process<T: Session>(
     }
 }
 
-/// [`claim_in_process`] for an eager session of `registration`'s type:
-/// its entry is pushed into the update's `slots`, with the slot or the
-/// error its load met. `false` if another update holds or waits for the
-/// key (nothing taken, nothing pushed).
+/// [`claim_in_process`] for the eager session of `registration`'s type of
+/// the update `ids` (numbered `update`), kept in a memory storage: its
+/// entry is pushed into the update's `slots`, with the slot or the error
+/// its key or load met. `false` if another update holds or waits for the
+/// key, or the session is not kept in memory (nothing taken, nothing
+/// pushed).
 ///
-/// The entry is made here, where the slot is: answered to the caller
-/// instead, the slot was read back there while its stores were still in
-/// flight (2-3% of an update's time, `perf annotate` on `per_update
-/// memory`).
+/// The key is made here and the entry pushed here, where the slot is made:
+/// made by the caller and handed over, or answered to it, each was read
+/// back while its stores were still in flight (2-3% of an update's time
+/// each, `perf annotate` on `per_update memory`).
 pub(crate) fn claim_entry<T: Session>(
-    storage: &Arc<StorageEntry>,
-    memory: &MemoryStorage,
-    key: UpdateKey<'_>,
+    manager: &ManagerInner,
+    ids: &UpdateIds,
     update: u64,
     registration: &Registration,
     slots: &mut Slots,
 ) -> bool {
+    let storage = &manager.storages[registration.storage_index];
+    let Some(memory) = &storage.in_process else {
+        return false;
+    };
+    let key = match manager.update_key(registration, ids) {
+        Ok(key) => key,
+        Err(error) => {
+            slots.push(SlotEntry::failed(registration, error));
+            return true;
+        }
+    };
     let Some(opened) = claim_in_process::<T>(storage, memory, key, update) else {
         return false;
     };

@@ -171,7 +171,7 @@ fn allocations_per_read_modify_write_stay_within_budget() {
         // Redis: a script call is one command buffer (not a vector per key
         // and argument), and an update's per-session lists are inline:
         // 99 and 198 went down to 56 and 77.
-        assert!(redis_one <= 60.0, "redis, 1 session: {redis_one}");
-        assert!(redis_four <= 85.0, "redis, 4 sessions: {redis_four}");
+        assert!(redis_one <= 40.0, "redis, 1 session: {redis_one}");
+        assert!(redis_four <= 58.0, "redis, 4 sessions: {redis_four}");
     });
 }

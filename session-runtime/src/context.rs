@@ -26,7 +26,7 @@ use crate::soon::{Soon, SoonDone};
 use crate::storage::StorageError;
 use crate::storage::memory::{MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Write};
-use crate::update_leases::{AcquireError, UpdateLeases};
+use crate::update_leases::{AcquireError, LeasedKeys, UpdateLeases};
 
 /// How the handler of an update ended, for [`Sessions::commit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -625,7 +625,7 @@ async fn write_back(
         }
         let mut release = match state.leases.get() {
             Some(leases) => leases.for_release(),
-            None => Vec::new(),
+            None => SmallVec::new(),
         };
         // Stable: one batch per storage, in the order the sessions were taken.
         pending.sort_by_key(|(_, storage_index, _)| *storage_index);
@@ -647,7 +647,7 @@ async fn write_back(
                 .position(|(index, _)| *index == storage_index)
             {
                 Some(position) => release.swap_remove(position).1,
-                None => Vec::new(),
+                None => LeasedKeys::new(),
             };
             let storage = &state.manager.storages[storage_index];
             let span = tracing::debug_span!("session.commit", storage = %storage.name, writes = writes.len(), released = keys.len());

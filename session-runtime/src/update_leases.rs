@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
 use tokio::task::JoinHandle;
 
 use crate::key::StorageKey;
@@ -203,10 +204,10 @@ impl UpdateLeases {
     /// commit to release them with its writes. They stay recorded until
     /// [`released`](Self::released), so a commit dropped half-way still
     /// gives back the rest when the update is dropped.
-    pub(crate) fn for_release(&self) -> Vec<(usize, Vec<StorageKey>)> {
+    pub(crate) fn for_release(&self) -> SmallVec<[(usize, LeasedKeys); 2]> {
         self.inner.stop_renewing();
-        let held = self.inner.held().clone();
-        group_by_storage(held)
+        let groups = group_by_storage(self.inner.held().iter());
+        groups
             .into_iter()
             .map(|(index, _, keys)| (index, keys))
             .collect()
@@ -222,12 +223,12 @@ impl UpdateLeases {
 }
 
 async fn renew(inner: &Inner) {
-    let groups = inner.held().clone();
+    let groups = group_by_storage(inner.held().iter());
     let lease = Lease {
         owner: &inner.owner,
         ttl: inner.ttl,
     };
-    for (_, storage, keys) in group_by_storage(groups) {
+    for (_, storage, keys) in groups {
         let Some(leases) = storage.leases() else {
             continue;
         };
@@ -249,18 +250,31 @@ async fn renew(inner: &Inner) {
     }
 }
 
-fn group_by_storage(mut held: Vec<Held>) -> Vec<(usize, SharedStorage, Vec<StorageKey>)> {
-    held.sort_by_key(|held| held.storage_index);
-    let mut groups: Vec<(usize, SharedStorage, Vec<StorageKey>)> = Vec::new();
-    for Held {
-        storage_index,
-        storage,
-        key,
-    } in held
-    {
-        match groups.last_mut() {
-            Some((index, _, keys)) if *index == storage_index => keys.push(key),
-            _ => groups.push((storage_index, storage, vec![key])),
+/// The keys an update holds leases on in one storage, inline for its few
+/// sessions.
+pub(crate) type LeasedKeys = SmallVec<[StorageKey; 4]>;
+
+/// The leases of an update, per storage, by storage index: inline for
+/// the one or two storages an update leases in.
+type ByStorage = SmallVec<[(usize, SharedStorage, LeasedKeys); 2]>;
+
+/// The keys of `held`, per storage in the order of their indices, each
+/// storage's keys in the order they were taken: copied out of the list
+/// with nothing allocated for the few an update holds.
+fn group_by_storage<'a>(held: impl IntoIterator<Item = &'a Held>) -> ByStorage {
+    let mut groups = ByStorage::new();
+    for held in held {
+        let place = groups.partition_point(|(index, ..)| *index < held.storage_index);
+        match groups.get_mut(place) {
+            Some((index, _, keys)) if *index == held.storage_index => keys.push(held.key.clone()),
+            _ => groups.insert(
+                place,
+                (
+                    held.storage_index,
+                    Arc::clone(&held.storage),
+                    LeasedKeys::from_iter([held.key.clone()]),
+                ),
+            ),
         }
     }
     groups
@@ -360,7 +374,7 @@ impl Drop for Inner {
         };
         let owner = self.owner.clone();
         runtime.spawn(async move {
-            for (_, storage, keys) in group_by_storage(held) {
+            for (_, storage, keys) in group_by_storage(&held) {
                 if let Some(leases) = storage.leases()
                     && let Err(error) = leases.write_and_release(&[], &keys, &owner).await
                 {

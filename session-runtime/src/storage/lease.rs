@@ -17,8 +17,8 @@
 //!
 //! [`Conflict::LeaseLost`]: crate::storage::Conflict::LeaseLost
 
-use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,11 +52,12 @@ impl LeaseOwner {
             hasher.finish()
         });
         let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        // Sized for the longest text up front: one allocation here, one
-        // for the `Arc` (`format!` grows its buffer twice on the way).
-        let mut text = String::with_capacity(48);
+        // Written on the stack (at most 44 bytes): the `Arc` is the one
+        // allocation.
+        let mut text: smallvec::SmallVec<[u8; 64]> = smallvec::SmallVec::new();
         let _ = write!(text, "{}-{process:016x}-{sequence:x}", std::process::id());
-        Self(Arc::from(text))
+        // ASCII: borrowed as it is.
+        Self(Arc::from(&*String::from_utf8_lossy(&text)))
     }
 
     /// The owner's text, as storages keep it.

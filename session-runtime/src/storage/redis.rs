@@ -154,6 +154,9 @@ pub struct RedisStorage {
     releases: Arc<ReleaseListener>,
 }
 
+/// What one script call takes, inline for an update's few sessions.
+type Batch<T> = smallvec::SmallVec<[T; 4]>;
+
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
@@ -349,6 +352,12 @@ impl RedisStorage {
         .await
     }
 
+    /// Whether this is one server (not a cluster): a script may touch any
+    /// of its keys.
+    fn single_server(&self) -> bool {
+        matches!(self.connection, Connection::Single(_))
+    }
+
     /// The indices of `keys` grouped by the slot they hash to, in order of
     /// first appearance: one group on a single server, where a script may
     /// touch any key; one per slot on a cluster, where it may not.
@@ -385,7 +394,7 @@ impl RedisStorage {
         let call = &call;
         // Taking a lease one already holds only renews it, and the busy
         // path's flag is idempotent too: safe to send again.
-        let answer: Value = self
+        let mut answer: Value = self
             .call(Retry::Idempotent, |mut connection| async move {
                 call.invoke(&mut connection).await
             })
@@ -396,16 +405,22 @@ impl RedisStorage {
                 keys.len()
             ))
         };
+        // The records are taken out of the answer, not copied.
+        if let Value::Array(items) = &mut answer
+            && let [Value::Int(1), Value::Array(records)] = &mut items[..]
+            && records.len() == keys.len()
+        {
+            return keys
+                .iter()
+                .zip(std::mem::take(records))
+                .map(|(key, record)| decode(key, record))
+                .collect::<Result<_, _>>()
+                .map(LeasedLoad::Acquired);
+        }
         let Value::Array(items) = &answer else {
             return Err(unexpected(&answer));
         };
         match &items[..] {
-            [Value::Int(1), Value::Array(records)] if records.len() == keys.len() => keys
-                .iter()
-                .zip(records)
-                .map(|(key, record)| decode(key, record.clone()))
-                .collect::<Result<_, _>>()
-                .map(LeasedLoad::Acquired),
             [Value::Int(0), Value::Int(index), Value::Int(left)] => {
                 let index = usize::try_from(*index)
                     .ok()
@@ -506,6 +521,12 @@ impl RedisStorage {
     ) -> Result<Vec<WriteOutcome>, StorageError> {
         if writes.is_empty() && release.is_empty() {
             return Ok(Vec::new());
+        }
+        // One script on one server, as `acquire` sends.
+        if self.single_server() {
+            let writes: Batch<&Write> = writes.iter().collect();
+            let release: Batch<&StorageKey> = release.iter().collect();
+            return self.write_batch(&writes, &release, owner).await;
         }
         let keys = writes.iter().map(Write::key).chain(release);
         let groups = self.slots(keys);
@@ -667,6 +688,13 @@ impl Leases for RedisStorage {
         }
         let span = tracing::debug_span!("redis.acquire", storage = %self.name, keys = keys.len(), owner = %lease.owner);
         async {
+            // On one server every key goes in one script, in order: no
+            // groups to make, split and merge, which allocated on every
+            // update.
+            if self.single_server() {
+                let batch: Batch<&StorageKey> = keys.iter().collect();
+                return self.acquire_batch(&batch, lease).await;
+            }
             let groups = self.slots(keys.iter());
             let batches: Vec<Vec<&StorageKey>> = groups
                 .iter()

@@ -520,10 +520,11 @@ pub(crate) fn open_in_process<T: Session>(
 
 /// What the claim of a memory record opened while the record was locked.
 enum Opening<T> {
-    /// The slot of a copy of the stored value.
+    /// The slot of a copy of the stored value, or of the initial value
+    /// where nothing is stored.
     Opened(Arc<dyn ErasedSlot>),
-    /// Anything else (bytes to decode, an error), to open once the record
-    /// is let go (boxed: rare, and the answer is moved on every update).
+    /// Bytes to decode, or an error, to open once the record is let go
+    /// (boxed: rare, and the answer is moved on every update).
     Later(Box<(SlotMeta, Result<Found<T>, StorageError>)>),
 }
 
@@ -549,32 +550,32 @@ pub(crate) fn claim_in_process<T: Session>(
         type_name: std::any::type_name::<T>(),
     };
     let meta = |key, lock| SlotMeta::new(storage, T::NAME, key, lock, None);
-    let taken = memory.claim_typed(key, taker, |mut taken| match taken.found::<T>() {
-        // The usual case, each part made where the slot keeps it (see
-        // `Taken`).
-        Ok(Found::Value { value, version }) => {
-            let slot: Arc<dyn ErasedSlot> = Arc::new(Mutex::new(SlotState {
-                meta: SlotMeta {
-                    session: T::NAME,
-                    key: taken.key(),
-                    storage: Arc::clone(storage),
-                    lease_owner: None,
-                    lock: taken.claim(),
-                    record: Some(taken.record()),
-                },
-                value,
-                stored: Some(Loaded::Value { version }),
-                touched: false,
-            }));
-            Opening::Opened(slot)
-        }
-        // Opened once the record is let go: a slot that fails to open
-        // gives its key back there as it is dropped.
-        found => {
-            let mut meta = meta(taken.key(), taken.claim());
-            meta.record = Some(taken.record());
-            Opening::Later(Box::new((meta, found)))
-        }
+    let taken = memory.claim_typed(key, taker, |mut taken| {
+        let (value, stored) = match taken.found::<T>() {
+            Ok(Found::Value { value, version }) => (value, Some(Loaded::Value { version })),
+            Ok(Found::Nothing) => (T::initial(), None),
+            // Opened once the record is let go: a slot that fails to open
+            // gives its key back there as it is dropped.
+            found => {
+                let mut meta = meta(taken.key(), taken.claim());
+                meta.record = Some(taken.record());
+                return Opening::Later(Box::new((meta, found)));
+            }
+        };
+        // Each part made where the slot keeps it (see `Taken`).
+        Opening::Opened(Arc::new(Mutex::new(SlotState {
+            meta: SlotMeta {
+                session: T::NAME,
+                key: taken.key(),
+                storage: Arc::clone(storage),
+                lease_owner: None,
+                lock: taken.claim(),
+                record: Some(taken.record()),
+            },
+            value,
+            stored,
+            touched: false,
+        })))
     });
     match taken {
         Ok(Some(Opening::Opened(slot))) => Some(Ok(slot)),

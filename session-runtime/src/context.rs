@@ -811,12 +811,10 @@ fn load_eager_at_once(state: &UpdateState) -> bool {
     let mut slots = state.slots.lock();
     let timer = metrics::Timer::start();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
-        let storage = &manager.storages[registration.storage_index];
-        if storage.in_process.is_none() || state.follows_members(&registration.key) {
-            slots.clear();
-            return false;
-        }
-        if !(registration.claim_entry)(manager, &state.ids, state.id, registration, &mut slots) {
+        // A session not kept in memory is not claimed here (`false`).
+        if state.follows_members(&registration.key)
+            || !(registration.claim_entry)(manager, &state.ids, state.id, registration, &mut slots)
+        {
             // Dropping what was taken gives the keys back.
             slots.clear();
             return false;

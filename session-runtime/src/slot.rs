@@ -148,6 +148,28 @@ impl SlotMeta {
         }
     }
 
+    /// The meta of a session whose key `lock` took in the memory record
+    /// `record`: the commit writes there.
+    // Always inlined: the slot's parts are made where it keeps them (see
+    // `storage::memory::Taken`).
+    #[inline(always)]
+    fn in_record(
+        storage: &Arc<StorageEntry>,
+        session: &'static str,
+        key: StorageKey,
+        lock: KeyClaim,
+        record: HeldRecord,
+    ) -> Self {
+        Self {
+            session,
+            key,
+            storage: Arc::clone(storage),
+            lease_owner: None,
+            lock,
+            record: Some(record),
+        }
+    }
+
     pub(crate) fn storage_error(&self, source: crate::storage::StorageError) -> Error {
         Error::Storage {
             session: self.session,
@@ -558,21 +580,19 @@ pub(crate) fn claim_in_process<T: Session>(
             // Opened once the record is let go: a slot that fails to open
             // gives its key back there as it is dropped.
             found => {
-                let mut meta = meta(taken.key(), taken.claim());
-                meta.record = Some(taken.record());
+                let meta = SlotMeta::in_record(
+                    storage,
+                    T::NAME,
+                    taken.key(),
+                    taken.claim(),
+                    taken.record(),
+                );
                 return Opening::Later(Box::new((meta, found)));
             }
         };
         // Each part made where the slot keeps it (see `Taken`).
         Opening::Opened(Arc::new(Mutex::new(SlotState {
-            meta: SlotMeta {
-                session: T::NAME,
-                key: taken.key(),
-                storage: Arc::clone(storage),
-                lease_owner: None,
-                lock: taken.claim(),
-                record: Some(taken.record()),
-            },
+            meta: SlotMeta::in_record(storage, T::NAME, taken.key(), taken.claim(), taken.record()),
             value,
             stored,
             touched: false,

@@ -6,6 +6,7 @@ mod typed;
 
 use std::cell::Cell;
 use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -706,24 +707,39 @@ impl MemoryStorage {
         };
         // One lookup, its answer used where it is: moved out of a `match`
         // on the key, it was read back while its stores were in flight.
-        let text;
-        let view: &dyn KeyView = match &key {
-            UpdateKey::Id(key) => key,
+        let mut shard = None;
+        let by_text;
+        let found = match &key {
+            // Hashed and compared with the key's parts in hand, with no
+            // call through `dyn KeyView` (see `IdKey::is`); the read guard
+            // of its shard is kept in `shard` while the record is used.
+            // As `DashMap::get` finds a key: its shard from the hash as a
+            // `usize`, its bucket from the whole `u64` (not `hash_usize`,
+            // which a 32-bit target cuts short).
+            UpdateKey::Id(key) => {
+                let hash = unbounded.map.hasher().hash_one(key.hash_word());
+                let shards = unbounded.map.shards();
+                shard
+                    .insert(shards[unbounded.map.determine_shard(hash as usize)].read())
+                    .get(hash, |(found, _)| key.is(found))
+                    .map(|(found, record)| (found, record.get()))
+            }
             UpdateKey::Built(key) => {
-                text = TextKey::new(key.as_str());
-                &text
+                by_text = unbounded.get(key.as_str());
+                by_text.as_ref().map(|found| (found.key(), found.value()))
             }
         };
-        let found = unbounded.map.get(view);
         let inserted;
-        let shared = match &found {
-            Some(shared) => shared,
+        let (map_key, shared) = match found {
+            Some(found) => found,
             None => {
+                // Its shard is written next: no read guard may be left.
+                drop(shard.take());
                 inserted = unbounded.insert_placeholder(match &key {
                     UpdateKey::Id(key) => key.map_key(),
                     UpdateKey::Built(key) => MapKey::new(key.shared().clone()),
                 });
-                &inserted
+                (inserted.key(), inserted.value())
             }
         };
         let mut record = shared.lock();
@@ -733,7 +749,7 @@ impl MemoryStorage {
         record.lock = RecordLock::Held(taker.holder());
         Ok(Some(open(Taken {
             key,
-            map_key: shared.key(),
+            map_key,
             shared,
             stored: &mut record,
             update: taker.update,

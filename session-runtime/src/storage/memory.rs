@@ -710,12 +710,12 @@ impl MemoryStorage {
         let mut shard = None;
         let by_text;
         let found = match &key {
-            // Hashed and compared with the key's parts in hand, with no
-            // call through `dyn KeyView` (see `IdKey::is`); the read guard
-            // of its shard is kept in `shard` while the record is used.
-            // As `DashMap::get` finds a key: its shard from the hash as a
-            // `usize`, its bucket from the whole `u64` (not `hash_usize`,
-            // which a 32-bit target cuts short).
+            // Found as `DashMap::get` finds a key (its shard from the hash
+            // as a `usize`, its bucket from the whole `u64`: `hash_usize`
+            // would cut it short on a 32-bit target), but hashed and
+            // compared with the key's parts in hand, with no call through
+            // `dyn KeyView` (see `IdKey::is`). The shard's read guard is
+            // kept in `shard` while the record is used.
             UpdateKey::Id(key) => {
                 let hash = unbounded.map.hasher().hash_one(key.hash_word());
                 let shards = unbounded.map.shards();

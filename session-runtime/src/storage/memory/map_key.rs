@@ -240,9 +240,7 @@ impl IdKey<'_> {
         let text = self.storage_key().shared().clone();
         MapKey::of_parts(text, self.namespace.len(), Some(self.id))
     }
-}
 
-impl IdKey<'_> {
     /// What the map hashes for this key: the word its text hashes as.
     #[inline(always)]
     pub(super) fn hash_word(&self) -> HashWord {
@@ -365,7 +363,7 @@ mod tests {
         let other = SmolStr::new("profile:");
         let key = |text: &str| MapKey::new(SmolStr::new(text));
         let user = id_key(&namespace, Id::unsigned(42));
-        for other in [
+        for text in [
             "counter:43",
             "counter:-42",
             "profile:42",
@@ -374,10 +372,10 @@ mod tests {
             "counte:42",
         ] {
             assert!(
-                &user as &dyn KeyView != &key(other) as &dyn KeyView,
-                "{other}"
+                &user as &dyn KeyView != &key(text) as &dyn KeyView,
+                "{text}"
             );
-            assert!(!user.is(&key(other)), "{other}");
+            assert!(!user.is(&key(text)), "{text}");
         }
         assert!(user.is(&key("counter:42")));
         assert!(!id_key(&namespace, Id::signed(-42)).is(&key("counter:42")));

@@ -170,7 +170,9 @@ fn allocations_per_read_modify_write_stay_within_budget() {
         assert!(sqlite_four <= 155.0, "sqlite, 4 sessions: {sqlite_four}");
         // Redis: a script call is one command buffer (not a vector per key
         // and argument), and an update's per-session lists are inline:
-        // 99 and 198 went down to 56 and 77.
+        // 99 and 198 went down to 56 and 77; on one server the script is
+        // sent with no slot groups made, its records taken out of the
+        // answer, and the lease owner's text written on the stack: 36 and 54.
         assert!(redis_one <= 40.0, "redis, 1 session: {redis_one}");
         assert!(redis_four <= 58.0, "redis, 4 sessions: {redis_four}");
     });

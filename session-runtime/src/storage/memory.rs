@@ -1355,8 +1355,6 @@ mod tests {
         }
     }
 
-    /// An unbounded store, where updates lock keys in their records, and
-    /// that home.
     /// What [`MemoryStorage::claim_typed`] took, as a value to look at.
     enum Claimed<T> {
         Taken(
@@ -1368,6 +1366,8 @@ mod tests {
         Busy,
     }
 
+    /// Takes `key` for `taker` in its record, as an update's slot does,
+    /// keeping each part the slot would.
     fn claim_in_record<'a, T: Session>(
         storage: &MemoryStorage,
         key: UpdateKey<'a>,
@@ -1380,6 +1380,8 @@ mod tests {
             .map(|taken| taken.unwrap_or(Claimed::Busy))
     }
 
+    /// An unbounded store, where updates lock keys in their records, and
+    /// that home.
     fn records() -> (MemoryStorage, Arc<Unbounded>, Arc<dyn KeyHome>) {
         let storage = MemoryStorage::new();
         let home = storage.key_home(&Arc::default());

@@ -197,7 +197,6 @@ impl HeldRecord {
     }
 }
 
-#[derive(Clone)]
 struct Stored {
     value: Value,
     version: u64,
@@ -287,9 +286,7 @@ impl Stored {
         if !self.live(now) {
             return Ok(Found::Nothing);
         }
-        Found::of(&self.value, self.version).map_err(|error| {
-            StorageError::other(format!("a stored session value does not encode: {error}"))
-        })
+        Found::of(&self.value, self.version).map_err(not_encoded)
     }
 
     /// Takes the key for `taker`, held in this record: the claim that
@@ -308,9 +305,7 @@ impl Stored {
 
     /// The record as bytes: what a storage that keeps bytes would return.
     fn record(&self) -> Result<Record, StorageError> {
-        let value = self.value.encoded().map_err(|error| {
-            StorageError::other(format!("a stored session value does not encode: {error}"))
-        })?;
+        let value = self.value.encoded().map_err(not_encoded)?;
         Ok(Record {
             value,
             version: self.version,
@@ -325,6 +320,11 @@ impl Stored {
         self.ttl = ttl;
         self.expires_at = expiry(ttl, now);
     }
+}
+
+/// The error of a stored value that does not encode.
+fn not_encoded(error: crate::codec::CodecError) -> StorageError {
+    StorageError::other(format!("a stored session value does not encode: {error}"))
 }
 
 // Inlined: see `HeldRecord::commit`.
@@ -1035,9 +1035,19 @@ struct PageCollector<'a> {
     kept: BinaryHeap<ByKey>,
     /// More keys than `limit` were found.
     more: bool,
+    /// Whether the page returns the records' values.
+    with_values: bool,
 }
 
-struct ByKey(String, Stored);
+struct ByKey(String, Kept);
+
+/// What a page keeps of a record: a copy of its value (if the page returns
+/// values), its version, and when it expires.
+struct Kept {
+    value: Option<Result<Value, crate::codec::CodecError>>,
+    version: u64,
+    expires_at: Option<Instant>,
+}
 
 impl PartialEq for ByKey {
     fn eq(&self, other: &Self) -> bool {
@@ -1079,23 +1089,39 @@ impl PageCollector<'_> {
             }
             self.more = true;
         }
-        self.kept.push(ByKey(key.to_owned(), stored.clone()));
+        let kept = Kept {
+            // A copy, not its bytes: encoded only if it stays on the page.
+            value: self.with_values.then(|| stored.value.copy()),
+            version: stored.version,
+            expires_at: stored.expires_at,
+        };
+        self.kept.push(ByKey(key.to_owned(), kept));
     }
 
-    fn page(self, prefix: &KeyPrefix, with_values: bool) -> Result<ScanPage, StorageError> {
+    fn page(self, prefix: &KeyPrefix) -> Result<ScanPage, StorageError> {
         let now = self.now.get();
         let entries: Vec<ScannedRecord> = self
             .kept
             .into_sorted_vec()
             .into_iter()
-            .map(|ByKey(key, stored)| {
+            .map(|ByKey(key, kept)| {
+                let record = kept
+                    .value
+                    .map(|value| {
+                        value.and_then(|value| value.encoded()).map(|value| Record {
+                            value,
+                            version: kept.version,
+                        })
+                    })
+                    .transpose()
+                    .map_err(not_encoded)?;
                 Ok(ScannedRecord {
                     key: prefix.key_of(&key),
-                    ttl: stored
+                    ttl: kept
                         .expires_at
-                        .filter(|_| with_values)
+                        .filter(|_| record.is_some())
                         .map(|at| at.saturating_duration_since(now)),
-                    record: with_values.then(|| stored.record()).transpose()?,
+                    record,
                 })
             })
             .collect::<Result<_, StorageError>>()?;
@@ -1164,6 +1190,7 @@ impl Storage for MemoryStorage {
             now: Now::lazy(),
             kept: BinaryHeap::new(),
             more: false,
+            with_values,
         };
         match &self.records {
             Records::Unbounded(unbounded) => {
@@ -1175,7 +1202,7 @@ impl Storage for MemoryStorage {
                 bounded.for_each(|key, stored| collector.offer(key, stored))
             }
         }
-        collector.page(prefix, with_values)
+        collector.page(prefix)
     }
 
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
@@ -1574,6 +1601,67 @@ mod tests {
             loaded[0].as_ref().map(|record| record.version),
             Some(version)
         );
+    }
+
+    #[tokio::test]
+    async fn a_scan_returns_values_kept_as_they_are_as_their_bytes() {
+        /// A session type that can be copied, unlike [`Plain`].
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
+        struct Copied {
+            apples: u32,
+        }
+
+        impl Session for Copied {
+            const NAME: &'static str = "copied";
+            type Codec = crate::codec::Json;
+            fn initial() -> Self {
+                Copied { apples: 0 }
+            }
+            fn copy_value(&self) -> Option<Self> {
+                Some(self.clone())
+            }
+        }
+
+        fn commit<T: Session>(storage: &MemoryStorage, scope: &str, value: T) -> u64 {
+            let taken = claim_in_record::<T>(storage, UpdateKey::Built(key(scope)), taker(1));
+            let Ok(Claimed::Taken(_, mut claim, _, held)) = taken else {
+                panic!("a free key is taken");
+            };
+            match held.commit(storage, value, None, None, &mut claim) {
+                Some(Ok(version)) => version,
+                outcome => panic!("written: {outcome:?}"),
+            }
+        }
+
+        let (storage, ..) = records();
+        let copied = commit(&storage, "copied", Copied { apples: 3 });
+        let plain = commit(&storage, "plain", Plain {});
+        let page = storage
+            .scan(&KeyPrefix::all(), None, 10, true)
+            .await
+            .unwrap();
+        let records: Vec<_> = page
+            .entries
+            .iter()
+            .map(|entry| (entry.key.as_str(), entry.record.clone()))
+            .collect();
+        let record = |value: &[u8], version| Record {
+            value: bytes::Bytes::copy_from_slice(value),
+            version,
+        };
+        assert_eq!(
+            records,
+            [
+                ("test:copied", Some(record(br#"{"apples":3}"#, copied))),
+                ("test:plain", Some(record(b"{}", plain))),
+            ]
+        );
+        let keys_only = storage
+            .scan(&KeyPrefix::all(), None, 10, false)
+            .await
+            .unwrap();
+        assert!(keys_only.entries.iter().all(|entry| entry.record.is_none()));
+        assert_eq!(keys_only.entries.len(), 2);
     }
 
     #[tokio::test]

@@ -788,10 +788,7 @@ fn in_process_entry(
     lock: KeyClaim,
 ) -> SlotEntry {
     let meta = SlotMeta::new(storage, registration.name, key, lock, None);
-    let state = match (registration.open_in_process)(meta, memory) {
-        Ok(slot) => EntryState::Loaded(slot),
-        Err(error) => EntryState::failed(error),
-    };
+    let state = EntryState::opened((registration.open_in_process)(meta, memory).map_err(Box::new));
     SlotEntry::new(registration, state)
 }
 
@@ -943,10 +940,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                         }
                         record => record.clone(),
                     };
-                    match (registration.open)(meta, record) {
-                        Ok(slot) => EntryState::Loaded(slot),
-                        Err(error) => EntryState::failed(error),
-                    }
+                    EntryState::opened((registration.open)(meta, record).map_err(Box::new))
                 }
                 Err(LoadError::Leased { index: busy }) if keys.get(*busy) == Some(key) => {
                     EntryState::failed(lease_timeout(manager, storage, registration.name, key))

@@ -75,6 +75,16 @@ impl EntryState {
         EntryState::Failed(error.into())
     }
 
+    /// The slot an eager session's load opened, or the error it met.
+    // Always inlined: `claim_entry` makes every session's entry with it.
+    #[inline(always)]
+    pub(crate) fn opened(opened: Result<Arc<dyn ErasedSlot>, Box<Error>>) -> Self {
+        match opened {
+            Ok(slot) => EntryState::Loaded(slot),
+            Err(error) => EntryState::Failed(error),
+        }
+    }
+
     // Inlined: see `Sessions::slots`.
     #[inline]
     pub(crate) fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
@@ -650,11 +660,7 @@ pub(crate) fn claim_entry<T: Session>(
     let Some(opened) = claim_in_process::<T>(storage, memory, key, update) else {
         return false;
     };
-    let state = match opened {
-        Ok(slot) => EntryState::Loaded(slot),
-        Err(error) => EntryState::Failed(error),
-    };
-    slots.push(SlotEntry::new(registration, state));
+    slots.push(SlotEntry::new(registration, EntryState::opened(opened)));
     true
 }
 

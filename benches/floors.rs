@@ -35,14 +35,19 @@
 //!   cells of the map) from claim to commit, so the commit writes into the
 //!   record it holds with no second map access, but its working copy is
 //!   allocated per session and update as in `runtime` (no copy kept beside
-//!   each stored value). This is the memory storage's design now: the
-//!   distance to `per_update memory` is the runtime's glue (type erasure,
-//!   dynamic calls, error and metrics plumbing, values moved between
-//!   layers);
+//!   each stored value). This was the memory storage's design until
+//!   `borrowed`;
 //! - `grouped-held`, `grouped-held-4`: `held` over records that each keep
 //!   all of a user's sessions (as `grouped-4`): one access to the map and
 //!   one lock of the record take all the update's sessions, one more lock
-//!   writes them back; slots and borrows as in `held`.
+//!   writes them back; slots and borrows as in `held`;
+//! - `borrowed`, `borrowed-4`: `held` with the update's slots fixed before
+//!   the handler runs and each slot boxed, not shared: an accessor finds
+//!   its slot with no lock of the list and borrows it through a guard tied
+//!   to the update, with no reference counted. This is the memory
+//!   storage's design now: the distance to `per_update memory` is the
+//!   runtime's glue (type erasure, dynamic calls, error and metrics
+//!   plumbing, values moved between layers).
 //!
 //! The designs are in `floor_designs/`; `--bench paired` times some of
 //! them against teloxide in the same run.

@@ -6,10 +6,11 @@
 //! of the rounds' ratios is reported with its quartiles, and each side's
 //! median time per update.
 //!
-//! Rows: the memory storage with 1 and 4 sessions; the floors of two
-//! designs (`floors.rs`: `held`, the memory storage's design with no glue,
-//! and `grouped-held`, one record per user) against the same teloxide
-//! sides, which tell what no glue at all would give; the dispatch path;
+//! Rows: the memory storage with 1 and 4 sessions; the floors of three
+//! designs (`floors.rs`: `borrowed`, the memory storage's design with no
+//! glue, `held`, the one before it, and `grouped-held`, one record per
+//! user) against the same teloxide sides, which tell what no glue at all
+//! would give; the dispatch path;
 //! the bounded memory storage (`MemoryStorage::with_capacity`, room for
 //! every user) with 1 and 4 sessions.
 //!
@@ -165,6 +166,8 @@ fn main() {
             ("floor held, 1", Design::Held, 1),
             ("floor held, 4", Design::Held4, 4),
             ("floor grouped-held, 4", Design::GroupedHeld4, 4),
+            ("floor borrowed, 1", Design::Borrowed, 1),
+            ("floor borrowed, 4", Design::Borrowed4, 4),
         ] {
             let floors = &floors;
             compare(

@@ -342,6 +342,64 @@ fn held(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64
     slots.clear();
 }
 
+/// An update's state whose slots are fixed once its eager sessions are
+/// taken (see [`borrowed`]): read with no lock of the list.
+struct FixedUpdate {
+    _manager: Arc<()>,
+    id: u64,
+    slots: SmallVec<[Box<Mutex<HeldSlot>>; 4]>,
+    finished: AtomicBool,
+}
+
+/// [`held`] with the update's slots fixed before the handler runs and each
+/// slot boxed rather than shared: an accessor finds its slot with no lock
+/// of the list and borrows it through a guard tied to the update (no
+/// reference counted), and the commit frees each key as it writes it.
+fn borrowed(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64, update: u64) {
+    let mut slots = SmallVec::new();
+    for namespace in namespaces {
+        let key = text(namespace, user);
+        let record = shared(records, &key);
+        let (value, version) = {
+            let mut stored = record.lock();
+            assert!(stored.holder.is_none(), "the key is free");
+            stored.holder = Some(update);
+            (stored.value.clone(), stored.version)
+        };
+        slots.push(Box::new(Mutex::new(HeldSlot {
+            record,
+            value,
+            version,
+            touched: false,
+        })));
+    }
+    let state = Arc::new(FixedUpdate {
+        _manager: Arc::clone(manager),
+        id: update,
+        slots,
+        finished: AtomicBool::new(false),
+    });
+    for index in 0..namespaces.len() {
+        black_box(&state).slots[index].try_lock().unwrap().change();
+    }
+    assert!(
+        !state.finished.swap(true, Ordering::AcqRel),
+        "committed once"
+    );
+    for slot in state.slots.iter() {
+        let mut slot = slot.try_lock().unwrap();
+        let value = std::mem::take(&mut slot.value);
+        let mut stored = slot.record.lock();
+        if slot.touched {
+            assert_eq!(stored.version, slot.version, "no other writer");
+            stored.value = value;
+            stored.version += 1;
+        }
+        stored.holder = None;
+    }
+    black_box(state.id);
+}
+
 impl Change for Working {
     fn change(&mut self) {
         self.touched = true;
@@ -412,6 +470,8 @@ pub enum Design {
     Held4,
     GroupedHeld,
     GroupedHeld4,
+    Borrowed,
+    Borrowed4,
 }
 
 impl FromStr for Design {
@@ -431,6 +491,8 @@ impl FromStr for Design {
             "held-4" => Design::Held4,
             "grouped-held" => Design::GroupedHeld,
             "grouped-held-4" => Design::GroupedHeld4,
+            "borrowed" => Design::Borrowed,
+            "borrowed-4" => Design::Borrowed4,
             other => return Err(format!("unknown design `{other}`; {}", Design::NAMES)),
         })
     }
@@ -439,7 +501,7 @@ impl FromStr for Design {
 impl Design {
     /// Every design's name, as [`Design::from_str`] reads it.
     pub const NAMES: &str = "table|fused|fused-4|grouped-4|runtime|runtime-4|cell|cell-4\
-                             |held|held-4|grouped-held|grouped-held-4";
+                             |held|held-4|grouped-held|grouped-held-4|borrowed|borrowed-4";
 }
 
 /// The records of every design, empty at first.
@@ -493,6 +555,10 @@ impl Floors {
             Design::Held4 => held(&self.held_records, manager, &NAMESPACES, user, update),
             Design::GroupedHeld => grouped_held(&self.held_groups, manager, 1, user, update),
             Design::GroupedHeld4 => grouped_held(&self.held_groups, manager, 4, user, update),
+            Design::Borrowed => {
+                borrowed(&self.held_records, manager, &NAMESPACES[..1], user, update)
+            }
+            Design::Borrowed4 => borrowed(&self.held_records, manager, &NAMESPACES, user, update),
         }
     }
 

@@ -180,17 +180,50 @@ async fn run_commits_after_the_handler_and_passes_its_error() {
         .await
         .unwrap();
     assert_eq!(after, 2, "the failed update saved nothing");
-    // A guard that outlives the handler makes the commit fail, as the handler's error type.
-    let escaped = manager
-        .run(
-            user(1),
-            |ctx| async move { Ok::<_, AppError>(ctx.counter()?) },
-        )
+    // A session's error comes out as the handler's error type.
+    let unregistered = manager
+        .run(user(1), |ctx| async move {
+            Ok::<_, AppError>(ctx.get::<Profile>()?.name.clone())
+        })
         .await;
-    assert!(matches!(
-        escaped,
-        Err(AppError::Session(Error::AlreadyBorrowed { .. }))
-    ));
+    assert!(
+        matches!(
+            unregistered,
+            Err(AppError::Session(Error::NotRegistered { .. }))
+        ),
+        "{unregistered:?}"
+    );
+    // A handler cannot return a session it borrowed: a compile error
+    // (`session-macros/tests/ui/fail/session-outlives-handler.rs`).
+}
+
+#[tokio::test]
+async fn a_session_borrowed_at_the_commit_is_not_saved_and_its_key_goes_back_with_the_context() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    // A clone of the context outlives the commit, and a session borrowed
+    // from it is still held there.
+    let ctx = manager.begin(user(1)).await;
+    let kept = ctx.clone();
+    let mut counter = kept.counter().unwrap();
+    counter.apple += 10;
+    let committed = ctx.commit(HandlerOutcome::Succeeded).await;
+    assert!(
+        matches!(committed, Err(Error::AlreadyBorrowed { .. })),
+        "{committed:?}"
+    );
+    drop(counter);
+    drop((ctx, kept));
+    // Its key went back with the context: the next update takes it at once.
+    let next = manager.begin(user(1)).await;
+    assert_eq!(
+        next.counter().unwrap().apple,
+        1,
+        "the change still borrowed at the commit was not saved"
+    );
+    next.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
 
 #[tokio::test]

@@ -267,7 +267,7 @@ pub(crate) fn ext_trait(input: &Input<'_>, p: &TokenStream) -> TokenStream {
         (
             quote! {
                 fn #accessor(&self) -> impl ::core::future::Future<
-                    Output = ::core::result::Result<#p::SessionRef<#ty>, #p::Error>,
+                    Output = ::core::result::Result<#p::SessionRef<'_, #ty>, #p::Error>,
                 > + ::core::marker::Send + '_
             },
             quote!(#p::SessionContext::sessions(self).load::<#ty>()),
@@ -276,7 +276,7 @@ pub(crate) fn ext_trait(input: &Input<'_>, p: &TokenStream) -> TokenStream {
     } else {
         (
             quote! {
-                fn #accessor(&self) -> ::core::result::Result<#p::SessionRef<#ty>, #p::Error>
+                fn #accessor(&self) -> ::core::result::Result<#p::SessionRef<'_, #ty>, #p::Error>
             },
             quote!(#p::SessionContext::sessions(self).get::<#ty>()),
             format!("The `{accessor}` session, loaded before the handler (eager)."),

@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
 use crate::error::{Error, LockHolder};
@@ -20,7 +19,8 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{
-    self, Borrowed, EntryState, ErasedSlot, PerSession, SlotEntry, SlotMeta, Slots, TypedSlot,
+    self, Borrowed, EntryState, ErasedSlot, PerSession, SlotBox, SlotEntry, SlotMeta, Slots,
+    TypedSlot,
 };
 use crate::soon::{Soon, SoonDone};
 use crate::storage::StorageError;
@@ -81,13 +81,102 @@ struct UpdateState {
     ids: UpdateIds,
     /// Tells this update's key locks from other updates' in this process.
     id: u64,
-    slots: Mutex<Slots>,
+    /// The eager sessions' entries, taken before the update is shared and
+    /// never changed: an accessor finds its slot with no lock, and borrows
+    /// it for as long as the update lives.
+    eager: Slots,
+    /// The entries of the sessions loaded on first use.
+    lazy: LazyEntries,
     /// The cross-process leases this update holds, once it takes one.
     leases: OnceLock<UpdateLeases>,
     finished: AtomicBool,
 }
 
+/// The entries an update adds after `begin`, one per session type loaded
+/// on first use: a list only ever appended to, so that an accessor borrows
+/// an entry for as long as the update lives, as it does an eager one. The
+/// first entry is kept inline (most updates load one lazy session at
+/// most); the others are boxed.
+#[derive(Default)]
+struct LazyEntries {
+    first: OnceLock<LazyNode>,
+    /// Held while an entry is looked for and added: a type gets one.
+    adding: Mutex<()>,
+}
+
+struct LazyNode {
+    entry: SlotEntry,
+    next: OnceLock<Box<LazyNode>>,
+}
+
+impl LazyEntries {
+    fn iter(&self) -> impl Iterator<Item = &SlotEntry> {
+        std::iter::successors(self.first.get(), |node| node.next.get().map(|next| &**next))
+            .map(|node| &node.entry)
+    }
+
+    /// Appends `entry`; the caller holds `adding`.
+    fn push(&self, entry: SlotEntry) -> &SlotEntry {
+        let node = LazyNode {
+            entry,
+            next: OnceLock::new(),
+        };
+        let Some(mut last) = self.first.get() else {
+            return &self.first.get_or_init(|| node).entry;
+        };
+        while let Some(next) = last.next.get() {
+            last = next;
+        }
+        &last.next.get_or_init(|| Box::new(node)).entry
+    }
+}
+
 impl UpdateState {
+    // Always inlined: built where it is moved into its `Arc`.
+    #[inline(always)]
+    fn new(manager: Arc<ManagerInner>, ids: UpdateIds, id: u64, eager: Slots) -> Self {
+        Self {
+            manager,
+            ids,
+            id,
+            eager,
+            lazy: LazyEntries::default(),
+            leases: OnceLock::new(),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Every entry of the update: the eager sessions', then the lazy ones'.
+    fn entries(&self) -> impl Iterator<Item = &SlotEntry> {
+        self.eager.iter().chain(self.lazy.iter())
+    }
+
+    /// The entry of the session of type `type_id`, if the update has one.
+    // Inlined: every accessor starts here.
+    #[inline]
+    fn entry(&self, type_id: TypeId) -> Option<&SlotEntry> {
+        match self.eager.iter().find(|entry| entry.type_id == type_id) {
+            Some(entry) => Some(entry),
+            None => self.lazy.iter().find(|entry| entry.type_id == type_id),
+        }
+    }
+
+    /// Gives back the keys the commit has not given back yet: every key
+    /// after a failed handler, else those of sessions not kept in memory
+    /// (each in-process session's key went back with its write). A session
+    /// a `SessionRef` still holds keeps its key until the update is dropped.
+    fn give_back_keys(&self, all: bool) {
+        for entry in self.entries() {
+            let in_process = self.manager.storages[entry.storage_index]
+                .in_process
+                .is_some();
+            if let Some(slot) = entry.state.loaded().filter(|_| all || !in_process) {
+                // Borrowed, it keeps its key (see above): nothing to do now.
+                let _ = slot.give_back();
+            }
+        }
+    }
+
     fn leases(&self) -> &UpdateLeases {
         self.leases
             .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
@@ -96,7 +185,7 @@ impl UpdateState {
     /// Whether a session keyed by `key` may have to be moved from the group
     /// this update's supergroup was, on first use (see `chat_migration`).
     fn follows_members(&self, key: &KeyStrategy) -> bool {
-        key.follows_members() && crate::chat_migration::in_supergroup(&self.ids)
+        follows_members(key, &self.ids)
     }
 
     /// The error for a session of type `type_id` that a `SessionRef` holds
@@ -208,34 +297,26 @@ impl Sessions {
         manager: Arc<ManagerInner>,
         ids: UpdateIds,
     ) -> Soon<Self, impl Future<Output = Self> + Send + 'static> {
-        let state = Arc::new(UpdateState {
-            manager,
-            ids,
-            id: next_update_id(),
-            slots: Mutex::new(Slots::new()),
-            leases: OnceLock::new(),
-            finished: AtomicBool::new(false),
-        });
-        if load_eager_at_once(&state) {
-            return Soon::now(Self { inner: state });
+        let id = next_update_id();
+        let mut eager = Slots::new();
+        if load_eager_at_once(&manager, &ids, id, &mut eager) {
+            return Soon::now(Self {
+                inner: Arc::new(UpdateState::new(manager, ids, id, eager)),
+            });
         }
         // The path that waits (for a key, a remote storage).
         Soon::later(async move {
-            let slots = load_eager(&state).await;
-            *state.slots.lock() = slots;
-            Self { inner: state }
+            let mut state = UpdateState::new(manager, ids, id, eager);
+            state.eager = load_eager(&state).await;
+            Self {
+                inner: Arc::new(state),
+            }
         })
     }
 
     /// The ids of the update these sessions belong to.
     pub fn ids(&self) -> &UpdateIds {
         &self.inner.ids
-    }
-
-    // Inlined, as `EntryState::loaded` is: every accessor calls both.
-    #[inline]
-    fn slots(&self) -> MutexGuard<'_, Slots> {
-        self.inner.slots.lock()
     }
 
     fn check_open<T: Session>(&self) -> Result<(), Error> {
@@ -249,14 +330,9 @@ impl Sessions {
     ///
     /// Fails if `T` was not registered on the manager, or is lazy and not
     /// loaded yet (use [`Sessions::load`]), or with the error its load met.
-    pub fn get<T: Session>(&self) -> Result<SessionRef<T>, Error> {
+    pub fn get<T: Session>(&self) -> Result<SessionRef<'_, T>, Error> {
         self.check_open::<T>()?;
-        // Borrowed under the list's lock, which a borrow never waits in:
-        // no clone of the slot to take and drop.
-        let slots = self.slots();
-        let entry = slots
-            .iter()
-            .find(|entry| entry.type_id == TypeId::of::<T>());
+        let entry = self.inner.entry(TypeId::of::<T>());
         match entry.map(|entry| &entry.state) {
             Some(EntryState::Failed(error)) => Err((**error).clone()),
             Some(state) => match state.loaded() {
@@ -269,45 +345,53 @@ impl Sessions {
 
     /// A session, loaded now if this update has not loaded it yet (what
     /// `ctx.profile().await?` calls). Works for eager types too.
-    pub async fn load<T: Session>(&self) -> Result<SessionRef<T>, Error> {
+    pub async fn load<T: Session>(&self) -> Result<SessionRef<'_, T>, Error> {
         self.check_open::<T>()?;
-        let cell = {
-            let mut slots = self.slots();
-            let entry = slots
-                .iter()
-                .find(|entry| entry.type_id == TypeId::of::<T>());
-            match entry.map(|entry| &entry.state) {
-                Some(EntryState::Loaded(slot)) => return borrow::<T>(&self.inner, slot),
-                Some(EntryState::Failed(error)) => return Err((**error).clone()),
-                Some(EntryState::Lazy(cell)) => Arc::clone(cell),
-                None => {
-                    let registration = self.inner.manager.registration(TypeId::of::<T>());
-                    let entry = |state| match registration {
-                        Some(registration) => SlotEntry::new(registration, state),
-                        None => SlotEntry {
-                            type_id: TypeId::of::<T>(),
-                            registration: usize::MAX,
-                            // The default storage, as its lazy load takes.
-                            storage_index: 0,
-                            state,
-                        },
-                    };
-                    // Borrowed under the list's lock, as `get` does: the
-                    // load at once waits for nothing.
-                    if let Some(opened) = self.load_at_once::<T>(registration) {
-                        let slot = opened?;
-                        let borrowed = borrow::<T>(&self.inner, &slot);
-                        slots.push(entry(EntryState::Loaded(slot)));
-                        return borrowed;
-                    }
-                    let cell = Arc::new(OnceCell::new());
-                    slots.push(entry(EntryState::Lazy(Arc::clone(&cell))));
-                    cell
-                }
-            }
+        let state = &*self.inner;
+        let entry = match state.entry(TypeId::of::<T>()) {
+            Some(entry) => entry,
+            None => self.add_lazy_entry::<T>()?,
         };
-        let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
-        borrow::<T>(&self.inner, slot)
+        match &entry.state {
+            EntryState::Loaded(slot) => borrow::<T>(state, slot.as_ref()),
+            EntryState::Failed(error) => Err((**error).clone()),
+            EntryState::Lazy(cell) => {
+                let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
+                borrow::<T>(state, slot.as_ref())
+            }
+        }
+    }
+
+    /// Adds the entry of a session of type `T` loaded on first use, unless
+    /// another call did since it was looked for: loaded already if it is
+    /// kept in memory and its key was free (see [`Sessions::load_at_once`]),
+    /// else a cell its load fills.
+    fn add_lazy_entry<T: Session>(&self) -> Result<&SlotEntry, Error> {
+        let state = &*self.inner;
+        let _adding = state.lazy.adding.lock();
+        if let Some(entry) = state
+            .lazy
+            .iter()
+            .find(|entry| entry.type_id == TypeId::of::<T>())
+        {
+            return Ok(entry);
+        }
+        let registration = state.manager.registration(TypeId::of::<T>());
+        let entry = |state| match registration {
+            Some(registration) => SlotEntry::new(registration, state),
+            None => SlotEntry {
+                type_id: TypeId::of::<T>(),
+                registration: usize::MAX,
+                // The default storage, as its lazy load takes.
+                storage_index: 0,
+                state,
+            },
+        };
+        let entry_state = match self.load_at_once::<T>(registration) {
+            Some(opened) => EntryState::Loaded(opened?),
+            None => EntryState::Lazy(Box::default()),
+        };
+        Ok(state.lazy.push(entry(entry_state)))
     }
 
     /// A lazy session kept in memory, taken and copied in one access as an
@@ -317,7 +401,7 @@ impl Sessions {
     fn load_at_once<T: Session>(
         &self,
         registration: Option<&Registration>,
-    ) -> Option<Result<Arc<dyn ErasedSlot>, Error>> {
+    ) -> Option<Result<SlotBox, Error>> {
         let state = &*self.inner;
         let manager = &state.manager;
         let storage = &manager.storages[registration.map_or(0, |r| r.storage_index)];
@@ -366,7 +450,7 @@ impl Sessions {
         }
     }
 
-    async fn load_lazy<T: Session>(&self) -> Result<Arc<dyn ErasedSlot>, Error> {
+    async fn load_lazy<T: Session>(&self) -> Result<SlotBox, Error> {
         let state = &*self.inner;
         let manager = &state.manager;
         let registration = manager.registration(TypeId::of::<T>());
@@ -448,12 +532,12 @@ impl Sessions {
         self.commit_in_process(outcome)
     }
 
-    /// The part of a commit done here and now, under the update's slot
-    /// list: sessions kept in memory storages are written (no await:
-    /// nothing a cancelled commit could leave half done), and if nothing
-    /// is left to send anywhere, the entries are dropped in place, which
-    /// gives their keys back. Otherwise the future of what remains (see
-    /// [`commit_remote`]), built here: what it takes is moved once.
+    /// The part of a commit done here and now: sessions kept in memory
+    /// storages are written and their keys given back (no await: nothing a
+    /// cancelled commit could leave half done), and if nothing is left to
+    /// send anywhere, the other keys are given back too. Otherwise the
+    /// future of what remains (see [`commit_remote`]), built here: what it
+    /// takes is moved once.
     fn commit_in_process(
         &self,
         outcome: HandlerOutcome,
@@ -462,17 +546,16 @@ impl Sessions {
             return SoonDone::now(Ok(()));
         }
         let state = &*self.inner;
-        let mut slots = self.slots();
         let save =
             outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
         let mut errors = Vec::new();
         // Each in-process session tells whether it was touched as it is
         // written: no pass over the slots to ask them first.
         match save {
-            true => write_in_process(state, &slots, &mut errors),
+            true => write_in_process(state, &mut errors),
             false => {
-                if slots
-                    .iter()
+                if state
+                    .entries()
                     .filter_map(|entry| entry.state.loaded())
                     .any(|slot| slot.maybe_touched())
                 {
@@ -481,8 +564,8 @@ impl Sessions {
             }
         }
         let remote = save
-            && slots
-                .iter()
+            && state
+                .entries()
                 .filter(|entry| {
                     state.manager.storages[entry.storage_index]
                         .in_process
@@ -491,33 +574,29 @@ impl Sessions {
                 .filter_map(|entry| entry.state.loaded())
                 .any(|slot| slot.maybe_touched());
         if !remote && state.leases.get().is_none() {
-            slots.clear();
+            state.give_back_keys(!save);
             return SoonDone::now(first_error(errors));
         }
         let remote = RemoteCommit {
-            entries: std::mem::take(&mut *slots),
+            keys: HeldKeys(Arc::clone(&self.inner)),
             save,
             errors,
         };
-        SoonDone::later(commit_remote(Arc::clone(&self.inner), remote))
+        SoonDone::later(commit_remote(remote))
     }
 }
 
 /// The part of a commit left after its in-process part (see
 /// [`Sessions::commit`]).
-async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<(), Box<Error>> {
-    let RemoteCommit {
-        entries,
-        save,
-        errors,
-    } = remote;
+async fn commit_remote(remote: RemoteCommit) -> Result<(), Box<Error>> {
+    let RemoteCommit { keys, save, errors } = remote;
     // The writes run to completion in a task of their own, holding the
     // keys until they are done: a caller that gives up on the commit
     // (a timeout around the handler, a shutdown) must not let the next
     // update of a key read it before the write it started lands.
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => runtime
-            .spawn(write_back(state, entries, save, errors))
+            .spawn(write_back(keys, save, errors))
             .await
             .unwrap_or_else(|error| match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -530,24 +609,35 @@ async fn commit_remote(state: Arc<UpdateState>, remote: RemoteCommit) -> Result<
                     )),
                 })),
             }),
-        Err(_) => write_back(state, entries, save, errors).await,
+        Err(_) => write_back(keys, save, errors).await,
     }
 }
 
 /// What a commit has left to do after its in-process part: writes to
-/// storages elsewhere, leases to give back.
+/// storages elsewhere, leases and keys to give back.
 struct RemoteCommit {
-    entries: Slots,
+    keys: HeldKeys,
     save: bool,
     errors: Vec<Error>,
 }
 
+/// An update whose commit has keys left to give back: they go back when
+/// this is dropped, after the commit's writes or if its future is dropped
+/// before it ran.
+struct HeldKeys(Arc<UpdateState>);
+
+impl Drop for HeldKeys {
+    fn drop(&mut self) {
+        self.0.give_back_keys(true);
+    }
+}
+
 /// Writes the changed sessions this update keeps in memory storages, as
-/// values (see [`Sessions::commit`]).
-fn write_in_process(state: &UpdateState, entries: &[SlotEntry], errors: &mut Vec<Error>) {
+/// values, and gives their keys back (see [`Sessions::commit`]).
+fn write_in_process(state: &UpdateState, errors: &mut Vec<Error>) {
     let timer = metrics::Timer::start();
     let mut written_to: SmallVec<[usize; 2]> = SmallVec::new();
-    for entry in entries {
+    for entry in state.entries() {
         let Some(slot) = entry.state.loaded() else {
             continue;
         };
@@ -594,18 +684,13 @@ fn log_others(errors: Vec<Error>) -> Result<(), Box<Error>> {
 
 /// Writes what the update changed and gives back its leases (see
 /// [`Sessions::commit`]).
-async fn write_back(
-    state: Arc<UpdateState>,
-    entries: Slots,
-    save: bool,
-    mut errors: Vec<Error>,
-) -> Result<(), Box<Error>> {
+async fn write_back(keys: HeldKeys, save: bool, mut errors: Vec<Error>) -> Result<(), Box<Error>> {
     {
-        let state = &*state;
+        let state = &*keys.0;
         // A read-only update allocates nothing here.
-        let mut pending: PerSession<(Write, usize, &Arc<dyn ErasedSlot>)> = SmallVec::new();
+        let mut pending: PerSession<(Write, usize, &dyn ErasedSlot)> = SmallVec::new();
         if save {
-            for entry in &entries {
+            for entry in state.entries() {
                 let storage_index = entry.storage_index;
                 let Some(slot) = entry.state.loaded() else {
                     continue;
@@ -638,7 +723,7 @@ async fn write_back(
                 .iter()
                 .take_while(|(_, index, _)| *index == storage_index)
                 .count();
-            let (writes, slots): (PerSession<Write>, PerSession<&Arc<dyn ErasedSlot>>) = pending
+            let (writes, slots): (PerSession<Write>, PerSession<&dyn ErasedSlot>) = pending
                 .drain(..batch)
                 .map(|(write, _, slot)| (write, slot))
                 .unzip();
@@ -755,6 +840,13 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// Whether a session keyed by `key` may have to be moved from the group
+/// the supergroup of the update `ids` was, on first use (see
+/// `chat_migration`).
+fn follows_members(key: &KeyStrategy, ids: &UpdateIds) -> bool {
+    key.follows_members() && crate::chat_migration::in_supergroup(ids)
+}
+
 /// The error for a session type this update has no loaded slot of.
 fn not_registered<T: Session>() -> Error {
     Error::NotRegistered {
@@ -764,17 +856,16 @@ fn not_registered<T: Session>() -> Error {
 }
 
 /// Borrows the typed value of a loaded slot for one accessor call.
-fn borrow<T: Session>(
+fn borrow<'a, T: Session>(
     state: &UpdateState,
-    slot: &Arc<dyn ErasedSlot>,
-) -> Result<SessionRef<T>, Error> {
+    slot: &'a dyn ErasedSlot,
+) -> Result<SessionRef<'a, T>, Error> {
     let borrowed = || state.already_borrowed(TypeId::of::<T>(), T::NAME);
-    let slot: Arc<dyn Any + Send + Sync> = Arc::<dyn ErasedSlot>::clone(slot);
-    let typed = slot
-        .downcast::<TypedSlot<T>>()
+    let typed = (slot as &dyn Any)
+        .downcast_ref::<TypedSlot<T>>()
         // Entries are keyed by `TypeId`, so this only fires if that invariant breaks.
-        .map_err(|_| borrowed())?;
-    let guard = typed.try_lock_arc().ok_or_else(borrowed)?;
+        .ok_or_else(borrowed)?;
+    let guard = typed.try_lock().ok_or_else(borrowed)?;
     Ok(SessionRef::new(guard))
 }
 
@@ -800,17 +891,15 @@ fn in_process_entry(
 /// Keys are taken in registration order: an update that waits for none
 /// cannot close a cycle of waits, so the key order [`load_eager`] keeps for
 /// that is not needed here.
-fn load_eager_at_once(state: &UpdateState) -> bool {
-    let manager = &*state.manager;
+fn load_eager_at_once(manager: &ManagerInner, ids: &UpdateIds, id: u64, slots: &mut Slots) -> bool {
     if !manager.eager_in_process {
         return false;
     }
-    let mut slots = state.slots.lock();
     let timer = metrics::Timer::start();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         // A session not kept in memory is not claimed here (`false`).
-        if state.follows_members(&registration.key)
-            || !(registration.claim_entry)(manager, &state.ids, state.id, registration, &mut slots)
+        if follows_members(&registration.key, ids)
+            || !(registration.claim_entry)(manager, ids, id, registration, slots)
         {
             // Dropping what was taken gives the keys back.
             slots.clear();

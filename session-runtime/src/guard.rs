@@ -8,18 +8,22 @@ use crate::session::Session;
 use crate::slot::{Loaded, SlotGuard, SlotMeta};
 use crate::storage::{Record, Write, WriteOutcome};
 
-/// A session of the current update, borrowed from its context.
+/// A session of the current update, borrowed from its context (as a
+/// `MutexGuard` borrows its mutex): it lives as long as the context it came
+/// from, across awaits too.
 ///
 /// Derefs to the session value; a mutable access marks it changed, and the
 /// context writes it after the handler if its encoded bytes differ from what
 /// was loaded. Drop it before the handler returns: only one `SessionRef` per
-/// session can be alive at a time.
-pub struct SessionRef<T: Session> {
-    state: SlotGuard<T>,
+/// session can be alive at a time, and a session still borrowed when the
+/// update is committed is not written (the commit says so), its key held
+/// until the context is dropped.
+pub struct SessionRef<'a, T: Session> {
+    state: SlotGuard<'a, T>,
 }
 
-impl<T: Session> SessionRef<T> {
-    pub(crate) fn new(state: SlotGuard<T>) -> Self {
+impl<'a, T: Session> SessionRef<'a, T> {
+    pub(crate) fn new(state: SlotGuard<'a, T>) -> Self {
         Self { state }
     }
 
@@ -93,7 +97,7 @@ impl<T: Session> SessionRef<T> {
     }
 }
 
-impl<T: Session> Deref for SessionRef<T> {
+impl<T: Session> Deref for SessionRef<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
@@ -101,14 +105,14 @@ impl<T: Session> Deref for SessionRef<T> {
     }
 }
 
-impl<T: Session> DerefMut for SessionRef<T> {
+impl<T: Session> DerefMut for SessionRef<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         self.state.touched = true;
         &mut self.state.value
     }
 }
 
-impl<T: Session + fmt::Debug> fmt::Debug for SessionRef<T> {
+impl<T: Session + fmt::Debug> fmt::Debug for SessionRef<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionRef")
             .field("key", &self.meta().key.as_str())

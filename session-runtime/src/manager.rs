@@ -15,7 +15,7 @@ use crate::key::{Id, KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::{KeyHome, KeyLocks};
 use crate::metrics::StorageMetrics;
 use crate::session::Session;
-use crate::slot::{self, ErasedSlot, SlotMeta, Slots};
+use crate::slot::{self, SlotBox, SlotMeta, Slots};
 use crate::storage::memory::{IdKey, MemoryStorage, UpdateKey};
 use crate::storage::{Record, SharedStorage, Storage, StorageError};
 
@@ -117,10 +117,10 @@ impl StorageEntry {
 }
 
 /// Decodes a loaded record into a slot of the registered type.
-pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<Arc<dyn ErasedSlot>, Error>;
+pub(crate) type OpenSlot = fn(SlotMeta, Option<Record>) -> Result<SlotBox, Error>;
 
 /// Loads a slot of the registered type from a memory storage, as a value.
-pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<Arc<dyn ErasedSlot>, Error>;
+pub(crate) type OpenInProcess = fn(SlotMeta, &MemoryStorage) -> Result<SlotBox, Error>;
 
 /// Takes the key of an update's eager session of the registered type, kept
 /// in a memory storage, and pushes its entry into the update's slots, if

@@ -58,15 +58,21 @@ impl SlotEntry {
     }
 }
 
+/// A session slot of some type, owned by its update's entry for as long as
+/// the update lives: an accessor borrows it from there (see `SessionRef`).
+pub(crate) type SlotBox = Box<dyn ErasedSlot>;
+
 /// Where an update's session of one type stands.
 pub(crate) enum EntryState {
-    /// An eager session, loaded before the handler.
-    Loaded(Arc<dyn ErasedSlot>),
+    /// A session loaded: an eager one before the handler, a lazy one kept
+    /// in memory when first asked for.
+    Loaded(SlotBox),
     /// An eager session that could not be loaded (boxed: entries are kept
     /// inline, and a failure is rare).
     Failed(Box<Error>),
-    /// A lazy session: loaded at most once, on first access.
-    Lazy(Arc<OnceCell<Arc<dyn ErasedSlot>>>),
+    /// A lazy session: loaded at most once, on first access (boxed, as a
+    /// failure is).
+    Lazy(Box<OnceCell<SlotBox>>),
 }
 
 impl EntryState {
@@ -78,7 +84,7 @@ impl EntryState {
     /// The slot an eager session's load opened, or the error it met.
     // Always inlined: `claim_entry` makes every session's entry with it.
     #[inline(always)]
-    pub(crate) fn opened(opened: Result<Arc<dyn ErasedSlot>, Box<Error>>) -> Self {
+    pub(crate) fn opened(opened: Result<SlotBox, Box<Error>>) -> Self {
         match opened {
             Ok(slot) => EntryState::Loaded(slot),
             Err(error) => EntryState::Failed(error),
@@ -87,17 +93,19 @@ impl EntryState {
 
     // Inlined: see `Sessions::slots`.
     #[inline]
-    pub(crate) fn loaded(&self) -> Option<&Arc<dyn ErasedSlot>> {
+    pub(crate) fn loaded(&self) -> Option<&dyn ErasedSlot> {
         match self {
-            EntryState::Loaded(slot) => Some(slot),
-            EntryState::Lazy(cell) => cell.get(),
+            EntryState::Loaded(slot) => Some(slot.as_ref()),
+            EntryState::Lazy(cell) => cell.get().map(AsRef::as_ref),
             EntryState::Failed(_) => None,
         }
     }
 }
 
 /// What a slot knows about where its session lives. Holding it keeps the key
-/// locked for this update; dropping it gives the key back.
+/// locked for this update, until the commit gives it back (see
+/// [`SlotMeta::give_back`]) or, for an update never committed, until it is
+/// dropped.
 pub(crate) struct SlotMeta {
     pub(crate) session: &'static str,
     pub(crate) key: StorageKey,
@@ -116,21 +124,30 @@ pub(crate) struct SlotMeta {
 impl Drop for SlotMeta {
     fn drop(&mut self) {
         // Most keys kept in memory records were freed by their write.
-        if !self.lock.is_released() {
-            self.give_back();
-        }
+        self.give_back();
     }
 }
 
 impl SlotMeta {
-    /// Gives the key back: a key taken in its record (a session not
+    /// Gives the key back if this update still holds it: the commit's
+    /// last step for each session (most keys kept in memory records were
+    /// freed by their write already).
+    // Inlined: a check of a flag, the work itself out of line.
+    #[inline]
+    pub(crate) fn give_back(&mut self) {
+        if !self.lock.is_released() {
+            self.give_back_held();
+        }
+    }
+
+    /// Gives the held key back: a key taken in its record (a session not
     /// written: untouched, or its handler failed) is freed there, with no
     /// access to the map; any other goes back through its home.
     // Never inlined: the drop of every slot would carry it, and most have
     // nothing to give back (10 to 15 instructions per session inlined:
     // callgrind, `per_update memory` and `memory-4`).
     #[inline(never)]
-    fn give_back(&mut self) {
+    fn give_back_held(&mut self) {
         if let (Some(record), Some(memory)) = (&self.record, &self.storage.in_process) {
             record.free(memory, &mut self.lock);
         }
@@ -275,9 +292,9 @@ impl SlotMeta {
 }
 
 /// One session of one update: where it lives and its value, in one
-/// allocation (an `Arc` of the mutex), borrowed by one `SessionRef` (across
-/// awaits, hence the owned guard) or the commit at a time, never waited
-/// for: a second borrow is an error at once.
+/// allocation (a `Box` of the mutex, owned by the update's entry), borrowed
+/// by one `SessionRef` or the commit at a time, never waited for: a second
+/// borrow is an error at once.
 pub(crate) struct SlotState<T> {
     pub(crate) meta: SlotMeta,
     pub(crate) value: T,
@@ -291,8 +308,8 @@ pub(crate) struct SlotState<T> {
 /// A session slot of type `T`.
 pub(crate) type TypedSlot<T> = Mutex<SlotState<T>>;
 
-/// A slot borrowed by a `SessionRef`.
-pub(crate) type SlotGuard<T> = parking_lot::ArcMutexGuard<parking_lot::RawMutex, SlotState<T>>;
+/// A slot borrowed by a `SessionRef`, for as long as it borrows the update.
+pub(crate) type SlotGuard<'a, T> = parking_lot::MutexGuard<'a, SlotState<T>>;
 
 /// A `SessionRef` holds the slot: the commit cannot borrow it.
 #[derive(Debug)]
@@ -491,14 +508,15 @@ fn check_round_trip<T: Session>(meta: &SlotMeta, value: &T) -> Result<(), Error>
 /// A session slot with its type erased, as the context keeps it. A method
 /// that needs the slot answers [`Borrowed`] while a `SessionRef` holds it.
 ///
-/// `Any` is a supertrait: an `Arc` of a slot becomes an `Arc<dyn Any>` by
+/// `Any` is a supertrait: a reference to a slot becomes a `&dyn Any` by
 /// upcasting, with no call, for the accessor's downcast.
 pub(crate) trait ErasedSlot: Any + Send + Sync {
     /// The write commit must send for this slot, if any.
     fn pending_write(&self) -> Result<Result<Option<Write>, Error>, Borrowed>;
     /// Writes the session to `memory` as a value if it changed (checking
     /// first, if its `registration` says so, that it survives its codec's
-    /// round trip), reporting the outcome into `errors`; whether it wrote.
+    /// round trip), reporting the outcome into `errors`, and gives its key
+    /// back; whether it wrote.
     fn write_in_process(
         &self,
         memory: &MemoryStorage,
@@ -512,6 +530,10 @@ pub(crate) trait ErasedSlot: Any + Send + Sync {
     /// Whether the session may have changed (it was borrowed mutably, or is
     /// borrowed right now), so the commit has work to do.
     fn maybe_touched(&self) -> bool;
+    /// Gives the key back if the update still holds it (see
+    /// [`SlotMeta::give_back`]). A slot a `SessionRef` holds keeps its key
+    /// until the update is dropped.
+    fn give_back(&self) -> Result<(), Borrowed>;
 }
 
 /// A slot from what the storage returned, decoding it per the type's
@@ -531,11 +553,8 @@ fn open_state<T: Session>(meta: SlotMeta, record: Option<Record>) -> Result<Slot
 }
 
 /// A slot from what a storage returned (see [`open_state`]).
-pub(crate) fn open<T: Session>(
-    meta: SlotMeta,
-    record: Option<Record>,
-) -> Result<Arc<dyn ErasedSlot>, Error> {
-    Ok(Arc::new(Mutex::new(open_state::<T>(meta, record)?)))
+pub(crate) fn open<T: Session>(meta: SlotMeta, record: Option<Record>) -> Result<SlotBox, Error> {
+    Ok(Box::new(Mutex::new(open_state::<T>(meta, record)?)))
 }
 
 /// A slot loaded from a memory storage: a copy of the value it keeps, or
@@ -543,7 +562,7 @@ pub(crate) fn open<T: Session>(
 pub(crate) fn open_in_process<T: Session>(
     meta: SlotMeta,
     memory: &MemoryStorage,
-) -> Result<Arc<dyn ErasedSlot>, Error> {
+) -> Result<SlotBox, Error> {
     let (found, record) = memory.load_typed::<T>(meta.key.as_str());
     let found = found.map_err(|source| meta.storage_error(source))?;
     let mut meta = meta;
@@ -555,7 +574,7 @@ pub(crate) fn open_in_process<T: Session>(
 enum Opening<T> {
     /// The slot of a copy of the stored value, or of the initial value
     /// where nothing is stored.
-    Opened(Arc<dyn ErasedSlot>),
+    Opened(SlotBox),
     /// Bytes to decode, or an error, to open once the record is let go
     /// (boxed: rare, and the answer is moved on every update).
     Later(Box<(SlotMeta, Result<Found<T>, StorageError>)>),
@@ -575,7 +594,7 @@ pub(crate) fn claim_in_process<T: Session>(
     memory: &MemoryStorage,
     key: UpdateKey<'_>,
     update: u64,
-) -> Option<Result<Arc<dyn ErasedSlot>, Box<Error>>> {
+) -> Option<Result<SlotBox, Box<Error>>> {
     // Built here, of constants: not moved through the call.
     let taker = Taker {
         update,
@@ -601,7 +620,7 @@ pub(crate) fn claim_in_process<T: Session>(
             }
         };
         // Each part made where the slot keeps it (see `Taken`).
-        Opening::Opened(Arc::new(Mutex::new(SlotState {
+        Opening::Opened(Box::new(Mutex::new(SlotState {
             meta: SlotMeta::in_record(storage, T::NAME, taken.key(), taken.claim(), taken.record()),
             value,
             stored,
@@ -668,13 +687,13 @@ pub(crate) fn claim_entry<T: Session>(
 // Always inlined: called with the slot's meta and value by value, it moved
 // both once more on every update.
 #[inline(always)]
-fn open_found<T: Session>(meta: SlotMeta, found: Found<T>) -> Result<Arc<dyn ErasedSlot>, Error> {
+fn open_found<T: Session>(meta: SlotMeta, found: Found<T>) -> Result<SlotBox, Error> {
     match found {
         Found::Nothing => open::<T>(meta, None),
         Found::Record(record) => open::<T>(meta, Some(record)),
         // Wrapped where it is built: the slot is moved once, into its
         // allocation, not first out of a `match`.
-        Found::Value { value, version } => Ok(Arc::new(Mutex::new(SlotState {
+        Found::Value { value, version } => Ok(Box::new(Mutex::new(SlotState {
             meta,
             value,
             stored: Some(Loaded::Value { version }),
@@ -696,7 +715,7 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
     ) -> Result<bool, Borrowed> {
         let mut state = self.try_lock().ok_or(Borrowed)?;
         let state = &mut *state;
-        Ok(match state.write_value(memory, registration) {
+        let written = match state.write_value(memory, registration) {
             Ok(None) => false,
             Ok(Some(outcome)) => {
                 state.meta.report(outcome, errors);
@@ -706,7 +725,10 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
                 errors.push(error);
                 false
             }
-        })
+        };
+        // Under the same lock: a written key was freed by its write.
+        state.meta.give_back();
+        Ok(written)
     }
 
     fn report(&self, outcome: WriteOutcome, errors: &mut Vec<Error>) {
@@ -734,6 +756,11 @@ impl<T: Session> ErasedSlot for TypedSlot<T> {
 
     fn maybe_touched(&self) -> bool {
         self.try_lock().is_none_or(|state| state.touched)
+    }
+
+    fn give_back(&self) -> Result<(), Borrowed> {
+        self.try_lock().ok_or(Borrowed)?.meta.give_back();
+        Ok(())
     }
 }
 

@@ -549,32 +549,14 @@ impl Sessions {
         let save =
             outcome == HandlerOutcome::Succeeded || state.manager.save_policy == SavePolicy::Always;
         let mut errors = Vec::new();
-        // Each in-process session tells whether it was touched as it is
-        // written: no pass over the slots to ask them first.
-        match save {
-            true => write_in_process(state, &mut errors),
-            false => {
-                if state
-                    .entries()
-                    .filter_map(|entry| entry.state.loaded())
-                    .any(|slot| slot.maybe_touched())
-                {
-                    tracing::debug!("handler failed: session changes dropped");
-                }
-            }
+        let left = write_in_process(state, save, &mut errors);
+        if left.dropped {
+            tracing::debug!("handler failed: session changes dropped");
         }
-        let remote = save
-            && state
-                .entries()
-                .filter(|entry| {
-                    state.manager.storages[entry.storage_index]
-                        .in_process
-                        .is_none()
-                })
-                .filter_map(|entry| entry.state.loaded())
-                .any(|slot| slot.maybe_touched());
-        if !remote && state.leases.get().is_none() {
-            state.give_back_keys(!save);
+        if !left.writes && state.leases.get().is_none() {
+            if left.keys {
+                state.give_back_keys(!save);
+            }
             return SoonDone::now(first_error(errors));
         }
         let remote = RemoteCommit {
@@ -632,18 +614,45 @@ impl Drop for HeldKeys {
     }
 }
 
+/// What the in-process part of a commit left to do.
+struct Left {
+    /// Sessions changed in storages elsewhere: writes to send.
+    writes: bool,
+    /// Keys still held: of sessions elsewhere, or of any session when
+    /// nothing is saved.
+    keys: bool,
+    /// The failed handler changed a session: its change is dropped.
+    dropped: bool,
+}
+
 /// Writes the changed sessions this update keeps in memory storages, as
-/// values, and gives their keys back (see [`Sessions::commit`]).
-fn write_in_process(state: &UpdateState, errors: &mut Vec<Error>) {
+/// values, and gives their keys back, when the commit `save`s (see
+/// [`Sessions::commit`]); tells what is left, in the same pass over the
+/// sessions. Each in-process session tells whether it was touched as it
+/// is written: no pass over them to ask first.
+fn write_in_process(state: &UpdateState, save: bool, errors: &mut Vec<Error>) -> Left {
     let timer = metrics::Timer::start();
     let mut written_to: SmallVec<[usize; 2]> = SmallVec::new();
+    let mut left = Left {
+        writes: false,
+        keys: false,
+        dropped: false,
+    };
     for entry in state.entries() {
         let Some(slot) = entry.state.loaded() else {
             continue;
         };
         let storage_index = entry.storage_index;
-        let Some(memory) = &state.manager.storages[storage_index].in_process else {
-            continue;
+        let memory = match &state.manager.storages[storage_index].in_process {
+            Some(memory) if save => memory,
+            _ => {
+                left.keys = true;
+                match save {
+                    true => left.writes |= slot.maybe_touched(),
+                    false => left.dropped |= slot.maybe_touched(),
+                }
+                continue;
+            }
         };
         let registration = state.manager.registrations.get(entry.registration);
         match slot.write_in_process(memory, registration, errors) {
@@ -659,6 +668,7 @@ fn write_in_process(state: &UpdateState, errors: &mut Vec<Error>) {
     for storage_index in written_to {
         metrics::committed(&state.manager.storages[storage_index].metrics, timer);
     }
+    left
 }
 
 /// The first error is the caller's to report; the others are logged here,

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tokio::sync::OnceCell;
 
@@ -306,10 +305,15 @@ pub(crate) struct SlotState<T> {
 }
 
 /// A session slot of type `T`.
-pub(crate) type TypedSlot<T> = Mutex<SlotState<T>>;
+///
+/// Its lock is only ever tried, never waited for (see [`SlotState`]): a
+/// flag, which `spin`'s mutex is, let go by a plain store where a mutex
+/// that may have parked waiters (`parking_lot`'s) makes an atomic
+/// exchange of every release, one per borrow and one per commit.
+pub(crate) type TypedSlot<T> = spin::mutex::SpinMutex<SlotState<T>>;
 
 /// A slot borrowed by a `SessionRef`, for as long as it borrows the update.
-pub(crate) type SlotGuard<'a, T> = parking_lot::MutexGuard<'a, SlotState<T>>;
+pub(crate) type SlotGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, SlotState<T>>;
 
 /// A `SessionRef` holds the slot: the commit cannot borrow it.
 #[derive(Debug)]
@@ -554,7 +558,7 @@ fn open_state<T: Session>(meta: SlotMeta, record: Option<Record>) -> Result<Slot
 
 /// A slot from what a storage returned (see [`open_state`]).
 pub(crate) fn open<T: Session>(meta: SlotMeta, record: Option<Record>) -> Result<SlotBox, Error> {
-    Ok(Box::new(Mutex::new(open_state::<T>(meta, record)?)))
+    Ok(Box::new(TypedSlot::new(open_state::<T>(meta, record)?)))
 }
 
 /// A slot loaded from a memory storage: a copy of the value it keeps, or
@@ -620,7 +624,7 @@ pub(crate) fn claim_in_process<T: Session>(
             }
         };
         // Each part made where the slot keeps it (see `Taken`).
-        Opening::Opened(Box::new(Mutex::new(SlotState {
+        Opening::Opened(Box::new(TypedSlot::new(SlotState {
             meta: SlotMeta::in_record(storage, T::NAME, taken.key(), taken.claim(), taken.record()),
             value,
             stored,
@@ -693,7 +697,7 @@ fn open_found<T: Session>(meta: SlotMeta, found: Found<T>) -> Result<SlotBox, Er
         Found::Record(record) => open::<T>(meta, Some(record)),
         // Wrapped where it is built: the slot is moved once, into its
         // allocation, not first out of a `match`.
-        Found::Value { value, version } => Ok(Box::new(Mutex::new(SlotState {
+        Found::Value { value, version } => Ok(Box::new(TypedSlot::new(SlotState {
             meta,
             value,
             stored: Some(Loaded::Value { version }),

@@ -90,7 +90,7 @@ impl EntryState {
         }
     }
 
-    // Inlined: see `Sessions::slots`.
+    // Inlined: every accessor calls it.
     #[inline]
     pub(crate) fn loaded(&self) -> Option<&dyn ErasedSlot> {
         match self {
@@ -122,7 +122,8 @@ pub(crate) struct SlotMeta {
 
 impl Drop for SlotMeta {
     fn drop(&mut self) {
-        // Most keys kept in memory records were freed by their write.
+        // Given back by the commit already, but for an update dropped
+        // without one or a slot that failed to open.
         self.give_back();
     }
 }

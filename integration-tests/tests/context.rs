@@ -227,6 +227,49 @@ async fn a_session_borrowed_at_the_commit_is_not_saved_and_its_key_goes_back_wit
 }
 
 #[tokio::test]
+async fn lazy_sessions_loaded_in_one_update_are_each_kept_and_saved() {
+    let manager = SessionManager::builder()
+        .register::<Counter>()
+        .build()
+        .unwrap();
+    let ids = || user(7).thread(3);
+    let ctx = manager.begin(ids()).await;
+    // Three lazy types (none registered: a lazy one need not be), two asked
+    // for twice: the second call finds the first one's session.
+    ctx.load::<Profile>().await.unwrap().name = Some("Ann".into());
+    ctx.load::<ThreadNote>()
+        .await
+        .unwrap()
+        .notes
+        .push("pears".into());
+    ctx.load::<Stats>().await.unwrap().updates += 1;
+    assert_eq!(
+        ctx.load::<Profile>().await.unwrap().name.as_deref(),
+        Some("Ann")
+    );
+    assert_eq!(ctx.load::<Stats>().await.unwrap().updates, 1);
+    {
+        let _held = ctx.load::<ThreadNote>().await.unwrap();
+        assert!(
+            matches!(
+                ctx.load::<ThreadNote>().await,
+                Err(Error::AlreadyBorrowed { .. })
+            ),
+            "one borrow at a time"
+        );
+    }
+    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+    let next = manager.begin(ids()).await;
+    assert_eq!(
+        next.load::<Profile>().await.unwrap().name.as_deref(),
+        Some("Ann")
+    );
+    assert_eq!(next.load::<ThreadNote>().await.unwrap().notes, ["pears"]);
+    assert_eq!(next.load::<Stats>().await.unwrap().updates, 1);
+    next.commit(HandlerOutcome::Succeeded).await.unwrap();
+}
+
+#[tokio::test]
 async fn lazy_accessor_future_is_send() {
     fn assert_send<T: Send>(value: T) -> T {
         value

@@ -105,29 +105,33 @@ struct LazyEntries {
 }
 
 struct LazyNode {
-    entry: SlotEntry,
+    /// Always set (see [`LazyEntries::push`]).
+    entry: Option<SlotEntry>,
     next: OnceLock<Box<LazyNode>>,
 }
 
 impl LazyEntries {
     fn iter(&self) -> impl Iterator<Item = &SlotEntry> {
         std::iter::successors(self.first.get(), |node| node.next.get().map(|next| &**next))
-            .map(|node| &node.entry)
+            .filter_map(|node| node.entry.as_ref())
     }
 
     /// Appends `entry`; the caller holds `adding`.
-    fn push(&self, entry: SlotEntry) -> &SlotEntry {
-        let node = LazyNode {
-            entry,
+    fn push(&self, entry: SlotEntry) -> Option<&SlotEntry> {
+        // Taken by the cell's initialization from here: a closure that owned
+        // it was copied, and the entry in it, on its way into the cell.
+        let mut entry = Some(entry);
+        let mut node = || LazyNode {
+            entry: entry.take(),
             next: OnceLock::new(),
         };
         let Some(mut last) = self.first.get() else {
-            return &self.first.get_or_init(|| node).entry;
+            return self.first.get_or_init(node).entry.as_ref();
         };
         while let Some(next) = last.next.get() {
             last = next;
         }
-        &last.next.get_or_init(|| Box::new(node)).entry
+        last.next.get_or_init(|| Box::new(node())).entry.as_ref()
     }
 }
 
@@ -391,7 +395,11 @@ impl Sessions {
             Some(opened) => EntryState::Loaded(opened?),
             None => EntryState::Lazy(Box::default()),
         };
-        Ok(state.lazy.push(entry(entry_state)))
+        // Pushed under `adding`: always there.
+        state
+            .lazy
+            .push(entry(entry_state))
+            .ok_or_else(not_registered::<T>)
     }
 
     /// A lazy session kept in memory, taken and copied in one access as an

@@ -147,11 +147,13 @@ impl<S> Update<S> {
 
     /// Marks the update finished, as a commit does first.
     fn finish(&self) {
-        assert!(
-            !self.finished.swap(true, Ordering::AcqRel),
-            "committed once"
-        );
+        finish(&self.finished);
     }
+}
+
+/// Marks an update finished, as a commit does first.
+fn finish(finished: &AtomicBool) {
+    assert!(!finished.swap(true, Ordering::AcqRel), "committed once");
 }
 
 /// A session the workload's handler changes: a read-modify-write.
@@ -310,36 +312,47 @@ fn held(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64
     {
         let mut slots = state.slots.lock();
         for namespace in namespaces {
-            let key = text(namespace, user);
-            let record = shared(records, &key);
-            let (value, version) = {
-                let mut stored = record.lock();
-                assert!(stored.holder.is_none(), "the key is free");
-                stored.holder = Some(state.id);
-                (stored.value.clone(), stored.version)
-            };
-            slots.push(Arc::new(Mutex::new(HeldSlot {
-                record,
-                value,
-                version,
-                touched: false,
-            })));
+            let slot = take_held(records, &text(namespace, user), state.id);
+            slots.push(Arc::new(Mutex::new(slot)));
         }
     }
     handle(&state, namespaces.len());
     let mut slots = state.slots.lock();
     for slot in slots.iter() {
-        let mut slot = slot.try_lock().unwrap();
-        let value = std::mem::take(&mut slot.value);
-        let mut stored = slot.record.lock();
-        if slot.touched {
-            assert_eq!(stored.version, slot.version, "no other writer");
-            stored.value = value;
-            stored.version += 1;
-        }
-        stored.holder = None;
+        write_held(&mut slot.try_lock().unwrap());
     }
     slots.clear();
+}
+
+/// Takes `key` for `update` in its record, shared with the map, and copies
+/// its value into a slot that holds the record.
+fn take_held(records: &HeldRecords, key: &str, update: u64) -> HeldSlot {
+    let record = shared(records, key);
+    let (value, version) = {
+        let mut stored = record.lock();
+        assert!(stored.holder.is_none(), "the key is free");
+        stored.holder = Some(update);
+        (stored.value.clone(), stored.version)
+    };
+    HeldSlot {
+        record,
+        value,
+        version,
+        touched: false,
+    }
+}
+
+/// Writes a slot's value into the record it holds, if it changed, and
+/// frees the key.
+fn write_held(slot: &mut HeldSlot) {
+    let value = std::mem::take(&mut slot.value);
+    let mut stored = slot.record.lock();
+    if slot.touched {
+        assert_eq!(stored.version, slot.version, "no other writer");
+        stored.value = value;
+        stored.version += 1;
+    }
+    stored.holder = None;
 }
 
 /// An update's state whose slots are fixed once its eager sessions are
@@ -358,20 +371,8 @@ struct FixedUpdate {
 fn borrowed(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user: u64, update: u64) {
     let mut slots = SmallVec::new();
     for namespace in namespaces {
-        let key = text(namespace, user);
-        let record = shared(records, &key);
-        let (value, version) = {
-            let mut stored = record.lock();
-            assert!(stored.holder.is_none(), "the key is free");
-            stored.holder = Some(update);
-            (stored.value.clone(), stored.version)
-        };
-        slots.push(Box::new(Mutex::new(HeldSlot {
-            record,
-            value,
-            version,
-            touched: false,
-        })));
+        let slot = take_held(records, &text(namespace, user), update);
+        slots.push(Box::new(Mutex::new(slot)));
     }
     let state = Arc::new(FixedUpdate {
         _manager: Arc::clone(manager),
@@ -382,20 +383,9 @@ fn borrowed(records: &HeldRecords, manager: &Arc<()>, namespaces: &[&str], user:
     for index in 0..namespaces.len() {
         black_box(&state).slots[index].try_lock().unwrap().change();
     }
-    assert!(
-        !state.finished.swap(true, Ordering::AcqRel),
-        "committed once"
-    );
+    finish(&state.finished);
     for slot in state.slots.iter() {
-        let mut slot = slot.try_lock().unwrap();
-        let value = std::mem::take(&mut slot.value);
-        let mut stored = slot.record.lock();
-        if slot.touched {
-            assert_eq!(stored.version, slot.version, "no other writer");
-            stored.value = value;
-            stored.version += 1;
-        }
-        stored.holder = None;
+        write_held(&mut slot.try_lock().unwrap());
     }
     black_box(state.id);
 }

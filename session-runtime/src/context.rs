@@ -116,7 +116,8 @@ impl LazyEntries {
             .filter_map(|node| node.entry.as_ref())
     }
 
-    /// Appends `entry`; the caller holds `adding`.
+    /// Appends `entry` and answers it (always: the node's `Option` is only
+    /// how the entry is moved into it); the caller holds `adding`.
     fn push(&self, entry: SlotEntry) -> Option<&SlotEntry> {
         // Taken by the cell's initialization from here: a closure that owned
         // it was copied, and the entry in it, on its way into the cell.

@@ -160,10 +160,7 @@ impl UpdateState {
     // Inlined: every accessor starts here.
     #[inline]
     fn entry(&self, type_id: TypeId) -> Option<&SlotEntry> {
-        match self.eager.iter().find(|entry| entry.type_id == type_id) {
-            Some(entry) => Some(entry),
-            None => self.lazy.iter().find(|entry| entry.type_id == type_id),
-        }
+        self.entries().find(|entry| entry.type_id == type_id)
     }
 
     /// Gives back the keys the commit has not given back yet: every key
@@ -185,12 +182,6 @@ impl UpdateState {
     fn leases(&self) -> &UpdateLeases {
         self.leases
             .get_or_init(|| UpdateLeases::new(self.manager.lease_ttl))
-    }
-
-    /// Whether a session keyed by `key` may have to be moved from the group
-    /// this update's supergroup was, on first use (see `chat_migration`).
-    fn follows_members(&self, key: &KeyStrategy) -> bool {
-        follows_members(key, &self.ids)
     }
 
     /// The error for a session of type `type_id` that a `SessionRef` holds
@@ -417,7 +408,7 @@ impl Sessions {
         let memory = storage
             .in_process
             .as_ref()
-            .filter(|_| !state.follows_members(&T::KEY))?;
+            .filter(|_| !follows_members(&T::KEY, &state.ids))?;
         // Found by its parts where it has them, as an eager one is.
         let key = match registration {
             Some(registration) => manager
@@ -469,7 +460,7 @@ impl Sessions {
         let taker = state.taker(T::NAME, std::any::type_name::<T>());
         let storage = &manager.storages[storage_index];
         let lock = lock_key(manager, &storage.home, T::NAME, &key, taker).await?;
-        let follows = state.follows_members(&T::KEY);
+        let follows = follows_members(&T::KEY, &state.ids);
         if let Some(memory) = storage.in_process.as_ref().filter(|_| !follows) {
             let timer = metrics::Timer::start();
             let meta = SlotMeta::new(storage, T::NAME, key, lock.into_claim(), None);
@@ -990,7 +981,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
             .unzip();
         let sessions = metrics::SessionNames::collect(held.iter().map(|(r, _)| r.name));
         let storage = &manager.storages[storage_index];
-        let follows = |registration: &Registration| state.follows_members(&registration.key);
+        let follows = |registration: &Registration| follows_members(&registration.key, &state.ids);
         if let Some(memory) = &storage.in_process
             && !held.iter().any(|(registration, _)| follows(registration))
         {

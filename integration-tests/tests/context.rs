@@ -347,3 +347,48 @@ async fn lazy_loads_in_opposite_orders_fail_at_once_instead_of_stalling() {
     assert_eq!(waiter.await.unwrap().unwrap(), 1);
     first.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
+
+/// An update keeps its eager sessions in the order of their registrations,
+/// lazy types left out: each accessor gets its own, whether the sessions
+/// were taken at once or after waiting for a key (which takes them in the
+/// order of their keys, `chat_topic:` before `counter:`).
+#[tokio::test]
+async fn each_eager_session_is_its_own_whatever_the_order_of_registration_and_keys() {
+    let manager = SessionManager::builder()
+        .register::<Profile>()
+        .register::<Counter>()
+        .register::<ChatTopic>()
+        .build()
+        .unwrap();
+    let first = manager.begin(user(1)).await;
+    first.counter().unwrap().apple += 1;
+    first.chat_topic().unwrap().topic.push_str("apples");
+    first.profile().await.unwrap().name = Some("Ann".into());
+
+    // The next update of the user waits for the first's keys.
+    let next = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            let ctx = manager.begin(user(1)).await;
+            let seen = (
+                ctx.counter().unwrap().apple,
+                ctx.chat_topic().unwrap().topic.clone(),
+                ctx.profile().await.unwrap().name.clone(),
+            );
+            ctx.counter().unwrap().apple += 1;
+            ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+            seen
+        }
+    });
+    tokio::task::yield_now().await;
+    first.commit(HandlerOutcome::Succeeded).await.unwrap();
+    assert_eq!(
+        next.await.unwrap(),
+        (2, "apples".to_owned(), Some("Ann".to_owned()))
+    );
+
+    // Taken at once: no other update holds the keys.
+    let ctx = manager.begin(user(1)).await;
+    assert_eq!(ctx.counter().unwrap().apple, 3);
+    assert_eq!(ctx.chat_topic().unwrap().topic, "apples");
+}

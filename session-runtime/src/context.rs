@@ -19,8 +19,8 @@ use crate::manager::{ManagerInner, Registration, SavePolicy, SessionManager, Sto
 use crate::metrics::{self, Operation};
 use crate::session::Session;
 use crate::slot::{
-    self, Borrowed, EntryState, ErasedSlot, PerSession, SlotBox, SlotEntry, SlotMeta, Slots,
-    TypedSlot,
+    self, Borrowed, EntryState, ErasedSlot, NotLoaded, PerSession, SlotBox, SlotEntry, SlotMeta,
+    Slots, TypedSlot,
 };
 use crate::soon::{Soon, SoonDone};
 use crate::storage::StorageError;
@@ -81,15 +81,27 @@ struct UpdateState {
     ids: UpdateIds,
     /// Tells this update's key locks from other updates' in this process.
     id: u64,
-    /// The eager sessions' entries, taken before the update is shared and
-    /// never changed: an accessor finds its slot with no lock, and borrows
-    /// it for as long as the update lives.
+    /// The eager sessions' entries, in the order of their registrations
+    /// (see [`ManagerInner::eager_types`]), taken before the update is
+    /// shared and never changed: an accessor finds its slot with no lock,
+    /// and borrows it for as long as the update lives.
     eager: Slots,
     /// The entries of the sessions loaded on first use.
     lazy: LazyEntries,
     /// The cross-process leases this update holds, once it takes one.
     leases: OnceLock<UpdateLeases>,
     finished: AtomicBool,
+}
+
+/// An entry of an update, as the commit reads it: its session's type and
+/// registration (`None` for a lazy type not registered), its storage and
+/// its state.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    type_id: TypeId,
+    registration: Option<&'a Registration>,
+    storage_index: usize,
+    state: &'a EntryState,
 }
 
 /// The entries an update adds after `begin`, one per session type loaded
@@ -152,15 +164,49 @@ impl UpdateState {
     }
 
     /// Every entry of the update: the eager sessions', then the lazy ones'.
-    fn entries(&self) -> impl Iterator<Item = &SlotEntry> {
-        self.eager.iter().chain(self.lazy.iter())
+    fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        let registrations = &self.manager.registrations;
+        let eager = self
+            .eager
+            .iter()
+            .zip(registrations)
+            .map(|(state, registration)| Entry {
+                type_id: registration.type_id,
+                registration: Some(registration),
+                storage_index: registration.storage_index,
+                state,
+            });
+        let lazy = self.lazy.iter().map(|entry| Entry {
+            type_id: entry.type_id,
+            registration: registrations.get(entry.registration),
+            storage_index: entry.storage_index,
+            state: &entry.state,
+        });
+        eager.chain(lazy)
     }
 
-    /// The entry of the session of type `type_id`, if the update has one.
+    /// The entry of the session of type `type_id`, if the update has one:
+    /// an eager one by its registration's place, a lazy one by a search.
     // Inlined: every accessor starts here.
     #[inline]
-    fn entry(&self, type_id: TypeId) -> Option<&SlotEntry> {
-        self.entries().find(|entry| entry.type_id == type_id)
+    fn entry(&self, type_id: TypeId) -> Option<&EntryState> {
+        match self
+            .manager
+            .eager_types
+            .iter()
+            .position(|eager| *eager == type_id)
+        {
+            Some(index) => self.eager.get(index),
+            None => self.lazy_entry(type_id),
+        }
+    }
+
+    /// The entry of the lazy session of type `type_id`, if the update has one.
+    fn lazy_entry(&self, type_id: TypeId) -> Option<&EntryState> {
+        self.lazy
+            .iter()
+            .find(|entry| entry.type_id == type_id)
+            .map(|entry| &entry.state)
     }
 
     /// Gives back the keys the commit has not given back yet: every key
@@ -328,12 +374,14 @@ impl Sessions {
     /// loaded yet (use [`Sessions::load`]), or with the error its load met.
     pub fn get<T: Session>(&self) -> Result<SessionRef<'_, T>, Error> {
         self.check_open::<T>()?;
-        let entry = self.inner.entry(TypeId::of::<T>());
-        match entry.map(|entry| &entry.state) {
-            Some(EntryState::Failed(error)) => Err((**error).clone()),
-            Some(state) => match state.loaded() {
-                Some(slot) => borrow::<T>(&self.inner, slot),
-                None => Err(not_registered::<T>()),
+        match self.inner.entry(TypeId::of::<T>()) {
+            Some(EntryState::Loaded(slot)) => borrow::<T>(&self.inner, slot.as_ref()),
+            Some(EntryState::NotLoaded(not_loaded)) => match &**not_loaded {
+                NotLoaded::Failed(error) => Err(error.clone()),
+                NotLoaded::Lazy(cell) => match cell.get() {
+                    Some(slot) => borrow::<T>(&self.inner, slot.as_ref()),
+                    None => Err(not_registered::<T>()),
+                },
             },
             None => Err(not_registered::<T>()),
         }
@@ -348,13 +396,15 @@ impl Sessions {
             Some(entry) => entry,
             None => self.add_lazy_entry::<T>()?,
         };
-        match &entry.state {
+        match entry {
             EntryState::Loaded(slot) => borrow::<T>(state, slot.as_ref()),
-            EntryState::Failed(error) => Err((**error).clone()),
-            EntryState::Lazy(cell) => {
-                let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
-                borrow::<T>(state, slot.as_ref())
-            }
+            EntryState::NotLoaded(not_loaded) => match &**not_loaded {
+                NotLoaded::Failed(error) => Err(error.clone()),
+                NotLoaded::Lazy(cell) => {
+                    let slot = cell.get_or_try_init(|| self.load_lazy::<T>()).await?;
+                    borrow::<T>(state, slot.as_ref())
+                }
+            },
         }
     }
 
@@ -362,14 +412,10 @@ impl Sessions {
     /// another call did since it was looked for: loaded already if it is
     /// kept in memory and its key was free (see [`Sessions::load_at_once`]),
     /// else a cell its load fills.
-    fn add_lazy_entry<T: Session>(&self) -> Result<&SlotEntry, Error> {
+    fn add_lazy_entry<T: Session>(&self) -> Result<&EntryState, Error> {
         let state = &*self.inner;
         let _adding = state.lazy.adding.lock();
-        if let Some(entry) = state
-            .lazy
-            .iter()
-            .find(|entry| entry.type_id == TypeId::of::<T>())
-        {
+        if let Some(entry) = state.lazy_entry(TypeId::of::<T>()) {
             return Ok(entry);
         }
         let registration = state.manager.registration(TypeId::of::<T>());
@@ -385,12 +431,13 @@ impl Sessions {
         };
         let entry_state = match self.load_at_once::<T>(registration) {
             Some(opened) => EntryState::Loaded(opened?),
-            None => EntryState::Lazy(Box::default()),
+            None => EntryState::lazy(),
         };
         // Pushed under `adding`: always there.
         state
             .lazy
             .push(entry(entry_state))
+            .map(|entry| &entry.state)
             .ok_or_else(not_registered::<T>)
     }
 
@@ -654,8 +701,7 @@ fn write_in_process(state: &UpdateState, save: bool, errors: &mut Vec<Error>) ->
                 continue;
             }
         };
-        let registration = state.manager.registrations.get(entry.registration);
-        match slot.write_in_process(memory, registration, errors) {
+        match slot.write_in_process(memory, entry.registration, errors) {
             // Without the feature, nothing reads which storages were written.
             Ok(true) if metrics::ENABLED && !written_to.contains(&storage_index) => {
                 written_to.push(storage_index)
@@ -887,10 +933,9 @@ fn in_process_entry(
     registration: &Registration,
     key: StorageKey,
     lock: KeyClaim,
-) -> SlotEntry {
+) -> EntryState {
     let meta = SlotMeta::new(storage, registration.name, key, lock, None);
-    let state = EntryState::opened((registration.open_in_process)(meta, memory).map_err(Box::new));
-    SlotEntry::new(registration, state)
+    EntryState::opened((registration.open_in_process)(meta, memory).map_err(Box::new))
 }
 
 /// Loads the eager sessions of an update with no await when it can: all live
@@ -944,13 +989,22 @@ fn load_eager_at_once(manager: &ManagerInner, ids: &UpdateIds, id: u64, slots: &
 /// two updates never wait on each other in a cycle), then one load per storage
 /// (taking the keys' leases where the storage has them).
 async fn load_eager(state: &UpdateState) -> Slots {
+    // Made in the order keys are taken and storages answer, then put in
+    // the order of the registrations (see `UpdateState::eager`).
+    let mut entries: PerSession<(usize, EntryState)> = load_eager_entries(state).await;
+    entries.sort_unstable_by_key(|(index, _)| *index);
+    entries.into_iter().map(|(_, entry)| entry).collect()
+}
+
+/// The entries [`load_eager`] makes, each with its registration's place.
+async fn load_eager_entries(state: &UpdateState) -> PerSession<(usize, EntryState)> {
     let manager = &*state.manager;
-    let mut entries = Slots::new();
+    let mut entries = PerSession::new();
     let mut wanted: PerSession<(&Registration, StorageKey)> = SmallVec::new();
     for registration in manager.registrations.iter().filter(|r| !r.lazy) {
         match manager.registration_key(registration, &state.ids) {
             Ok(key) => wanted.push((registration, key)),
-            Err(error) => entries.push(SlotEntry::failed(registration, error)),
+            Err(error) => entries.push((registration.index, EntryState::failed(error))),
         }
     }
     if wanted.is_empty() {
@@ -964,7 +1018,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
         let home = &manager.storages[registration.storage_index].home;
         match lock_key(manager, home, registration.name, &key, taker).await {
             Ok(lock) => locked.push((registration, key, lock)),
-            Err(error) => entries.push(SlotEntry::failed(registration, error)),
+            Err(error) => entries.push((registration.index, EntryState::failed(error))),
         }
     }
     // Stable: keeps the key order inside each storage's batch.
@@ -987,12 +1041,9 @@ async fn load_eager(state: &UpdateState) -> Slots {
         {
             let timer = metrics::Timer::start();
             for (key, (registration, lock)) in keys.into_iter().zip(held) {
-                entries.push(in_process_entry(
-                    storage,
-                    memory,
-                    registration,
-                    key,
-                    lock.into_claim(),
+                entries.push((
+                    registration.index,
+                    in_process_entry(storage, memory, registration, key, lock.into_claim()),
                 ));
             }
             metrics::loaded(&sessions, &storage.metrics, timer);
@@ -1032,7 +1083,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                             match followed {
                                 Ok(record) => record,
                                 Err(error) => {
-                                    entries.push(SlotEntry::failed(registration, error));
+                                    entries.push((registration.index, EntryState::failed(error)));
                                     continue;
                                 }
                             }
@@ -1060,7 +1111,7 @@ async fn load_eager(state: &UpdateState) -> Slots {
                     EntryState::failed(storage.failed(registration.name, key, source.clone()))
                 }
             };
-            entries.push(SlotEntry::new(registration, state));
+            entries.push((registration.index, state));
         }
     }
     entries

@@ -74,7 +74,13 @@ pub(crate) struct ManagerInner {
     pub(crate) save_policy: SavePolicy,
     pub(crate) lock_timeout: Duration,
     pub(crate) lease_ttl: Duration,
+    /// The eager session types first, then the lazy ones, each in the
+    /// order registered.
     pub(crate) registrations: Vec<Registration>,
+    /// The eager session types, as `registrations` starts: an update keeps
+    /// its eager sessions' entries in this order, and an accessor finds its
+    /// own by its place here.
+    pub(crate) eager_types: Box<[TypeId]>,
     /// Every eager session type lives in a memory storage: an update whose
     /// keys are free loads them all at once, with no await.
     pub(crate) eager_in_process: bool,
@@ -460,7 +466,10 @@ impl SessionManagerBuilder {
             .unwrap_or_else(|| Arc::new(MemoryStorage::new()));
         let mut storages = vec![default];
         let mut registrations = Vec::with_capacity(self.registrations.len());
-        for (mut registration, storage) in self.registrations {
+        let mut registered = self.registrations;
+        // Stable: the eager types first, each kind in the order registered.
+        registered.sort_by_key(|(registration, _)| registration.lazy);
+        for (mut registration, storage) in registered {
             registration.namespace = (!self.bot_id_in_keys)
                 .then(|| StorageKey::namespace_of(self.prefix.as_deref(), registration.name));
             registration.namespace_hash = registration
@@ -502,9 +511,15 @@ impl SessionManagerBuilder {
             .iter()
             .filter(|registration| !registration.lazy)
             .all(|registration| storages[registration.storage_index].in_process.is_some());
+        let eager_types = registrations
+            .iter()
+            .take_while(|registration| !registration.lazy)
+            .map(|registration| registration.type_id)
+            .collect();
         SessionManager {
             inner: Arc::new(ManagerInner {
                 eager_in_process,
+                eager_types,
                 storages,
                 prefix: self.prefix,
                 bot_id_in_keys: self.bot_id_in_keys,

@@ -20,8 +20,12 @@ use crate::session::{OnDecodeError, Session, encode_record, encode_record_into};
 use crate::storage::memory::{Found, HeldRecord, MemoryStorage, UpdateKey};
 use crate::storage::{LeaseOwner, Record, Storage, StorageError, Write, WriteOutcome};
 
-/// The sessions of an update: inline for the first few, as most updates have.
-pub(crate) type Slots = PerSession<SlotEntry>;
+/// The eager sessions of an update, one entry per eager registration in
+/// its order (see `ManagerInner::eager_types`): inline for the first few,
+/// as most updates have. An entry is two words: pushed from registers, with
+/// no copy through the stack (a 56-byte entry was read back in 16-byte
+/// pieces while its 8-byte stores were in flight, on every session).
+pub(crate) type Slots = PerSession<EntryState>;
 
 /// How many sessions an update keeps without allocating for them.
 const INLINE_SESSIONS: usize = 4;
@@ -29,7 +33,7 @@ const INLINE_SESSIONS: usize = 4;
 /// Something per session of an update, inline for the first few.
 pub(crate) type PerSession<T> = SmallVec<[T; INLINE_SESSIONS]>;
 
-/// An update's entry for one session type: which, and its slot.
+/// An update's entry for one lazy session type: which, and its slot.
 pub(crate) struct SlotEntry {
     pub(crate) type_id: TypeId,
     /// Its registration's place in `ManagerInner::registrations`, or
@@ -50,34 +54,39 @@ impl SlotEntry {
             state,
         }
     }
-
-    /// An entry that failed with `error`, boxed already or not.
-    pub(crate) fn failed(registration: &Registration, error: impl Into<Box<Error>>) -> Self {
-        Self::new(registration, EntryState::failed(error))
-    }
 }
 
 /// A session slot of some type, owned by its update's entry for as long as
 /// the update lives: an accessor borrows it from there (see `SessionRef`).
 pub(crate) type SlotBox = Box<dyn ErasedSlot>;
 
-/// Where an update's session of one type stands.
+/// Where an update's session of one type stands: two words.
 pub(crate) enum EntryState {
     /// A session loaded: an eager one before the handler, a lazy one kept
     /// in memory when first asked for.
     Loaded(SlotBox),
-    /// An eager session that could not be loaded (boxed: entries are kept
-    /// inline, and a failure is rare).
-    Failed(Box<Error>),
-    /// A lazy session: loaded at most once, on first access (boxed, as a
-    /// failure is).
-    Lazy(Box<OnceCell<SlotBox>>),
+    /// Not loaded: it failed, or waits for its first use (boxed: rare, and
+    /// the entry stays two words).
+    NotLoaded(Box<NotLoaded>),
+}
+
+/// An entry not loaded (see [`EntryState::NotLoaded`]).
+pub(crate) enum NotLoaded {
+    /// An eager session that could not be loaded.
+    Failed(Error),
+    /// A lazy session: loaded at most once, on first access.
+    Lazy(OnceCell<SlotBox>),
 }
 
 impl EntryState {
-    /// A failure with `error`, boxed already or not.
+    /// A failure with `error`, boxed or not.
     pub(crate) fn failed(error: impl Into<Box<Error>>) -> Self {
-        EntryState::Failed(error.into())
+        EntryState::NotLoaded(Box::new(NotLoaded::Failed(*error.into())))
+    }
+
+    /// A lazy session, loaded on first access.
+    pub(crate) fn lazy() -> Self {
+        EntryState::NotLoaded(Box::new(NotLoaded::Lazy(OnceCell::new())))
     }
 
     /// The slot an eager session's load opened, or the error it met.
@@ -86,7 +95,7 @@ impl EntryState {
     pub(crate) fn opened(opened: Result<SlotBox, Box<Error>>) -> Self {
         match opened {
             Ok(slot) => EntryState::Loaded(slot),
-            Err(error) => EntryState::Failed(error),
+            Err(error) => EntryState::failed(error),
         }
     }
 
@@ -95,8 +104,10 @@ impl EntryState {
     pub(crate) fn loaded(&self) -> Option<&dyn ErasedSlot> {
         match self {
             EntryState::Loaded(slot) => Some(slot.as_ref()),
-            EntryState::Lazy(cell) => cell.get().map(AsRef::as_ref),
-            EntryState::Failed(_) => None,
+            EntryState::NotLoaded(not_loaded) => match &**not_loaded {
+                NotLoaded::Lazy(cell) => cell.get().map(AsRef::as_ref),
+                NotLoaded::Failed(_) => None,
+            },
         }
     }
 }
@@ -677,14 +688,14 @@ pub(crate) fn claim_entry<T: Session>(
     let key = match manager.update_key(registration, ids) {
         Ok(key) => key,
         Err(error) => {
-            slots.push(SlotEntry::failed(registration, error));
+            slots.push(EntryState::failed(error));
             return true;
         }
     };
     let Some(opened) = claim_in_process::<T>(storage, memory, key, update) else {
         return false;
     };
-    slots.push(SlotEntry::new(registration, EntryState::opened(opened)));
+    slots.push(EntryState::opened(opened));
     true
 }
 

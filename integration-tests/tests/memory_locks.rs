@@ -213,3 +213,45 @@ async fn a_cycle_through_a_key_locked_in_a_record_and_one_in_a_table_fails_at_on
     assert_eq!(waiter.await.unwrap().unwrap(), 1, "the waiter goes on");
     first.commit(HandlerOutcome::Succeeded).await.unwrap();
 }
+
+/// A session whose stored bytes do not decode fails to load, and its key
+/// goes back as the load fails: the next update of the key, begun while the
+/// failed one is still open, meets the same error at once instead of
+/// waiting for it. Eager and lazy, in both variants.
+#[tokio::test]
+async fn a_session_that_fails_to_load_gives_its_key_back_at_once() {
+    for storage in both_variants() {
+        for key in ["counter:1", "visits:1"] {
+            let put = tg_session::storage::Write::Put {
+                key: tg_session::StorageKey::parse(key),
+                value: bytes::Bytes::from_static(b"\xff not a session"),
+                expected_version: None,
+                ttl: None,
+            };
+            storage.write(&[put]).await.unwrap();
+        }
+        let manager = SessionManager::builder()
+            .storage(storage.clone())
+            .register::<Counter>()
+            .register::<Visits>()
+            .lock_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let first = manager.begin(user(1)).await;
+        let failed = |error: Error| matches!(error, Error::Decode { .. });
+        assert!(failed(first.counter().map(|c| c.apple).unwrap_err()));
+        assert!(failed(first.visits().await.map(|v| v.count).unwrap_err()));
+        let (counter, visits) = tokio::time::timeout(Duration::from_secs(5), async {
+            let next = manager.begin(user(1)).await;
+            let counter = next.counter().map(|c| c.apple).unwrap_err();
+            let visits = next.visits().await.map(|v| v.count).unwrap_err();
+            next.commit(HandlerOutcome::Succeeded).await.unwrap();
+            (counter, visits)
+        })
+        .await
+        .expect("the failed loads gave their keys back");
+        assert!(failed(counter.clone()), "{counter:?}");
+        assert!(failed(visits.clone()), "{visits:?}");
+        first.commit(HandlerOutcome::Succeeded).await.unwrap();
+    }
+}

@@ -152,18 +152,31 @@ impl HeldRecord {
         }
         let now = Now::lazy();
         let (written, vacant) = {
-            let mut current = self.0.lock();
-            let written = match current.holds(expected_version, &value) {
+            let mut guard = self.0.lock();
+            let current = &mut *guard;
+            // Told before the value is borrowed below; used if it changed.
+            let next = next_version(Some(current), expected_version, &now);
+            // One look at the value's type (a call through its vtable) both
+            // compares it and writes over it.
+            let stored = current.value.typed_mut::<T>();
+            let unchanged = Some(current.version) == expected_version
+                && stored
+                    .as_deref()
+                    .and_then(|stored| value.same_value(stored))
+                    == Some(true);
+            let written = match unchanged {
                 true => None,
                 // Not `inspect`: its closure, left out of line for some
                 // session types, cost them 88 instructions per write.
                 false => {
-                    let written = next_version(Some(&current), expected_version, &now);
-                    if let Ok(version) = written {
-                        current.value.set_typed(value);
+                    if let Ok(version) = next {
+                        match stored {
+                            Some(stored) => *stored = value,
+                            None => current.value = Value::Typed(Box::new(value)),
+                        }
                         current.renew(version, ttl, &now);
                     }
-                    Some(written)
+                    Some(next)
                 }
             };
             current.free_for(claim);

@@ -77,6 +77,16 @@ impl Value {
         }
     }
 
+    /// The value, if it is a value of `T`.
+    // Always inlined: see `HeldRecord::commit`.
+    #[inline(always)]
+    pub(super) fn typed_mut<T: Session>(&mut self) -> Option<&mut T> {
+        match self {
+            Value::Typed(stored) => (stored.as_mut() as &mut dyn Any).downcast_mut::<T>(),
+            Value::Encoded(_) => None,
+        }
+    }
+
     /// Replaces the value by `value`, in place when it already holds a value
     /// of `T` (the usual case: no allocation).
     // Always inlined: see `HeldRecord::commit`.

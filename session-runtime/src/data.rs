@@ -44,7 +44,7 @@
 use std::time::Duration;
 
 use crate::key::{KeyStrategy, Scope, StorageKey};
-use crate::manager::SessionManager;
+use crate::manager::{Registration, SessionManager};
 use crate::storage::StorageError;
 use crate::storage::{
     KeyPrefix, Record, Restore, RestoreOutcome, ScanCursor, ScannedRecord, SharedStorage, Storage,
@@ -358,11 +358,11 @@ impl SessionManager {
     /// With [`bot_id_in_keys`](crate::SessionManagerBuilder::bot_id_in_keys),
     /// name the bot with [`SessionData::bot`] first.
     pub fn data(&self) -> SessionData {
+        let mut registrations: Vec<&Registration> = self.inner.registrations.iter().collect();
+        registrations.sort_by_key(|registration| registration.registered);
         SessionData {
-            kinds: self
-                .inner
-                .registrations
-                .iter()
+            kinds: registrations
+                .into_iter()
                 .map(|registration| SessionKind {
                     name: registration.name.to_owned(),
                     key: registration.key,

@@ -137,6 +137,10 @@ pub(crate) type ClaimEntry = fn(&ManagerInner, &UpdateIds, u64, &Registration, &
 pub(crate) struct Registration {
     /// Its place in `ManagerInner::registrations`: set by the builder.
     pub(crate) index: usize,
+    /// Its place in the order the builder was given the types, which
+    /// `registrations` does not keep (eager types come first there): the
+    /// order `SessionManager::data` lists them in.
+    pub(crate) registered: usize,
     pub(crate) type_id: TypeId,
     pub(crate) type_name: &'static str,
     pub(crate) name: &'static str,
@@ -164,6 +168,7 @@ impl Registration {
     fn of<T: Session>(storage_index: usize) -> Self {
         Self {
             index: 0,
+            registered: 0,
             type_id: TypeId::of::<T>(),
             type_name: std::any::type_name::<T>(),
             name: T::NAME,
@@ -467,6 +472,9 @@ impl SessionManagerBuilder {
         let mut storages = vec![default];
         let mut registrations = Vec::with_capacity(self.registrations.len());
         let mut registered = self.registrations;
+        for (order, (registration, _)) in registered.iter_mut().enumerate() {
+            registration.registered = order;
+        }
         // Stable: the eager types first, each kind in the order registered.
         registered.sort_by_key(|(registration, _)| registration.lazy);
         for (mut registration, storage) in registered {

@@ -70,6 +70,9 @@ pub(crate) enum EntryState {
     NotLoaded(Box<NotLoaded>),
 }
 
+// The two words `Slots` is laid out for.
+const _: () = assert!(std::mem::size_of::<EntryState>() == 2 * std::mem::size_of::<usize>());
+
 /// An entry not loaded (see [`EntryState::NotLoaded`]).
 pub(crate) enum NotLoaded {
     /// An eager session that could not be loaded.

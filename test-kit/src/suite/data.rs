@@ -207,14 +207,15 @@ pub async fn scans_select_by_prefix_and_scope(storage: SharedStorage) {
     assert_eq!(keys_of(&odd_only), [format!("{odd}:counter:1")]);
 }
 
-/// A manager knowing the suite's types of every scope, under `prefix`.
+/// A manager knowing the suite's types of every scope, under `prefix`: a
+/// lazy one first, which `find` still lists first.
 fn data_manager(storage: &SharedStorage, prefix: &str) -> SessionManager {
     SessionManager::builder()
         .storage(storage.clone())
         .prefix(prefix)
+        .register::<Profile>()
         .register::<Counter>()
         .register::<ChatTopic>()
-        .register::<Profile>()
         .register::<ThreadNote>()
         .register::<Business>()
         .build()
@@ -266,6 +267,12 @@ pub async fn erasing_a_user_removes_exactly_their_records_in_every_chat(storage:
     let found = data.find(Subject::User(42)).await.expect("find");
     let found_keys: BTreeSet<String> = found.records.iter().map(|r| r.key.to_string()).collect();
     assert_eq!(found_keys, theirs);
+    let sessions: Vec<&str> = found.records.iter().map(|r| r.session.as_str()).collect();
+    assert_eq!(
+        sessions,
+        ["profile", "profile", "profile", "counter"],
+        "by session type in registration order"
+    );
     assert_eq!(found.unsearchable, ["business"]);
 
     let erasure = data.erase(Subject::User(42)).await.expect("erase");

@@ -89,16 +89,14 @@ impl Value {
 
     /// Replaces the value by `value`, in place when it already holds a value
     /// of `T` (the usual case: no allocation).
-    // Always inlined: see `HeldRecord::commit`.
+    // Always inlined: a typed put (`MemoryStorage::put_typed`, the bounded
+    // store's commit) writes through here.
     #[inline(always)]
     pub(super) fn set_typed<T: Session>(&mut self, value: T) {
-        if let Value::Typed(stored) = self
-            && let Some(stored) = (stored.as_mut() as &mut dyn Any).downcast_mut::<T>()
-        {
-            *stored = value;
-            return;
+        match self.typed_mut::<T>() {
+            Some(stored) => *stored = value,
+            None => *self = Value::Typed(Box::new(value)),
         }
-        *self = Value::Typed(Box::new(value));
     }
 }
 

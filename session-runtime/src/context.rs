@@ -935,7 +935,7 @@ fn in_process_entry(
     lock: KeyClaim,
 ) -> EntryState {
     let meta = SlotMeta::new(storage, registration.name, key, lock, None);
-    EntryState::opened((registration.open_in_process)(meta, memory).map_err(Box::new))
+    EntryState::opened((registration.open_in_process)(meta, memory))
 }
 
 /// Loads the eager sessions of an update with no await when it can: all live
@@ -1090,7 +1090,7 @@ async fn load_eager_entries(state: &UpdateState) -> PerSession<(usize, EntryStat
                         }
                         record => record.clone(),
                     };
-                    EntryState::opened((registration.open)(meta, record).map_err(Box::new))
+                    EntryState::opened((registration.open)(meta, record))
                 }
                 Err(LoadError::Leased { index: busy }) if keys.get(*busy) == Some(key) => {
                     EntryState::failed(lease_timeout(manager, storage, registration.name, key))

@@ -79,7 +79,8 @@ pub(crate) struct ManagerInner {
     pub(crate) registrations: Vec<Registration>,
     /// The eager session types, as `registrations` starts: an update keeps
     /// its eager sessions' entries in this order, and an accessor finds its
-    /// own by its place here.
+    /// own by its place here (kept apart from the registrations, some
+    /// hundred bytes each, so that the search reads one line).
     pub(crate) eager_types: Box<[TypeId]>,
     /// Every eager session type lives in a memory storage: an update whose
     /// keys are free loads them all at once, with no await.

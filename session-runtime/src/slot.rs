@@ -81,10 +81,28 @@ pub(crate) enum NotLoaded {
     Lazy(OnceCell<SlotBox>),
 }
 
+/// An error an entry keeps, boxed or not: moved into the entry's own box
+/// as it is, with no box made only to be opened again.
+pub(crate) trait EntryError {
+    fn into_error(self) -> Error;
+}
+
+impl EntryError for Error {
+    fn into_error(self) -> Error {
+        self
+    }
+}
+
+impl EntryError for Box<Error> {
+    fn into_error(self) -> Error {
+        *self
+    }
+}
+
 impl EntryState {
     /// A failure with `error`, boxed or not.
-    pub(crate) fn failed(error: impl Into<Box<Error>>) -> Self {
-        EntryState::NotLoaded(Box::new(NotLoaded::Failed(*error.into())))
+    pub(crate) fn failed(error: impl EntryError) -> Self {
+        EntryState::NotLoaded(Box::new(NotLoaded::Failed(error.into_error())))
     }
 
     /// A lazy session, loaded on first access.
@@ -95,7 +113,7 @@ impl EntryState {
     /// The slot an eager session's load opened, or the error it met.
     // Always inlined: `claim_entry` makes every session's entry with it.
     #[inline(always)]
-    pub(crate) fn opened(opened: Result<SlotBox, Box<Error>>) -> Self {
+    pub(crate) fn opened(opened: Result<SlotBox, impl EntryError>) -> Self {
         match opened {
             Ok(slot) => EntryState::Loaded(slot),
             Err(error) => EntryState::failed(error),

@@ -12,7 +12,8 @@
 //! user) against the same teloxide sides, which tell what no glue at all
 //! would give; the dispatch path;
 //! the bounded memory storage (`MemoryStorage::with_capacity`, room for
-//! every user) with 1 and 4 sessions.
+//! every user) with 1 and 4 sessions, and with room for half the users
+//! (every update evicts a record and makes one).
 //!
 //! Read a ratio to about 10%: the layout of the whole binary moves a side
 //! by that much. teloxide's side of the memory rows, its code unchanged,
@@ -47,7 +48,7 @@ mod dispatch_trees;
 mod floor_designs;
 mod workload;
 use floor_designs::{Design, Floors};
-use workload::{One, TeloxideFour, manager, next_user, ours_four, ours_one, teloxide_rmw};
+use workload::{One, TeloxideFour, USERS, manager, next_user, ours_four, ours_one, teloxide_rmw};
 
 /// Rounds per comparison (odd: the median is one of them).
 const ROUNDS: usize = 31;
@@ -210,6 +211,17 @@ fn main() {
             "bounded, 4 sessions",
             || ours_four(&four, next()),
             || teloxide_four.update(next(), 4),
+        );
+
+        // Half the users' room: each update's user was evicted since its
+        // last update (cycling, the one unused the longest is the next),
+        // so each makes its record anew and evicts another.
+        let full = manager(MemoryStorage::with_capacity(USERS / 2), false);
+        compare(
+            &runtime,
+            "bounded full, 1 session",
+            || ours_one(&full, next()),
+            || teloxide_rmw(&teloxide_one, next(), |s| s.apple += 1),
         );
     }
 }

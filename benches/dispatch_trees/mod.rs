@@ -42,7 +42,7 @@ fn update(user: u64) -> Update {
 }
 
 /// A plain `Mutex<HashMap>` storage (what teloxide's `InMemStorage` is), to
-/// separate the layer's cost from the memory storage's (moka).
+/// separate the layer's cost from the memory storage's.
 #[derive(Default)]
 pub struct HashMapStorage {
     records: Mutex<HashMap<String, Record>>,

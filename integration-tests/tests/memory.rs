@@ -13,7 +13,7 @@ async fn memory() -> SharedStorage {
 behaviour_suite!(memory);
 data_suite!(memory);
 
-/// The same suite over the bounded (moka) backend.
+/// The same suite over the bounded store (`with_capacity`).
 mod bounded {
     use super::{behaviour_suite, data_suite};
     use tg_session::MemoryStorage;

@@ -1,8 +1,8 @@
-//! The memory storage keeps each key's lock in its record (the bounded one
-//! in a table beside its records), shared by every manager over it: what
-//! that must keep (no lost update across threads and managers, nothing left
-//! behind by an update that stored nothing, cycles of waits found at once
-//! across keys locked in records and keys locked in a table).
+//! The memory storage keeps each key's lock in its record (bounded or not),
+//! shared by every manager over it: what that must keep (no lost update
+//! across threads and managers, nothing left behind by an update that
+//! stored nothing, cycles of waits found at once across keys locked in
+//! records and keys locked in a table, as another storage's are).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tg_session::storage::{KeyPrefix, Storage};
-use tg_session::{Error, HandlerOutcome, MemoryStorage, Session, SessionManager, UpdateIds};
+use tg_session::{
+    Error, HandlerOutcome, MemoryStorage, Session, SessionManager, SqliteStorage, UpdateIds,
+};
 
 #[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 #[session(key = "counter")]
@@ -24,14 +26,14 @@ struct Visits {
     count: u32,
 }
 
-/// Shared by every update, in the unbounded store (locked in records).
+/// Shared by every update, in a memory store (locked in records).
 #[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 #[session(key = "note", lazy, scope = "global")]
 struct Note {
     n: u32,
 }
 
-/// Shared by every update, in a bounded store (locked in a table).
+/// Shared by every update, in SQLite (locked in the manager's table).
 #[derive(Session, Serialize, Deserialize, Debug, Default, Clone, PartialEq)]
 #[session(key = "tally", lazy, scope = "global")]
 struct Tally {
@@ -181,10 +183,14 @@ async fn an_update_of_one_manager_waits_for_another_managers_update() {
 
 #[tokio::test]
 async fn a_cycle_through_a_key_locked_in_a_record_and_one_in_a_table_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStorage::open(dir.path().join("tally.db"))
+        .await
+        .unwrap();
     let manager = SessionManager::builder()
-        .storage(MemoryStorage::new())
+        .storage(MemoryStorage::with_capacity(100))
         .register::<Note>()
-        .register_in::<Tally>(Arc::new(MemoryStorage::with_capacity(100)))
+        .register_in::<Tally>(Arc::new(sqlite))
         .lock_timeout(Duration::from_secs(30))
         .build()
         .unwrap();

@@ -287,7 +287,9 @@ impl KeyLocks {
     /// Takes `key` for `taker` if no update holds or waits for it, without
     /// waiting; `None` otherwise (take it with [`lock`] then, which waits,
     /// and tells this update's own keys and cycles apart). The claim goes
-    /// back with [`KeyLocks::release`].
+    /// back with [`KeyLocks::release`]. (Updates take their keys through
+    /// their storage's home: the tests take keys in a table alone.)
+    #[cfg(test)]
     pub(crate) fn try_claim(&self, key: &SmolStr, taker: Taker) -> Option<KeyClaim> {
         let mut table = self.lock_table();
         match table.entries.entry(key.clone()) {

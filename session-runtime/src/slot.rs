@@ -600,10 +600,9 @@ pub(crate) fn open_in_process<T: Session>(
     meta: SlotMeta,
     memory: &MemoryStorage,
 ) -> Result<SlotBox, Error> {
-    let (found, record) = memory.load_typed::<T>(meta.key.as_str());
-    let found = found.map_err(|source| meta.storage_error(source))?;
-    let mut meta = meta;
-    meta.record = record;
+    let found = memory
+        .load_typed::<T>(meta.key.as_str())
+        .map_err(|source| meta.storage_error(source))?;
     open_found(meta, found)
 }
 
@@ -638,7 +637,6 @@ pub(crate) fn claim_in_process<T: Session>(
         session: T::NAME,
         type_name: std::any::type_name::<T>(),
     };
-    let meta = |key, lock| SlotMeta::new(storage, T::NAME, key, lock, None);
     let taken = memory.claim_typed(key, taker, |mut taken| {
         let (value, stored) = match taken.found::<T>() {
             Ok(Found::Value { value, version }) => (value, Some(Loaded::Value { version })),
@@ -664,21 +662,15 @@ pub(crate) fn claim_in_process<T: Session>(
             touched: false,
         })))
     });
-    match taken {
-        Ok(Some(Opening::Opened(slot))) => Some(Ok(slot)),
-        Ok(Some(Opening::Later(later))) => {
+    match taken? {
+        Opening::Opened(slot) => Some(Ok(slot)),
+        Opening::Later(later) => {
             let (meta, found) = *later;
             Some(match found {
                 Ok(found) => open_found(meta, found).map_err(Box::new),
                 // Dropping the slot's meta gives the key back.
                 Err(source) => Err(Box::new(meta.storage_error(source))),
             })
-        }
-        Ok(None) => None,
-        Err(key) => {
-            let key = key.into_storage_key();
-            let lock = storage.home.table().try_claim(key.shared(), taker)?;
-            Some(open_in_process::<T>(meta(key, lock), memory).map_err(Box::new))
         }
     }
 }

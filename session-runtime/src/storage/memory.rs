@@ -1,6 +1,6 @@
 //! The embedded default storage: session values in a concurrent map.
 
-mod bounded;
+mod clock;
 mod map_key;
 mod typed;
 
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 use smol_str::SmolStr;
 
@@ -58,13 +57,13 @@ use typed::Value;
 ///   and writes the value back and frees the key in the record it took,
 ///   with no second access. A key that a second update asks for moves to a
 ///   lock table until nobody waits.
-/// - [`MemoryStorage::with_capacity`]: at most that many records, on
-///   [`moka`]; beyond that the least recently used go first (plain LRU: a
-///   new user's session is always kept, an idle regular's goes). Its keys
-///   are locked in a table beside the records, which eviction may drop.
-///   A record without a TTL is written in place, as in the unbounded map
-///   (a write that eviction raced is put back, not lost); a record with a
-///   TTL is replaced, so that the cache's expiry of it moves.
+/// - [`MemoryStorage::with_capacity`]: the same map, holding at most that
+///   many records: to make room for a new one, the one unused the longest
+///   goes (the CLOCK approximation of LRU: a new user's session is kept,
+///   an idle regular's goes first). Records, their keys' locks and
+///   expiry are as in the unbounded map; being used costs a record a flag
+///   set under the lock its update takes anyway. A record whose key an
+///   update holds is never evicted.
 ///
 /// Every manager built over one memory storage (or its clones) locks its
 /// keys in the same place: their updates of one key wait for each other, as
@@ -73,16 +72,11 @@ use typed::Value;
 /// Cloning is cheap and shares the records.
 #[derive(Clone)]
 pub struct MemoryStorage {
-    records: Records,
+    records: Arc<Records>,
 }
 
-#[derive(Clone)]
-enum Records {
-    Unbounded(Arc<Unbounded>),
-    Bounded(Arc<bounded::Bounded>),
-}
-
-struct Unbounded {
+/// The records of a memory storage, bounded or not.
+struct Records {
     /// Found by text, or by an update's key's parts (see [`UpdateKey`]).
     map: DashMap<MapKey, SharedRecord, foldhash::fast::RandomState>,
     created: Instant,
@@ -97,23 +91,23 @@ struct Unbounded {
     /// [`MemoryStorage::key_home`]), so that its cycles of waits are found
     /// across this storage's keys and its others.
     locks: OnceLock<Arc<KeyLocks>>,
+    /// How many records [`MemoryStorage::with_capacity`] keeps, and its
+    /// ring of keys for eviction; `None` for [`MemoryStorage::new`].
+    bound: Option<clock::Clock>,
 }
 
-/// A record of the unbounded map, shared with the update that took its
-/// key there (see [`HeldRecord`]); or of the bounded cache, shared with
-/// whoever reads or writes it (see `bounded`).
+/// A record of the map, shared with the update that took its key there
+/// (see [`HeldRecord`]).
 ///
-/// In the unbounded map, a record whose key is held stays there: only a
-/// record whose key is free is ever removed (a delete keeps a held one
-/// without its value, the sweep keeps it, a vacant one goes only once its
+/// A record whose key is held stays in the map: only a record whose key is
+/// free is ever removed (a delete keeps a held one without its value, the
+/// sweep and the bound's eviction keep it, a vacant one goes only once its
 /// key is free), and a record is removed, or looked up to be taken, under
 /// its shard's lock.
 type SharedRecord = Arc<Mutex<Stored>>;
 
 /// The record an update's commit writes in, with no second access to the
-/// map or cache: the unbounded map's record the update took its key in
-/// (see [`SharedRecord`]), or the bounded cache's record it loaded (its
-/// key is locked in the table: see `Bounded::commit_held`).
+/// map: the record the update took its key in (see [`SharedRecord`]).
 pub(crate) struct HeldRecord(SharedRecord);
 
 impl HeldRecord {
@@ -126,8 +120,7 @@ impl HeldRecord {
     /// written, or why not.
     ///
     /// Only while `claim` holds the key is the record sure to be the map's
-    /// (see [`SharedRecord`]): the caller checks. A record of the bounded
-    /// cache is written by `Bounded::commit_held`.
+    /// (see [`SharedRecord`]): the caller checks.
     // Always inlined into the one caller per session type, as the record's
     // small steps it takes are (`next_version`, `Stored::renew`, ...): the
     // commit of every update in memory goes through here, and as calls they
@@ -141,14 +134,9 @@ impl HeldRecord {
         ttl: Option<Duration>,
         claim: &mut KeyClaim,
     ) -> Option<Result<u64, Conflict>> {
-        let unbounded = match &memory.records {
-            Records::Unbounded(unbounded) => unbounded,
-            Records::Bounded(bounded) => {
-                return bounded.commit_held(claim.key(), &self.0, value, expected_version, ttl);
-            }
-        };
+        let records = &memory.records;
         if ttl.is_some() {
-            unbounded.expiring.store(true, Ordering::Relaxed);
+            records.expiring.store(true, Ordering::Relaxed);
         }
         let now = Now::lazy();
         let (written, vacant) = {
@@ -184,7 +172,7 @@ impl HeldRecord {
         };
         if vacant {
             // Deleted while held, and this write refused: nothing to keep.
-            unbounded.remove_vacant(claim.key());
+            records.remove_vacant(claim.key());
         }
         memory.sweep_if_due(&now);
         written
@@ -193,19 +181,16 @@ impl HeldRecord {
     /// Frees the key `claim` took in this record, as the table's give-back
     /// would, with no access to the map (unless nothing is stored: the
     /// record goes).
-    /// A key taken in the table (the bounded store's, or one updates
-    /// queued for) is left to the claim's drop.
+    /// A key taken in the table (one updates queued for) is left to the
+    /// claim's drop.
     pub(crate) fn free(&self, memory: &MemoryStorage, claim: &mut KeyClaim) {
-        let Records::Unbounded(unbounded) = &memory.records else {
-            return;
-        };
         let vacant = {
             let mut current = self.0.lock();
             current.free_for(claim);
             claim.is_released() && current.vacant()
         };
         if vacant {
-            unbounded.remove_vacant(claim.key());
+            memory.records.remove_vacant(claim.key());
         }
     }
 }
@@ -218,10 +203,16 @@ struct Stored {
     /// Whether the record holds a value: a held key with nothing stored
     /// keeps a record that holds none, for its lock.
     present: bool,
+    /// Whether the value it holds was used (taken, read or written over)
+    /// since the bound's hand last passed it (see `clock`): unused, it is
+    /// the next evicted. The access that makes a record does not count: of
+    /// the records the hand finds unused, the one it reaches first is the
+    /// one made or used the longest ago.
+    used: bool,
     lock: RecordLock,
 }
 
-/// The lock of a record's key (unbounded storage only).
+/// The lock of a record's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RecordLock {
     Free,
@@ -240,6 +231,7 @@ impl Stored {
             ttl,
             expires_at: expiry(ttl, now),
             present: true,
+            used: false,
             lock: RecordLock::Free,
         }
     }
@@ -252,6 +244,7 @@ impl Stored {
             ttl: None,
             expires_at: None,
             present: false,
+            used: false,
             lock: RecordLock::Free,
         }
     }
@@ -292,7 +285,7 @@ impl Stored {
 
     /// What a typed load finds here at `now`: a copy of the value, its
     /// bytes, or nothing if it holds none or expired.
-    // Always inlined, as `hold` and `Unbounded::record` are: they run on
+    // Always inlined, as `hold` and `Records::record` are: they run on
     // every update, and as calls they cost it more than they save.
     #[inline(always)]
     fn found<T: Session>(&self, now: &Now) -> Result<Found<T>, StorageError> {
@@ -307,6 +300,7 @@ impl Stored {
     #[inline(always)]
     fn hold(&mut self, key: &SmolStr, taker: Taker) -> KeyClaim {
         self.lock = RecordLock::Held(taker.holder());
+        self.used |= self.present;
         KeyClaim::in_record(key.clone(), taker.update)
     }
 
@@ -328,6 +322,7 @@ impl Stored {
     // Always inlined: see `HeldRecord::commit`.
     #[inline(always)]
     fn renew(&mut self, version: u64, ttl: Option<Duration>, now: &Now) {
+        self.used |= self.present;
         self.present = true;
         self.version = version;
         self.ttl = ttl;
@@ -422,42 +417,49 @@ impl MemoryStorage {
     }
 
     fn unbounded(sweep_every: Duration) -> Self {
+        Self::of(sweep_every, None)
+    }
+
+    fn of(sweep_every: Duration, bound: Option<clock::Clock>) -> Self {
         Self {
-            records: Records::Unbounded(Arc::new(Unbounded {
+            records: Arc::new(Records {
                 map: DashMap::default(),
                 created: Instant::now(),
                 next_sweep_ms: AtomicU64::new(0),
                 expiring: AtomicBool::new(false),
                 sweep_every,
                 locks: OnceLock::new(),
-            })),
+                bound,
+            }),
         }
     }
 
-    /// A memory storage that keeps at most `max_records` sessions, evicting
-    /// the least recently used beyond that.
+    /// A memory storage that keeps at most `max_records` sessions (at
+    /// least one), evicting to make room for a new one the one unused the
+    /// longest, by the CLOCK algorithm: a record whose value was used
+    /// (taken by an update, read or written over) since the evicting hand
+    /// last passed it is kept for one more turn, and of the others the hand
+    /// reaches first the one made or used the longest ago. A new record is
+    /// placed where the hand reaches it last: a new user's session is kept,
+    /// an idle regular's goes first.
+    ///
+    /// A record whose key an update holds or waits for is never evicted
+    /// (its update writes there): while every record is held, the store
+    /// goes over its bound until updates end.
     pub fn with_capacity(max_records: u64) -> Self {
-        Self {
-            records: Records::Bounded(Arc::new(bounded::Bounded::new(max_records))),
-        }
+        Self::of(SWEEP_EVERY, Some(clock::Clock::new(max_records)))
     }
 
     /// How many live records are stored.
     pub fn len(&self) -> u64 {
-        match &self.records {
-            Records::Unbounded(unbounded) => {
-                let now = Now::lazy();
-                let live = unbounded
-                    .map
-                    .iter()
-                    .filter(|entry| entry.lock().live(&now))
-                    .count();
-                u64::try_from(live).unwrap_or(u64::MAX)
-            }
-            Records::Bounded(bounded) => {
-                u64::try_from(bounded.live(&Now::lazy())).unwrap_or(u64::MAX)
-            }
-        }
+        let now = Now::lazy();
+        let live = self
+            .records
+            .map
+            .iter()
+            .filter(|entry| entry.lock().live(&now))
+            .count();
+        u64::try_from(live).unwrap_or(u64::MAX)
     }
 
     /// Whether no live record is stored.
@@ -466,41 +468,25 @@ impl MemoryStorage {
     }
 
     fn get(&self, key: &str, now: &Now) -> Result<Option<Record>, StorageError> {
-        match &self.records {
-            Records::Unbounded(unbounded) => unbounded
-                .get(key)
-                .and_then(|record| {
-                    let stored = record.lock();
-                    stored.live(now).then(|| stored.record())
-                })
-                .transpose(),
-            Records::Bounded(bounded) => bounded.get(key, now),
-        }
+        self.records
+            .get(key)
+            .and_then(|record| {
+                let mut stored = record.lock();
+                stored.used |= stored.present;
+                stored.live(now).then(|| stored.record())
+            })
+            .transpose()
     }
 
     /// What is stored at `key`, as a value of `T` where the storage holds
-    /// one it can copy, else as bytes; with the bounded cache's record it
-    /// came from, for the commit to write in (see [`HeldRecord`]).
-    pub(crate) fn load_typed<T: Session>(
-        &self,
-        key: &str,
-    ) -> (Result<Found<T>, StorageError>, Option<HeldRecord>) {
+    /// one it can copy, else as bytes.
+    pub(crate) fn load_typed<T: Session>(&self, key: &str) -> Result<Found<T>, StorageError> {
         let now = Now::lazy();
-        match &self.records {
-            Records::Unbounded(unbounded) => (
-                unbounded
-                    .get(key)
-                    .map_or(Ok(Found::Nothing), |record| record.lock().found(&now)),
-                None,
-            ),
-            Records::Bounded(bounded) => match bounded.record(key) {
-                Some(record) => {
-                    let found = record.lock().found(&now);
-                    (found, Some(HeldRecord(record)))
-                }
-                None => (Ok(Found::Nothing), None),
-            },
-        }
+        self.records.get(key).map_or(Ok(Found::Nothing), |record| {
+            let mut stored = record.lock();
+            stored.used |= stored.present;
+            stored.found(&now)
+        })
     }
 
     /// Stores `value` as the next version of `key` if `expected_version` is
@@ -541,22 +527,16 @@ impl MemoryStorage {
     /// Whether the record of `version` at `key` holds a value equal to
     /// `value` by `PartialEq` (see [`MemoryStorage::put_typed`]).
     pub(crate) fn holds_same<T: Session>(&self, key: &str, version: u64, value: &T) -> bool {
-        let version = Some(version);
-        match &self.records {
-            Records::Unbounded(unbounded) => unbounded
-                .get(key)
-                .is_some_and(|record| record.lock().holds(version, value)),
-            Records::Bounded(bounded) => bounded
-                .read(key, |stored| stored.holds(version, value))
-                .unwrap_or(false),
-        }
+        self.records
+            .get(key)
+            .is_some_and(|record| record.lock().holds(Some(version), value))
     }
 
-    /// The conditional put of both backends: checks the version, then
-    /// writes `new` over the stored value (in place in the unbounded map) or
-    /// into an empty one. Writes nothing if the current record already holds
-    /// it (see [`NewValue::already_in`]). Frees the key for `claim`, if
-    /// given, as [`MemoryStorage::put_typed`] says.
+    /// The conditional put: checks the version, then writes `new` over the
+    /// stored value in place, or into a new record. Writes nothing if the
+    /// current record already holds it (see [`NewValue::already_in`]).
+    /// Frees the key for `claim`, if given, as [`MemoryStorage::put_typed`]
+    /// says.
     fn put<New: NewValue>(
         &self,
         key: &str,
@@ -566,52 +546,40 @@ impl MemoryStorage {
         new: New,
         claim: Option<&mut KeyClaim>,
     ) -> Result<WriteOutcome, New::Unchanged> {
-        let written = match &self.records {
-            Records::Unbounded(unbounded) => {
-                if ttl.is_some() {
-                    unbounded.expiring.store(true, Ordering::Relaxed);
-                }
-                let (written, vacant) = {
-                    // The map's shard stays locked with the record until the
-                    // end of this block: the removal below takes it again.
-                    let found = unbounded.record(key);
-                    let mut current = found.lock();
-                    let written = put_into(&mut current, expected_version, ttl, now, new);
-                    if let Some(claim) = claim {
-                        current.free_for(claim);
-                    }
-                    (written, current.vacant())
-                };
-                if vacant {
-                    // Made for a write that was refused, or left by a key
-                    // freed with nothing stored.
-                    unbounded.remove_vacant(key);
-                }
-                written?
+        let records = &self.records;
+        if ttl.is_some() {
+            records.expiring.store(true, Ordering::Relaxed);
+        }
+        let (written, vacant) = {
+            // The map's shard stays locked with the record until the end of
+            // this block: the removal below takes it again.
+            let found = records.record(key);
+            let mut current = found.lock();
+            let written = put_into(&mut current, expected_version, ttl, now, new);
+            if let Some(claim) = claim {
+                current.free_for(claim);
             }
-            Records::Bounded(bounded) => {
-                // Keys are locked in the manager's table, not here.
-                let _ = claim;
-                bounded.put(key, expected_version, ttl, now, new)?
-            }
+            (written, current.vacant())
         };
-        Ok(match written {
+        if vacant {
+            // Made for a write that was refused, or left by a key freed
+            // with nothing stored.
+            records.remove_vacant(key);
+        }
+        Ok(match written? {
             Ok(version) => WriteOutcome::Written { version },
             Err(cause) => WriteOutcome::Conflict(cause),
         })
     }
 
     fn apply(&self, write: &Write, now: &Now) -> WriteOutcome {
-        match (write, &self.records) {
-            (
-                Write::Put {
-                    key,
-                    value,
-                    expected_version,
-                    ttl,
-                },
-                _,
-            ) => {
+        match write {
+            Write::Put {
+                key,
+                value,
+                expected_version,
+                ttl,
+            } => {
                 let Ok(outcome) = self.put(
                     key.as_str(),
                     *expected_version,
@@ -622,32 +590,26 @@ impl MemoryStorage {
                 );
                 outcome
             }
-            (Write::Delete { key }, Records::Unbounded(unbounded)) => {
-                unbounded.delete(key.as_str());
-                WriteOutcome::Deleted
-            }
-            (Write::Delete { key }, Records::Bounded(bounded)) => {
-                bounded.delete(key.as_str());
+            Write::Delete { key } => {
+                self.records.delete(key.as_str());
                 WriteOutcome::Deleted
             }
         }
     }
 
-    /// Drops expired records from the unbounded map, at most once per
+    /// Drops expired records from the map, at most once per
     /// [`SWEEP_EVERY`], so records nobody reads again do not pile up.
     // Inlined: most stores never hold a TTL, and the call cost more than
     // the check.
     #[inline(always)]
     fn sweep_if_due(&self, now: &Now) {
-        if let Records::Unbounded(unbounded) = &self.records
-            && unbounded.expiring.load(Ordering::Relaxed)
-        {
-            unbounded.sweep_if_due(now);
+        if self.records.expiring.load(Ordering::Relaxed) {
+            self.records.sweep_if_due(now);
         }
     }
 }
 
-impl Unbounded {
+impl Records {
     /// The sweep of [`MemoryStorage::sweep_if_due`], once a TTL was seen.
     fn sweep_if_due(&self, now: &Now) {
         let elapsed = u64::try_from(
@@ -668,10 +630,17 @@ impl Unbounded {
             .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            let mut ring = self.bound.as_ref().map(clock::Clock::ring);
             // A held key keeps its record (invisible once expired) for its lock.
             self.map.retain(|_, record| {
-                let stored = record.lock();
-                stored.live(now) || stored.lock != RecordLock::Free
+                let kept = {
+                    let stored = record.lock();
+                    stored.live(now) || stored.lock != RecordLock::Free
+                };
+                if let (false, Some(ring)) = (kept, &mut ring) {
+                    ring.removed(record);
+                }
+                kept
             });
         }
     }
@@ -679,28 +648,19 @@ impl Unbounded {
 
 impl MemoryStorage {
     /// Where this storage's keys are locked, for a manager whose key locks
-    /// are `locks`: in their records (unbounded), with a table for the
-    /// updates that queue; or, for the bounded store, whose records eviction
-    /// may drop, in a table alone. The table is the first such manager's,
-    /// for every manager over the storage: their updates wait for each
-    /// other on a key as the updates of one manager do.
+    /// are `locks`: in their records, with a table for the updates that
+    /// queue. The table is the first such manager's, for every manager over
+    /// the storage: their updates wait for each other on a key as the
+    /// updates of one manager do.
     pub(crate) fn key_home(&self, locks: &Arc<KeyLocks>) -> Arc<dyn KeyHome> {
-        match &self.records {
-            Records::Unbounded(unbounded) => {
-                unbounded.locks.get_or_init(|| Arc::clone(locks));
-                Arc::clone(unbounded) as Arc<dyn KeyHome>
-            }
-            Records::Bounded(bounded) => {
-                Arc::clone(bounded.locks.get_or_init(|| Arc::clone(locks))) as Arc<dyn KeyHome>
-            }
-        }
+        self.records.locks.get_or_init(|| Arc::clone(locks));
+        Arc::clone(&self.records) as Arc<dyn KeyHome>
     }
 
     /// Takes `key` for `taker` in its record, if no update holds or waits
     /// for the key, and hands `open` what it took (see [`Taken`]), in one
     /// access to the map. `None` if another update holds or waits for the
-    /// key (nothing taken); the key back for the bounded store, which keeps
-    /// no locks in its records.
+    /// key (nothing taken).
     ///
     /// `open` runs with the record locked: what it makes must outlive it.
     /// The claim in particular gives the key back in the record when it is
@@ -714,10 +674,8 @@ impl MemoryStorage {
         key: UpdateKey<'a>,
         taker: Taker,
         open: impl FnOnce(Taken<'_>) -> R,
-    ) -> Result<Option<R>, UpdateKey<'a>> {
-        let Records::Unbounded(unbounded) = &self.records else {
-            return Err(key);
-        };
+    ) -> Option<R> {
+        let records = &*self.records;
         // One lookup, its answer used where it is: moved out of a `match`
         // on the key, it was read back while its stores were in flight.
         let mut shard = None;
@@ -730,15 +688,15 @@ impl MemoryStorage {
             // `dyn KeyView` (see `IdKey::is`). The shard's read guard is
             // kept in `shard` while the record is used.
             UpdateKey::Id(key) => {
-                let hash = unbounded.map.hasher().hash_one(key.hash_word());
-                let shards = unbounded.map.shards();
+                let hash = records.map.hasher().hash_one(key.hash_word());
+                let shards = records.map.shards();
                 shard
-                    .insert(shards[unbounded.map.determine_shard(hash as usize)].read())
+                    .insert(shards[records.map.determine_shard(hash as usize)].read())
                     .get(hash, |(found, _)| key.is(found))
                     .map(|(found, record)| (found, record.get()))
             }
             UpdateKey::Built(key) => {
-                by_text = unbounded.get(key.as_str());
+                by_text = records.get(key.as_str());
                 by_text.as_ref().map(|found| (found.key(), found.value()))
             }
         };
@@ -748,7 +706,7 @@ impl MemoryStorage {
             None => {
                 // Its shard is written next: no read guard may be left.
                 drop(shard.take());
-                inserted = unbounded.insert_placeholder(match &key {
+                inserted = records.insert_placeholder(match &key {
                     UpdateKey::Id(key) => key.map_key(),
                     UpdateKey::Built(key) => MapKey::new(key.shared().clone()),
                 });
@@ -757,10 +715,11 @@ impl MemoryStorage {
         };
         let mut record = shared.lock();
         if record.lock != RecordLock::Free {
-            return Ok(None);
+            return None;
         }
         record.lock = RecordLock::Held(taker.holder());
-        Ok(Some(open(Taken {
+        record.used |= record.present;
+        Some(open(Taken {
             key,
             map_key,
             shared,
@@ -768,7 +727,7 @@ impl MemoryStorage {
             update: taker.update,
             now: Now::lazy(),
             claimed: false,
-        })))
+        }))
     }
 }
 
@@ -843,20 +802,10 @@ pub(crate) enum UpdateKey<'a> {
     Id(IdKey<'a>),
 }
 
-impl UpdateKey<'_> {
-    /// The key as text, built if it was not.
-    pub(crate) fn into_storage_key(self) -> StorageKey {
-        match self {
-            UpdateKey::Built(key) => key,
-            UpdateKey::Id(key) => key.storage_key(),
-        }
-    }
-}
-
-/// A record of the unbounded map, with its shard's lock.
+/// A record of the map, with its shard's lock.
 type MapRef<'a> = dashmap::mapref::one::Ref<'a, MapKey, SharedRecord>;
 
-impl Unbounded {
+impl Records {
     fn locks(&self) -> &KeyLocks {
         self.locks.get_or_init(Arc::default)
     }
@@ -883,36 +832,54 @@ impl Unbounded {
     }
 
     /// The record at `key`, a new one without a value unless one was made
-    /// since it was looked for.
+    /// since it was looked for. In a bounded map, room is made for it
+    /// first (see `clock`).
     // Never inlined: only a key's first update comes here.
     #[inline(never)]
     fn insert_placeholder(&self, key: MapKey) -> MapRef<'_> {
-        self.map
-            .entry(key)
-            .or_insert_with(|| Arc::new(Mutex::new(Stored::placeholder())))
-            .downgrade()
+        let new = || Arc::new(Mutex::new(Stored::placeholder()));
+        let Some(bound) = &self.bound else {
+            return self.map.entry(key).or_insert_with(new).downgrade();
+        };
+        let mut ring = bound.ring();
+        // The ring's lock orders every insertion: if the key is not there
+        // now, nobody puts it there before this does.
+        if let Some(found) = self.map.get(&key) {
+            return found;
+        }
+        // Made before the key's shard is locked: eviction locks shards.
+        ring.make_room(&self.map, bound.max_records());
+        let inserted = self.map.entry(key.clone()).or_insert_with(new);
+        ring.admitted(key, inserted.value());
+        inserted.downgrade()
+    }
+
+    /// Removes the record at `key` if `removable` says so of it, as checked
+    /// under its shard's lock; and its place in a bounded map's ring.
+    fn remove_if(&self, key: &str, removable: impl FnOnce(&Stored) -> bool) -> bool {
+        let mut ring = self.bound.as_ref().map(clock::Clock::ring);
+        let removed = self
+            .map
+            .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
+                removable(&record.lock())
+            });
+        if let (Some((_, record)), Some(ring)) = (&removed, &mut ring) {
+            ring.removed(record);
+        }
+        removed.is_some()
     }
 
     /// Removes the record at `key` if it holds no value and its key is free
     /// (see [`Stored::vacant`]), as checked again under its shard's lock.
     fn remove_vacant(&self, key: &str) {
-        self.map
-            .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
-                record.lock().vacant()
-            });
+        self.remove_if(key, Stored::vacant);
     }
 
     /// Removes the record at `key`, or only its value while an update holds
     /// the key (the lock stays with the record).
     fn delete(&self, key: &str) {
         loop {
-            if self
-                .map
-                .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
-                    record.lock().lock == RecordLock::Free
-                })
-                .is_some()
-            {
+            if self.remove_if(key, |stored| stored.lock == RecordLock::Free) {
                 return;
             }
             let Some(record) = self.get(key) else {
@@ -928,10 +895,10 @@ impl Unbounded {
     }
 }
 
-/// The keys of the unbounded store are locked in their records. The lock
+/// The keys of a memory store are locked in their records. The lock
 /// order is record, then table, never the other way: the table never
 /// reaches into the records.
-impl KeyHome for Unbounded {
+impl KeyHome for Records {
     fn table(&self) -> &KeyLocks {
         self.locks()
     }
@@ -1156,12 +1123,11 @@ impl Default for MemoryStorage {
 
 impl std::fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &self.records {
-            Records::Unbounded(_) => "unbounded",
-            Records::Bounded(..) => "bounded",
-        };
         f.debug_struct("MemoryStorage")
-            .field("kind", &kind)
+            .field(
+                "max_records",
+                &self.records.bound.as_ref().map(clock::Clock::max_records),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -1205,26 +1171,14 @@ impl Storage for MemoryStorage {
             more: false,
             with_values,
         };
-        match &self.records {
-            Records::Unbounded(unbounded) => {
-                for entry in unbounded.map.iter() {
-                    collector.offer(entry.key().as_str(), &entry.value().lock());
-                }
-            }
-            Records::Bounded(bounded) => {
-                bounded.for_each(|key, stored| collector.offer(key, stored))
-            }
+        for entry in self.records.map.iter() {
+            collector.offer(entry.key().as_str(), &entry.value().lock());
         }
         collector.page(prefix)
     }
 
     async fn restore(&self, records: &[Restore]) -> Result<Vec<RestoreOutcome>, StorageError> {
         let now = Now::lazy();
-        let newer = |current: Option<&Stored>, restore: &Restore| {
-            current
-                .filter(|stored| stored.present)
-                .is_none_or(|stored| stored.version < restore.record.version)
-        };
         let outcomes = records
             .iter()
             .map(|restore| {
@@ -1234,34 +1188,21 @@ impl Storage for MemoryStorage {
                     restore.ttl,
                     &now,
                 );
-                match &self.records {
-                    Records::Unbounded(unbounded) => {
-                        if restore.ttl.is_some() {
-                            unbounded.expiring.store(true, Ordering::Relaxed);
-                        }
-                        match unbounded
-                            .map
-                            .entry(MapKey::new(restore.key.shared().clone()))
-                        {
-                            Entry::Occupied(entry) => {
-                                let mut current = entry.get().lock();
-                                match newer(Some(&current), restore) {
-                                    true => {
-                                        // The key's lock stays with its record.
-                                        let lock = current.lock;
-                                        *current = Stored { lock, ..stored };
-                                        RestoreOutcome::Restored
-                                    }
-                                    false => RestoreOutcome::Skipped,
-                                }
-                            }
-                            Entry::Vacant(entry) => {
-                                entry.insert(Arc::new(Mutex::new(stored)));
-                                RestoreOutcome::Restored
-                            }
-                        }
+                if restore.ttl.is_some() {
+                    self.records.expiring.store(true, Ordering::Relaxed);
+                }
+                // A record made here holds no value: it is always restored
+                // (never left vacant).
+                let found = self.records.record(restore.key.as_str());
+                let mut current = found.lock();
+                match !current.present || current.version < restore.record.version {
+                    true => {
+                        // The key's lock stays with its record.
+                        let lock = current.lock;
+                        *current = Stored { lock, ..stored };
+                        RestoreOutcome::Restored
                     }
-                    Records::Bounded(bounded) => bounded.restore(restore, stored, newer),
+                    false => RestoreOutcome::Skipped,
                 }
             })
             .collect();
@@ -1328,11 +1269,8 @@ mod tests {
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         storage.write(&[put("kept", None, None)]).await.unwrap();
-        let Records::Unbounded(unbounded) = &storage.records else {
-            panic!("new() is unbounded");
-        };
-        assert!(unbounded.get("test:gone").is_none());
-        assert!(unbounded.get("test:kept").is_some());
+        assert!(storage.records.get("test:gone").is_none());
+        assert!(storage.records.get("test:kept").is_some());
     }
 
     #[tokio::test]
@@ -1359,10 +1297,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let Records::Bounded(bounded) = &storage.records else {
-            panic!("with_capacity is bounded");
-        };
-        bounded.run_pending_tasks();
         for user in 0..20 {
             let found = storage
                 .load(&[key(&format!("newcomer{user}"))])
@@ -1371,6 +1305,147 @@ mod tests {
             assert!(found[0].is_some(), "newcomer {user} lost its session");
         }
         assert!(storage.len() <= 100, "{} records", storage.len());
+    }
+
+    /// Whether a record is stored at `scope`, without using it.
+    fn stored(storage: &MemoryStorage, scope: &str) -> bool {
+        storage
+            .records
+            .get(key(scope).as_str())
+            .is_some_and(|record| record.lock().present)
+    }
+
+    fn assert_ring_mirrors_map(storage: &MemoryStorage) {
+        let bound = storage.records.bound.as_ref().expect("bounded");
+        bound.ring().assert_mirrors(&storage.records.map);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_store_evicts_the_record_unused_the_longest() {
+        let storage = MemoryStorage::with_capacity(3);
+        for scope in ["a", "b", "c"] {
+            storage.write(&[put(scope, None, None)]).await.unwrap();
+        }
+        storage.load(&[key("a")]).await.unwrap();
+        storage.write(&[put("d", None, None)]).await.unwrap();
+        assert!(!stored(&storage, "b"), "b: made first of the unused");
+        assert!(stored(&storage, "a") && stored(&storage, "c") && stored(&storage, "d"));
+        storage.write(&[put("e", None, None)]).await.unwrap();
+        assert!(!stored(&storage, "c"), "c: made before d and e, never used");
+        storage.write(&[put("f", None, None)]).await.unwrap();
+        assert!(
+            !stored(&storage, "a"),
+            "a: last used before d, e and f were made"
+        );
+        for scope in ["d", "e", "f"] {
+            assert!(stored(&storage, scope), "{scope}");
+        }
+        assert_eq!(storage.len(), 3);
+        assert_ring_mirrors_map(&storage);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_store_counts_an_update_as_a_use_and_keeps_its_newcomer() {
+        let storage = MemoryStorage::with_capacity(2);
+        let home = storage.key_home(&Arc::default());
+        for (scope, update) in [("1", 1), ("2", 2), ("1", 3), ("3", 4)] {
+            let taken = take(&home, scope, update).await;
+            let version = storage.load(&[key(scope)]).await.unwrap()[0]
+                .as_ref()
+                .map(|record| record.version);
+            storage.write(&[put(scope, version, None)]).await.unwrap();
+            drop(taken);
+        }
+        assert!(!stored(&storage, "2"), "user 2 was idle the longest");
+        assert!(stored(&storage, "1") && stored(&storage, "3"));
+        assert_ring_mirrors_map(&storage);
+    }
+
+    #[tokio::test]
+    async fn a_held_record_is_never_evicted() {
+        let storage = MemoryStorage::with_capacity(1);
+        let home = storage.key_home(&Arc::default());
+        storage.write(&[put("held", None, None)]).await.unwrap();
+        let held = take(&home, "held", 1).await;
+        for scope in ["b", "c"] {
+            storage.write(&[put(scope, None, None)]).await.unwrap();
+        }
+        assert!(stored(&storage, "held"), "its update writes there");
+        assert!(!stored(&storage, "b") && stored(&storage, "c"));
+        assert_eq!(storage.len(), 2, "over the bound while the key is held");
+        drop(held);
+        storage.write(&[put("d", None, None)]).await.unwrap();
+        assert!(!stored(&storage, "held") && stored(&storage, "d"));
+        assert_eq!(storage.len(), 1);
+        assert_ring_mirrors_map(&storage);
+    }
+
+    #[tokio::test]
+    async fn records_deleted_or_swept_give_their_place_back() {
+        let storage = MemoryStorage::of(Duration::ZERO, Some(clock::Clock::new(2)));
+        storage.write(&[put("deleted", None, None)]).await.unwrap();
+        storage
+            .write(&[Write::Delete {
+                key: key("deleted"),
+            }])
+            .await
+            .unwrap();
+        storage
+            .write(&[put("expired", None, Some(Duration::from_millis(1)))])
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        for scope in ["b", "c"] {
+            storage.write(&[put(scope, None, None)]).await.unwrap();
+        }
+        assert!(
+            stored(&storage, "b") && stored(&storage, "c"),
+            "no room lost"
+        );
+        assert_eq!(storage.records.map.len(), 2);
+        assert_ring_mirrors_map(&storage);
+    }
+
+    /// Updates of many users over few places, from two threads and with
+    /// reads, writes and deletes through the trait in between: the store
+    /// stays within its bound once they end, and its ring mirrors its map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bounded_store_under_load_keeps_its_bound_and_its_ring() {
+        let storage = MemoryStorage::with_capacity(8);
+        let home = storage.key_home(&Arc::default());
+        let tasks: Vec<_> = (0..4u64)
+            .map(|task| {
+                let (storage, home) = (storage.clone(), Arc::clone(&home));
+                tokio::spawn(async move {
+                    for round in 0..200u64 {
+                        let scope = ((task * 7 + round * 3) % 20).to_string();
+                        let update = task * 1_000 + round + 1;
+                        let taken =
+                            crate::lock::lock(&home, key(&scope).shared(), taker(update), WAIT)
+                                .await
+                                .unwrap();
+                        let version = storage.load(&[key(&scope)]).await.unwrap()[0]
+                            .as_ref()
+                            .map(|record| record.version);
+                        let write = match round % 5 {
+                            4 => Write::Delete { key: key(&scope) },
+                            _ => put(&scope, version, None),
+                        };
+                        storage.write(&[write]).await.unwrap();
+                        drop(taken);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(
+            storage.records.map.len() <= 8,
+            "{}",
+            storage.records.map.len()
+        );
+        assert_ring_mirrors_map(&storage);
     }
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -1412,28 +1487,25 @@ mod tests {
         storage: &MemoryStorage,
         key: UpdateKey<'a>,
         taker: Taker,
-    ) -> Result<Claimed<T>, UpdateKey<'a>> {
+    ) -> Claimed<T> {
         storage
             .claim_typed(key, taker, |mut taken| {
                 Claimed::Taken(taken.key(), taken.claim(), taken.found(), taken.record())
             })
-            .map(|taken| taken.unwrap_or(Claimed::Busy))
+            .unwrap_or(Claimed::Busy)
     }
 
-    /// An unbounded store, where updates lock keys in their records, and
+    /// An store store, where updates lock keys in their records, and
     /// that home.
-    fn records() -> (MemoryStorage, Arc<Unbounded>, Arc<dyn KeyHome>) {
+    fn records() -> (MemoryStorage, Arc<Records>, Arc<dyn KeyHome>) {
         let storage = MemoryStorage::new();
         let home = storage.key_home(&Arc::default());
-        let Records::Unbounded(unbounded) = &storage.records else {
-            panic!("new() is unbounded");
-        };
-        let unbounded = Arc::clone(unbounded);
-        (storage, unbounded, home)
+        let records = Arc::clone(&storage.records);
+        (storage, records, home)
     }
 
-    fn lock_of(unbounded: &Unbounded, scope: &str) -> Option<RecordLock> {
-        unbounded
+    fn lock_of(store: &Records, scope: &str) -> Option<RecordLock> {
+        store
             .get(key(scope).as_str())
             .map(|record| record.lock().lock)
     }
@@ -1449,7 +1521,7 @@ mod tests {
     /// queues (the record says so), and its task ends once it gets the key.
     async fn queue_behind(
         home: &Arc<dyn KeyHome>,
-        unbounded: &Unbounded,
+        store: &Records,
         scope: &'static str,
         update: u64,
     ) -> tokio::task::JoinHandle<Result<(), LockError>> {
@@ -1461,7 +1533,7 @@ mod tests {
                     .map(drop)
             }
         });
-        while lock_of(unbounded, scope) != Some(RecordLock::Queued) {
+        while lock_of(store, scope) != Some(RecordLock::Queued) {
             tokio::task::yield_now().await;
         }
         waiter
@@ -1469,10 +1541,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_key_with_nothing_stored_is_invisible_and_goes_with_its_lock() {
-        let (storage, unbounded, home) = records();
+        let (storage, store, home) = records();
         let held = take(&home, "new", 1).await;
         assert_eq!(
-            lock_of(&unbounded, "new"),
+            lock_of(&store, "new"),
             Some(RecordLock::Held(taker(1).holder()))
         );
         assert_eq!(storage.load(&[key("new")]).await.unwrap(), [None]);
@@ -1483,15 +1555,12 @@ mod tests {
             .unwrap();
         assert!(page.entries.is_empty(), "{page:?}");
         drop(held);
-        assert!(
-            unbounded.map.is_empty(),
-            "the placeholder goes with the lock"
-        );
+        assert!(store.map.is_empty(), "the placeholder goes with the lock");
     }
 
     #[tokio::test]
     async fn an_update_finds_by_its_key_s_parts_the_record_written_by_text() {
-        let (storage, unbounded, _home) = records();
+        let (storage, store, _home) = records();
         storage.write(&[put("-42", None, None)]).await.unwrap();
         let namespace = SmolStr::new("test:");
         let by_id = |id| {
@@ -1503,7 +1572,7 @@ mod tests {
         };
         let (claim, found) =
             match claim_in_record::<Plain>(&storage, by_id(Id::signed(-42)), taker(1)) {
-                Ok(Claimed::Taken(key, claim, found, _)) => {
+                Claimed::Taken(key, claim, found, _) => {
                     assert_eq!(key, self::key("-42"));
                     assert_eq!(key.scope_key(), "-42");
                     (claim, found)
@@ -1513,31 +1582,31 @@ mod tests {
         assert!(matches!(found, Ok(Found::Record(_))), "the written record");
         assert!(matches!(
             claim_in_record::<Plain>(&storage, UpdateKey::Built(key("-42")), taker(2)),
-            Ok(Claimed::Busy)
+            Claimed::Busy
         ));
         drop(claim);
         // A key with nothing stored is made once, found by text after.
-        let Ok(Claimed::Taken(key, ..)) =
+        let Claimed::Taken(key, ..) =
             claim_in_record::<Plain>(&storage, by_id(Id::unsigned(7)), taker(3))
         else {
             panic!("a new key is taken");
         };
         assert_eq!(key.as_str(), "test:7");
-        assert!(unbounded.get("test:7").is_some());
+        assert!(store.get("test:7").is_some());
     }
 
     #[test]
     fn a_key_taken_but_never_claimed_is_free_again() {
-        let (storage, unbounded, _home) = records();
+        let (storage, store, _home) = records();
         let key = || UpdateKey::Built(key("a"));
         assert!(matches!(
             storage.claim_typed(key(), taker(1), |_| ()),
-            Ok(Some(()))
+            Some(())
         ));
-        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        assert_eq!(lock_of(&store, "a"), Some(RecordLock::Free));
         assert!(matches!(
             claim_in_record::<Plain>(&storage, key(), taker(2)),
-            Ok(Claimed::Taken(..))
+            Claimed::Taken(..)
         ));
     }
 
@@ -1545,7 +1614,7 @@ mod tests {
     fn a_built_key_taken_keeps_where_its_scope_key_starts() {
         let (storage, _unbounded, _home) = records();
         let built = key("-100:42");
-        let Ok(Claimed::Taken(taken, ..)) =
+        let Claimed::Taken(taken, ..) =
             claim_in_record::<Plain>(&storage, UpdateKey::Built(built.clone()), taker(1))
         else {
             panic!("a free key is taken");
@@ -1556,10 +1625,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_update_queues_in_the_table_and_the_key_comes_back_free() {
-        let (storage, unbounded, home) = records();
+        let (storage, store, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
         let first = match claim_in_record::<Plain>(&storage, UpdateKey::Built(key("a")), taker(1)) {
-            Ok(Claimed::Taken(_, claim, found, _)) => {
+            Claimed::Taken(_, claim, found, _) => {
                 assert!(found.is_ok());
                 claim
             }
@@ -1567,17 +1636,17 @@ mod tests {
         };
         assert!(matches!(
             claim_in_record::<Plain>(&storage, UpdateKey::Built(key("a")), taker(2)),
-            Ok(Claimed::Busy)
+            Claimed::Busy
         ));
-        let second = queue_behind(&home, &unbounded, "a", 2).await;
+        let second = queue_behind(&home, &store, "a", 2).await;
         // The same update asking again fails at once, queued or not.
         let again = crate::lock::lock(&home, key("a").shared(), taker(1), WAIT).await;
         assert!(matches!(again, Err(LockError::HeldByThisUpdate { .. })));
         let mut first = first;
         home.give_back(&mut first);
         assert!(second.await.unwrap().is_ok());
-        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
-        assert_eq!(unbounded.locks().len(), 0, "the table let the key go");
+        assert_eq!(lock_of(&store, "a"), Some(RecordLock::Free));
+        assert_eq!(store.locks().len(), 0, "the table let the key go");
     }
 
     /// The record an update took its key in stays the map's while the key
@@ -1585,11 +1654,11 @@ mod tests {
     /// through it writes the map's record; the key is free afterwards.
     #[tokio::test]
     async fn a_commit_writes_through_the_record_its_update_took() {
-        let (storage, unbounded, _home) = records();
+        let (storage, store, _home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
         let (mut claim, held) =
             match claim_in_record::<Plain>(&storage, UpdateKey::Built(key("a")), taker(1)) {
-                Ok(Claimed::Taken(_, claim, _, held)) => (claim, held),
+                Claimed::Taken(_, claim, _, held) => (claim, held),
                 _ => panic!("a free key is taken"),
             };
         storage
@@ -1597,7 +1666,7 @@ mod tests {
             .await
             .unwrap();
         let in_map = |held: &HeldRecord| {
-            unbounded
+            store
                 .get(key("a").as_str())
                 .is_some_and(|record| Arc::ptr_eq(&record, &held.0))
         };
@@ -1608,7 +1677,7 @@ mod tests {
         };
         assert!(claim.is_released(), "the write freed the key");
         assert!(in_map(&held));
-        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        assert_eq!(lock_of(&store, "a"), Some(RecordLock::Free));
         let loaded = storage.load(&[key("a")]).await.unwrap();
         assert_eq!(
             loaded[0].as_ref().map(|record| record.version),
@@ -1637,7 +1706,7 @@ mod tests {
 
         fn commit<T: Session>(storage: &MemoryStorage, scope: &str, value: T) -> u64 {
             let taken = claim_in_record::<T>(storage, UpdateKey::Built(key(scope)), taker(1));
-            let Ok(Claimed::Taken(_, mut claim, _, held)) = taken else {
+            let Claimed::Taken(_, mut claim, _, held) = taken else {
                 panic!("a free key is taken");
             };
             match held.commit(storage, value, None, None, &mut claim) {
@@ -1679,7 +1748,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_through_its_record_writes_the_next_version_or_is_refused_cleanly() {
-        let (storage, unbounded, _home) = records();
+        let (storage, store, _home) = records();
         let first = storage.write(&[put("a", None, None)]).await.unwrap();
         let [WriteOutcome::Written { version }] = first[..] else {
             panic!("written: {first:?}");
@@ -1689,7 +1758,7 @@ mod tests {
             UpdateKey::Built(key("a")),
             taker(update),
         ) {
-            Ok(Claimed::Taken(_, claim, _, held)) => (claim, held),
+            Claimed::Taken(_, claim, _, held) => (claim, held),
             _ => panic!("a free key is taken"),
         };
         let (mut claim, held) = take(1);
@@ -1697,7 +1766,7 @@ mod tests {
         let next = Write::next_version(Some(version));
         assert_eq!(written, Some(Ok(next)), "the version after the one loaded");
         assert!(claim.is_released(), "the write freed the key");
-        assert_eq!(lock_of(&unbounded, "a"), Some(RecordLock::Free));
+        assert_eq!(lock_of(&store, "a"), Some(RecordLock::Free));
         let (mut claim, held) = take(2);
         storage
             .write(&[Write::Delete { key: key("a") }])
@@ -1711,30 +1780,27 @@ mod tests {
         );
         assert!(claim.is_released(), "a refused write frees the key too");
         assert!(
-            unbounded.map.is_empty(),
+            store.map.is_empty(),
             "the emptied record went with the key's lock"
         );
     }
 
     #[tokio::test]
     async fn a_cancelled_waiter_leaves_neither_record_nor_table_entry() {
-        let (_storage, unbounded, home) = records();
+        let (_storage, store, home) = records();
         let held = take(&home, "new", 1).await;
-        let waiter = queue_behind(&home, &unbounded, "new", 2).await;
+        let waiter = queue_behind(&home, &store, "new", 2).await;
         waiter.abort();
         assert!(waiter.await.is_err(), "cancelled");
-        assert_eq!(lock_of(&unbounded, "new"), Some(RecordLock::Queued));
+        assert_eq!(lock_of(&store, "new"), Some(RecordLock::Queued));
         drop(held);
-        assert!(
-            unbounded.map.is_empty(),
-            "the key's record went with its lock"
-        );
-        assert_eq!(unbounded.locks().len(), 0);
+        assert!(store.map.is_empty(), "the key's record went with its lock");
+        assert_eq!(store.locks().len(), 0);
     }
 
     #[tokio::test]
     async fn deleting_a_held_record_keeps_its_lock() {
-        let (storage, unbounded, home) = records();
+        let (storage, store, home) = records();
         storage.write(&[put("a", None, None)]).await.unwrap();
         let held = take(&home, "a", 1).await;
         storage
@@ -1744,19 +1810,17 @@ mod tests {
         assert_eq!(storage.load(&[key("a")]).await.unwrap(), [None]);
         assert!(matches!(
             claim_in_record::<Plain>(&storage, UpdateKey::Built(key("a")), taker(2)),
-            Ok(Claimed::Busy)
+            Claimed::Busy
         ));
         drop(held);
-        assert!(unbounded.map.is_empty());
+        assert!(store.map.is_empty());
     }
 
     #[tokio::test]
     async fn the_sweep_keeps_a_held_record_that_expired() {
         let storage = MemoryStorage::unbounded(Duration::ZERO);
         let home = storage.key_home(&Arc::default());
-        let Records::Unbounded(unbounded) = &storage.records else {
-            panic!("unbounded");
-        };
+        let store = &storage.records;
         storage
             .write(&[put("a", None, Some(Duration::from_millis(1)))])
             .await
@@ -1765,11 +1829,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         storage.write(&[put("other", None, None)]).await.unwrap();
         assert_eq!(
-            lock_of(unbounded, "a"),
+            lock_of(store, "a"),
             Some(RecordLock::Held(taker(1).holder()))
         );
         drop(held);
         storage.write(&[put("other2", None, None)]).await.unwrap();
-        assert!(unbounded.get("test:a").is_none(), "swept once free");
+        assert!(store.get("test:a").is_none(), "swept once free");
     }
 }

@@ -78,7 +78,7 @@ pub struct MemoryStorage {
 /// The records of a memory storage, bounded or not.
 struct Records {
     /// Found by text, or by an update's key's parts (see [`UpdateKey`]).
-    map: DashMap<MapKey, SharedRecord, foldhash::fast::RandomState>,
+    map: Map,
     created: Instant,
     /// Milliseconds after `created` when expired records may next be swept.
     next_sweep_ms: AtomicU64,
@@ -105,6 +105,9 @@ struct Records {
 /// key is free), and a record is removed, or looked up to be taken, under
 /// its shard's lock.
 type SharedRecord = Arc<Mutex<Stored>>;
+
+/// The records by key.
+type Map = DashMap<MapKey, SharedRecord, foldhash::fast::RandomState>;
 
 /// The record an update's commit writes in, with no second access to the
 /// map: the record the update took its key in (see [`SharedRecord`]).

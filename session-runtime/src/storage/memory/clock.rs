@@ -22,14 +22,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
-use super::{RecordLock, SharedRecord};
-
-/// The map a ring mirrors.
-type Map = DashMap<MapKey, SharedRecord, foldhash::fast::RandomState>;
+use super::{Map, RecordLock, SharedRecord};
 
 /// How many records a bounded map keeps, and its ring.
 pub(super) struct Clock {

@@ -201,7 +201,7 @@ impl HeldRecord {
 struct Stored {
     value: Value,
     version: u64,
-    ttl: Option<Duration>,
+    /// When it expires, from the TTL it was written with.
     expires_at: Option<Instant>,
     /// Whether the record holds a value: a held key with nothing stored
     /// keeps a record that holds none, for its lock.
@@ -231,7 +231,6 @@ impl Stored {
         Self {
             value,
             version,
-            ttl,
             expires_at: expiry(ttl, now),
             present: true,
             used: false,
@@ -244,7 +243,6 @@ impl Stored {
         Self {
             value: Value::Encoded(bytes::Bytes::new()),
             version: 0,
-            ttl: None,
             expires_at: None,
             present: false,
             used: false,
@@ -328,7 +326,6 @@ impl Stored {
         self.used |= self.present;
         self.present = true;
         self.version = version;
-        self.ttl = ttl;
         self.expires_at = expiry(ttl, now);
     }
 }

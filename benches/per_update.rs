@@ -18,7 +18,8 @@
 //!   `memory-read` (the session read, not changed; every user's stored first),
 //!   `memory-read-new` (the same with nothing stored);
 //! - `bounded`, `bounded-4`: the same on `MemoryStorage::with_capacity`
-//!   (room for every user's records);
+//!   (room for every user's records); `bounded-full`, one session with
+//!   room for half the users (every update evicts a record and makes one);
 //! - `teloxide`: `Dialogue::get_or_default` + `Dialogue::update` on
 //!   `InMemStorage`;
 //! - `redis`, `redis-4` (a `redis-server` this process starts; the client's
@@ -47,7 +48,7 @@ use workload::{
 };
 
 fn main() {
-    let usage = "usage: per_update <memory|memory-eq|memory-4|memory-lazy|memory-read|memory-read-new|bounded|bounded-4|teloxide|redis|redis-4|sqlite|sqlite-4\
+    let usage = "usage: per_update <memory|memory-eq|memory-4|memory-lazy|memory-read|memory-read-new|bounded|bounded-4|bounded-full|teloxide|redis|redis-4|sqlite|sqlite-4\
                  |dispatch|dispatch-teloxide|dispatch-floor> <updates>";
     let mut args = std::env::args().skip(1);
     let workload = args.next().expect(usage);
@@ -71,10 +72,11 @@ fn main() {
                     .unwrap(),
             ),
             "bounded" | "bounded-4" => Arc::new(MemoryStorage::with_capacity(100_000)),
+            "bounded-full" => Arc::new(MemoryStorage::with_capacity(workload::USERS / 2)),
             _ => Arc::new(MemoryStorage::new()),
         };
         match workload.as_str() {
-            "memory" | "bounded" | "redis" | "sqlite" => {
+            "memory" | "bounded" | "bounded-full" | "redis" | "sqlite" => {
                 let manager = manager(storage, false);
                 for _ in 0..updates {
                     ours_one(&manager, next_user(&user)).await;

@@ -212,6 +212,9 @@ struct Stored {
     /// the records the hand finds unused, the one it reaches first is the
     /// one made or used the longest ago.
     used: bool,
+    /// Its place in the bound's ring (see `clock`), kept whatever is
+    /// written in the record; unused in an unbounded map.
+    place: u32,
     lock: RecordLock,
 }
 
@@ -234,6 +237,7 @@ impl Stored {
             expires_at: expiry(ttl, now),
             present: true,
             used: false,
+            place: 0,
             lock: RecordLock::Free,
         }
     }
@@ -246,14 +250,16 @@ impl Stored {
             expires_at: None,
             present: false,
             used: false,
+            place: 0,
             lock: RecordLock::Free,
         }
     }
 
-    /// Drops the value, keeping the key's lock.
+    /// Drops the value, keeping the key's lock and the record's place.
     fn clear_value(&mut self) {
         *self = Self {
             lock: self.lock,
+            place: self.place,
             ..Self::placeholder()
         };
     }
@@ -633,12 +639,10 @@ impl Records {
             let mut ring = self.bound.as_ref().map(clock::Clock::ring);
             // A held key keeps its record (invisible once expired) for its lock.
             self.map.retain(|_, record| {
-                let kept = {
-                    let stored = record.lock();
-                    stored.live(now) || stored.lock != RecordLock::Free
-                };
+                let stored = record.lock();
+                let kept = stored.live(now) || stored.lock != RecordLock::Free;
                 if let (false, Some(ring)) = (kept, &mut ring) {
-                    ring.removed(record);
+                    ring.empty_place(stored.place);
                 }
                 kept
             });
@@ -837,9 +841,13 @@ impl Records {
     // Never inlined: only a key's first update comes here.
     #[inline(never)]
     fn insert_placeholder(&self, key: MapKey) -> MapRef<'_> {
-        let new = || Arc::new(Mutex::new(Stored::placeholder()));
+        let new = |stored| Arc::new(Mutex::new(stored));
         let Some(bound) = &self.bound else {
-            return self.map.entry(key).or_insert_with(new).downgrade();
+            return self
+                .map
+                .entry(key)
+                .or_insert_with(|| new(Stored::placeholder()))
+                .downgrade();
         };
         let mut ring = bound.ring();
         // The ring's lock orders every insertion: if the key is not there
@@ -849,24 +857,31 @@ impl Records {
         }
         // Made before the key's shard is locked: eviction locks shards.
         ring.make_room(&self.map, bound.max_records());
-        let inserted = self.map.entry(key.clone()).or_insert_with(new);
-        ring.admitted(key, inserted.value());
-        inserted.downgrade()
+        let place = ring.take_place(key.clone());
+        let record = new(Stored {
+            place,
+            ..Stored::placeholder()
+        });
+        self.map.entry(key).insert(record).downgrade()
     }
 
     /// Removes the record at `key` if `removable` says so of it, as checked
     /// under its shard's lock; and its place in a bounded map's ring.
     fn remove_if(&self, key: &str, removable: impl FnOnce(&Stored) -> bool) -> bool {
         let mut ring = self.bound.as_ref().map(clock::Clock::ring);
+        let mut place = 0;
         let removed = self
             .map
             .remove_if(&TextKey::new(key) as &dyn KeyView, |_, record| {
-                removable(&record.lock())
-            });
-        if let (Some((_, record)), Some(ring)) = (&removed, &mut ring) {
-            ring.removed(record);
+                let stored = record.lock();
+                place = stored.place;
+                removable(&stored)
+            })
+            .is_some();
+        if let (true, Some(ring)) = (removed, &mut ring) {
+            ring.empty_place(place);
         }
-        removed.is_some()
+        removed
     }
 
     /// Removes the record at `key` if it holds no value and its key is free
@@ -1197,9 +1212,13 @@ impl Storage for MemoryStorage {
                 let mut current = found.lock();
                 match !current.present || current.version < restore.record.version {
                     true => {
-                        // The key's lock stays with its record.
-                        let lock = current.lock;
-                        *current = Stored { lock, ..stored };
+                        // The key's lock and the record's place stay.
+                        let (lock, place) = (current.lock, current.place);
+                        *current = Stored {
+                            lock,
+                            place,
+                            ..stored
+                        };
                         RestoreOutcome::Restored
                     }
                     false => RestoreOutcome::Skipped,

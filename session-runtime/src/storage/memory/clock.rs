@@ -15,17 +15,15 @@
 //! The ring changes only when the map gains or loses a record, under its
 //! lock, which is taken before any of the map's shards (and a shard's
 //! before a record's): every insertion and removal of a bounded map goes
-//! through [`Clock::ring`].
+//! through [`Clock::ring`]. So a place's key finds the place's record: a
+//! key's record leaves the map, and its place, before a new one comes.
 //!
 //! [`MemoryStorage::with_capacity`]: super::MemoryStorage::with_capacity
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
-use super::{Map, RecordLock, SharedRecord};
+use super::{Map, RecordLock};
 
 /// How many records a bounded map keeps, and its ring.
 pub(super) struct Clock {
@@ -33,30 +31,18 @@ pub(super) struct Clock {
     ring: Mutex<Ring>,
 }
 
-/// The map's records in the order the hand visits them.
+/// The keys of the map's records, in the order the hand visits them. Each
+/// record knows its place (`Stored::place`), for its removal to empty it.
 pub(super) struct Ring {
     /// One per record of the map; a place whose record left the map is
     /// empty until a new record takes it.
-    places: Vec<Option<Place>>,
+    places: Vec<Option<MapKey>>,
     /// The empty places, taken before the ring grows.
-    empty: Vec<usize>,
-    /// Where each record has its place, by the record's address (its
-    /// allocation stays while the map holds it, and the map holds it as
-    /// long as it has a place).
-    by_record: HashMap<usize, usize, foldhash::fast::RandomState>,
+    empty: Vec<u32>,
+    /// How many places are taken: how many records the map holds.
+    taken: usize,
     /// The next place to look at.
     hand: usize,
-}
-
-/// A record of the map, as its key finds it.
-struct Place {
-    key: MapKey,
-    record: usize,
-}
-
-/// The address a record is known by in the ring.
-fn address(record: &SharedRecord) -> usize {
-    Arc::as_ptr(record) as usize
 }
 
 impl Clock {
@@ -68,7 +54,7 @@ impl Clock {
             ring: Mutex::new(Ring {
                 places: Vec::new(),
                 empty: Vec::new(),
-                by_record: HashMap::default(),
+                taken: 0,
                 hand: 0,
             }),
         }
@@ -86,11 +72,6 @@ impl Clock {
 }
 
 impl Ring {
-    /// How many records the map holds.
-    pub(super) fn len(&self) -> usize {
-        self.by_record.len()
-    }
-
     /// Evicts records from `map` until it holds fewer than `max_records`:
     /// the hand clears the use flag of each record used since it last
     /// passed, and evicts the first that was not. A record whose key an
@@ -100,94 +81,90 @@ impl Ring {
     pub(super) fn make_room(&mut self, map: &Map, max_records: usize) {
         // Two turns: the first may only clear flags.
         let mut steps = self.places.len().saturating_mul(2);
-        while self.len() >= max_records && steps > 0 {
+        while self.taken >= max_records && steps > 0 {
             steps -= 1;
             if self.hand >= self.places.len() {
                 self.hand = 0;
             }
             let here = self.hand;
             self.hand += 1;
-            let Some(place) = &self.places[here] else {
+            let Some(key) = &self.places[here] else {
                 continue;
             };
-            if Self::evict(map, place) {
-                self.empty_place(here);
+            if Self::evict(map, key) {
+                self.empty(here);
             }
         }
     }
 
-    /// Whether `place`'s record left the map: evicted now, or gone before
-    /// (which the ring is never left to find: kept for safety).
-    fn evict(map: &Map, place: &Place) -> bool {
-        let unused = match map.get(&place.key) {
-            Some(entry) if address(entry.value()) == place.record => {
+    /// Whether the record at `key` left the map: evicted now, or gone
+    /// before (which the ring is never left to find: kept for safety).
+    fn evict(map: &Map, key: &MapKey) -> bool {
+        let unused = match map.get(key) {
+            Some(entry) => {
                 let mut stored = entry.value().lock();
                 let free = stored.lock == RecordLock::Free;
                 let used = std::mem::replace(&mut stored.used, false);
                 free && !used
             }
-            _ => return true,
+            None => return true,
         };
         // Looked at again under the shard's write lock: an update may have
         // taken the key since.
         unused
             && map
-                .remove_if(&place.key, |_, record| {
-                    address(record) == place.record && record.lock().lock == RecordLock::Free
-                })
+                .remove_if(key, |_, record| record.lock().lock == RecordLock::Free)
                 .is_some()
     }
 
-    /// Gives `record`, just put into the map at `key`, a place: the one an
-    /// eviction just emptied (behind the hand: the last it reaches, so a
-    /// new record has a whole turn to be used), or another empty one, or a
-    /// new one at the end while the map grows.
-    pub(super) fn admitted(&mut self, key: MapKey, record: &SharedRecord) {
-        let record = address(record);
-        let place = Some(Place { key, record });
-        let at = match self.empty.pop() {
+    /// A place for a record about to be put into the map at `key`: the
+    /// one an eviction just emptied (behind the hand: the last it reaches,
+    /// so a new record has a whole turn to be used), or another empty one,
+    /// or a new one at the end while the map grows. The record keeps it.
+    pub(super) fn take_place(&mut self, key: MapKey) -> u32 {
+        self.taken += 1;
+        match self.empty.pop() {
             Some(at) => {
-                self.places[at] = place;
+                self.places[at as usize] = Some(key);
                 at
             }
             None => {
-                self.places.push(place);
-                self.places.len() - 1
+                self.places.push(Some(key));
+                // A map holds far fewer than 4 billion records.
+                u32::try_from(self.places.len() - 1).unwrap_or(u32::MAX)
             }
-        };
-        self.by_record.insert(record, at);
-    }
-
-    /// Empties the place of `record`, just removed from the map.
-    pub(super) fn removed(&mut self, record: &SharedRecord) {
-        if let Some(&at) = self.by_record.get(&address(record)) {
-            self.empty_place(at);
         }
     }
 
-    fn empty_place(&mut self, at: usize) {
-        if let Some(place) = self.places[at].take() {
-            self.by_record.remove(&place.record);
-            self.empty.push(at);
+    /// Empties the place `at` of a record just removed from the map.
+    pub(super) fn empty_place(&mut self, at: u32) {
+        self.empty(at as usize);
+    }
+
+    fn empty(&mut self, at: usize) {
+        if let Some(place) = self.places.get_mut(at)
+            && place.take().is_some()
+        {
+            self.taken -= 1;
+            // At most as many empty places as places: well within `u32`.
+            self.empty.push(u32::try_from(at).unwrap_or(u32::MAX));
         }
     }
 }
 
 #[cfg(test)]
 impl Ring {
-    /// Panics unless the ring mirrors `map`: one place per record, found by
-    /// its address, holding its key.
+    /// Panics unless the ring mirrors `map`: one place per record, the
+    /// record's own, holding its key.
     #[allow(clippy::panic)]
     pub(super) fn assert_mirrors(&self, map: &Map) {
-        assert_eq!(self.len(), map.len(), "one place per record");
+        assert_eq!(self.taken, map.len(), "one place per record");
         for entry in map.iter() {
-            let Some(&at) = self.by_record.get(&address(entry.value())) else {
-                panic!("{} has no place", entry.key().as_str());
-            };
-            let Some(place) = &self.places[at] else {
+            let at = entry.value().lock().place as usize;
+            let Some(Some(key)) = self.places.get(at) else {
                 panic!("{}'s place is empty", entry.key().as_str());
             };
-            assert_eq!(place.key.as_str(), entry.key().as_str());
+            assert_eq!(key.as_str(), entry.key().as_str());
         }
         let empty = self.places.iter().filter(|place| place.is_none()).count();
         assert_eq!(empty, self.empty.len(), "every empty place is listed");

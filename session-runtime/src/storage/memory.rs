@@ -819,7 +819,7 @@ impl Records {
     /// a new one without a value if there was none (a held key keeps it for
     /// its lock; a write fills it). Most calls find a record: in place,
     /// sparing the key's copy. Whoever holds it must not reach into the
-    /// map.
+    /// map, nor into a bounded map's ring (taken before shards).
     // Always inlined: as a call, it cost the usual path about 50
     // instructions per session (callgrind, `per_update memory`).
     #[inline(always)]

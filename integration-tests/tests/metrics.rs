@@ -157,9 +157,34 @@ fn read_modify_write_counts_loads_writes_and_deletes() {
         "tg_session_lock_timeouts_total",
         "tg_session_decode_errors_total",
         "tg_session_storage_errors_total",
+        "tg_session_evictions_total",
     ] {
         assert_eq!(scrape.series_of(quiet), Vec::<&str>::new(), "{quiet}");
     }
+}
+
+#[test]
+fn a_bounded_memory_store_counts_the_records_it_evicts() {
+    let scrape = recorded(|_| async {
+        let manager = manager(Arc::new(MemoryStorage::with_capacity(2)), "bounded");
+        for id in [1, 2, 1, 3, 4] {
+            increment(&manager, user(id)).await.unwrap();
+        }
+        // Users 1 and 2 fill it; user 3 evicts user 2 (idle since its
+        // first update, where user 1 came back), user 4 evicts user 1;
+        // user 3 is kept, and user 2, back, evicts user 4 and starts over.
+        assert_eq!(increment(&manager, user(3)).await.unwrap(), 3);
+        assert_eq!(increment(&manager, user(2)).await.unwrap(), 2);
+    });
+    assert_eq!(
+        scrape.series_of("tg_session_evictions_total"),
+        [r#"tg_session_evictions_total{storage="memory"} 3"#]
+    );
+    assert!(
+        scrape
+            .0
+            .contains("# HELP tg_session_evictions_total Records a bounded memory store evicted")
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@
 //! | `tg_session_lock_wait_duration_seconds` | histogram | `session`, `lock` | such wait, ended (key taken, timed out or given up) |
 //! | `tg_session_lock_timeouts_total` | counter | `session`, `lock` | such wait that reached the lock timeout |
 //! | `tg_session_storage_errors_total` | counter | `storage`, `operation`, `kind` | failed storage call (`operation`: `load`, `commit`, `write` for `save`/`clear`, `renew`; `kind`: `unavailable`, `timeout`, `other`), or write its batch reported failed |
+//! | `tg_session_evictions_total` | counter | `storage` (`memory`) | record a bounded memory store (`MemoryStorage::with_capacity`) evicted to make room for a new one: a session its user loses |
 
 #[cfg(feature = "metrics")]
 mod handles;
@@ -91,6 +92,10 @@ pub(crate) fn describe() {
         describe_counter!(
             "tg_session_storage_errors_total",
             "Failed storage calls, and writes a batch reported failed."
+        );
+        describe_counter!(
+            "tg_session_evictions_total",
+            "Records a bounded memory store evicted to make room for new ones."
         );
     }
 }
@@ -406,6 +411,15 @@ pub(crate) fn decode_failed(session: &'static str, storage: &Arc<str>, error: De
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (session, storage, error);
+}
+
+/// A record a bounded memory store evicted (labelled with the memory
+/// store's name, as [`Storage::name`](crate::storage::Storage::name) gives
+/// it: the key's text does not tell its session apart from its scope).
+#[inline(always)]
+pub(crate) fn evicted() {
+    #[cfg(feature = "metrics")]
+    counter!("tg_session_evictions_total", "storage" => "memory").increment(1);
 }
 
 /// A record of `session` in `storage` was migrated to the current schema.

@@ -24,6 +24,18 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
 use super::{Map, RecordLock};
+use crate::metrics;
+
+/// What the hand did at a place.
+enum Visit {
+    /// The record stays: used since the hand last passed (its flag now
+    /// cleared), or its key is held.
+    Kept,
+    Evicted,
+    /// The record had left the map already (which the ring is never left
+    /// to find: kept for safety).
+    Gone,
+}
 
 /// How many records a bounded map keeps, and its ring.
 pub(super) struct Clock {
@@ -91,15 +103,20 @@ impl Ring {
             let Some(key) = &self.places[here] else {
                 continue;
             };
-            if Self::evict(map, key) {
-                self.empty(here);
+            match Self::visit(map, key) {
+                Visit::Kept => {}
+                Visit::Evicted => {
+                    metrics::evicted();
+                    self.empty(here);
+                }
+                Visit::Gone => self.empty(here),
             }
         }
     }
 
-    /// Whether the record at `key` left the map: evicted now, or gone
-    /// before (which the ring is never left to find: kept for safety).
-    fn evict(map: &Map, key: &MapKey) -> bool {
+    /// What the hand does with the record at `key`: clears its use flag,
+    /// or evicts it.
+    fn visit(map: &Map, key: &MapKey) -> Visit {
         let unused = match map.get(key) {
             Some(entry) => {
                 let mut stored = entry.value().lock();
@@ -107,14 +124,18 @@ impl Ring {
                 let used = std::mem::replace(&mut stored.used, false);
                 free && !used
             }
-            None => return true,
+            None => return Visit::Gone,
         };
         // Looked at again under the shard's write lock: an update may have
         // taken the key since.
-        unused
+        let evicted = unused
             && map
                 .remove_if(key, |_, record| record.lock().lock == RecordLock::Free)
-                .is_some()
+                .is_some();
+        match evicted {
+            true => Visit::Evicted,
+            false => Visit::Kept,
+        }
     }
 
     /// A place for a record about to be put into the map at `key`: the

@@ -1467,6 +1467,66 @@ mod tests {
         assert_ring_mirrors_map(&storage);
     }
 
+    /// A counter of visits, copied (not decoded) by each update.
+    #[derive(serde::Serialize, serde::Deserialize, Clone, Default)]
+    struct Visits {
+        n: u32,
+    }
+
+    impl Session for Visits {
+        const NAME: &'static str = "visits";
+        type Codec = crate::codec::Json;
+        fn initial() -> Self {
+            Visits::default()
+        }
+        fn copy_value(&self) -> Option<Self> {
+            Some(self.clone())
+        }
+    }
+
+    /// Updates through a manager (keys taken in their records, records
+    /// made and evicted by the claims themselves), from two threads, each
+    /// update holding its key across a yield: no two updates of one user
+    /// ever hold its key at once (which a held record evicted, and made
+    /// anew for the next update, would allow), every commit succeeds, and
+    /// the store keeps its bound and its ring.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn updates_of_many_users_through_few_places_keep_the_bound_and_the_ring() {
+        let storage = MemoryStorage::with_capacity(8);
+        let manager = crate::SessionManager::builder()
+            .storage(storage.clone())
+            .register::<Visits>()
+            .build()
+            .unwrap();
+        let holding: Arc<[AtomicBool; 31]> = Arc::default();
+        let tasks: Vec<_> = (0..4u64)
+            .map(|task| {
+                let (manager, holding) = (manager.clone(), Arc::clone(&holding));
+                tokio::spawn(async move {
+                    for round in 0..300u64 {
+                        let user = (task * 7 + round * 3) % 30 + 1;
+                        let ctx = manager.begin(crate::UpdateIds::new().user(user)).await;
+                        ctx.get::<Visits>().unwrap().n += 1;
+                        let held = &holding[user as usize];
+                        assert!(!held.swap(true, Ordering::SeqCst), "user {user} twice");
+                        tokio::task::yield_now().await;
+                        held.store(false, Ordering::SeqCst);
+                        ctx.commit(crate::HandlerOutcome::Succeeded).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(
+            storage.records.map.len() <= 8,
+            "{}",
+            storage.records.map.len()
+        );
+        assert_ring_mirrors_map(&storage);
+    }
+
     const WAIT: Duration = Duration::from_secs(5);
 
     /// A session type for the claims below.
@@ -1631,7 +1691,7 @@ mod tests {
 
     #[test]
     fn a_built_key_taken_keeps_where_its_scope_key_starts() {
-        let (storage, _unbounded, _home) = records();
+        let (storage, _store, _home) = records();
         let built = key("-100:42");
         let Claimed::Taken(taken, ..) =
             claim_in_record::<Plain>(&storage, UpdateKey::Built(built.clone()), taker(1))

@@ -78,6 +78,7 @@ impl Clock {
         self.ring.lock()
     }
 
+    /// How many records the map keeps, but for held ones.
     pub(super) fn max_records(&self) -> usize {
         self.max_records
     }

@@ -413,13 +413,17 @@ pub(crate) fn decode_failed(session: &'static str, storage: &Arc<str>, error: De
     let _ = (session, storage, error);
 }
 
-/// A record a bounded memory store evicted (labelled with the memory
-/// store's name, as [`Storage::name`](crate::storage::Storage::name) gives
-/// it: the key's text does not tell its session apart from its scope).
+/// Records a bounded memory store evicted, `count` of them (labelled with
+/// the memory store's name, as [`Storage::name`](crate::storage::Storage::name)
+/// gives it: the key's text does not tell its session apart from its scope).
 #[inline(always)]
-pub(crate) fn evicted() {
+pub(crate) fn evicted(count: u64) {
     #[cfg(feature = "metrics")]
-    counter!("tg_session_evictions_total", "storage" => "memory").increment(1);
+    if count > 0 {
+        counter!("tg_session_evictions_total", "storage" => "memory").increment(count);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = count;
 }
 
 /// A record of `session` in `storage` was migrated to the current schema.

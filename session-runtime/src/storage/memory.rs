@@ -18,6 +18,7 @@ use smol_str::SmolStr;
 
 use crate::key::StorageKey;
 use crate::lock::{Begun, Holder, KeyClaim, KeyHome, KeyLocks, LockError, Taker};
+use crate::metrics;
 use crate::session::Session;
 use crate::storage::StorageError;
 use crate::storage::{
@@ -856,13 +857,18 @@ impl Records {
             return found;
         }
         // Made before the key's shard is locked: eviction locks shards.
-        ring.make_room(&self.map, bound.max_records());
+        let evicted = ring.make_room(&self.map, bound.max_records());
         let place = ring.take_place(key.clone());
         let record = new(Stored {
             place,
             ..Stored::placeholder()
         });
-        self.map.entry(key).insert(record).downgrade()
+        let inserted = self.map.entry(key).insert(record).downgrade();
+        // Recorded once the ring is let go: a recorder may take locks of
+        // its own.
+        drop(ring);
+        metrics::evicted(evicted);
+        inserted
     }
 
     /// Removes the record at `key` if `removable` says so of it, as checked
@@ -1339,6 +1345,21 @@ mod tests {
         bound.ring().assert_mirrors(&storage.records.map);
     }
 
+    /// Once `tasks` end, `storage` holds at most `max_records` (none is
+    /// held any more) and its ring mirrors its map.
+    async fn assert_bound_kept_after(
+        storage: &MemoryStorage,
+        max_records: usize,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) {
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let records = storage.records.map.len();
+        assert!(records <= max_records, "{records} records");
+        assert_ring_mirrors_map(storage);
+    }
+
     #[tokio::test]
     async fn a_bounded_store_evicts_the_record_unused_the_longest() {
         let storage = MemoryStorage::with_capacity(3);
@@ -1456,15 +1477,7 @@ mod tests {
                 })
             })
             .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        assert!(
-            storage.records.map.len() <= 8,
-            "{}",
-            storage.records.map.len()
-        );
-        assert_ring_mirrors_map(&storage);
+        assert_bound_kept_after(&storage, 8, tasks).await;
     }
 
     /// A counter of visits, copied (not decoded) by each update.
@@ -1516,15 +1529,7 @@ mod tests {
                 })
             })
             .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        assert!(
-            storage.records.map.len() <= 8,
-            "{}",
-            storage.records.map.len()
-        );
-        assert_ring_mirrors_map(&storage);
+        assert_bound_kept_after(&storage, 8, tasks).await;
     }
 
     const WAIT: Duration = Duration::from_secs(5);

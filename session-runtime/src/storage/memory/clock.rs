@@ -24,7 +24,6 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
 use super::{Map, RecordLock};
-use crate::metrics;
 
 /// What the hand did at a place.
 enum Visit {
@@ -91,7 +90,9 @@ impl Ring {
     /// update holds or waits for is never evicted (its update writes in
     /// it, and its lock lives there): if every record is held after two
     /// turns, the map is left over its bound until they are freed.
-    pub(super) fn make_room(&mut self, map: &Map, max_records: usize) {
+    /// Answers how many records it evicted.
+    pub(super) fn make_room(&mut self, map: &Map, max_records: usize) -> u64 {
+        let mut evicted = 0;
         // Two turns: the first may only clear flags.
         let mut steps = self.places.len().saturating_mul(2);
         while self.taken >= max_records && steps > 0 {
@@ -107,12 +108,13 @@ impl Ring {
             match Self::visit(map, key) {
                 Visit::Kept => {}
                 Visit::Evicted => {
-                    metrics::evicted();
+                    evicted += 1;
                     self.empty(here);
                 }
                 Visit::Gone => self.empty(here),
             }
         }
+        evicted
     }
 
     /// What the hand does with the record at `key`: clears its use flag,

@@ -156,14 +156,18 @@ async fn every_type_keeps_its_changes_and_versions_grow() {
 async fn a_value_borrowed_mutably_but_unchanged_is_not_written_when_that_is_cheap_to_tell() {
     let storage = MemoryStorage::new();
     let manager = manager(&storage);
-    // Never stored, touched, still the initial value: no record at all.
-    let ctx = manager.begin(user(3)).await;
-    ctx.counter().unwrap().apple += 0;
-    ctx.plain().unwrap().apple += 0;
-    ctx.opaque().unwrap().apple += 0;
-    ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
-    for name in ["counter", "plain", "opaque"] {
-        assert_eq!(stored(&storage, name, 3).await, None, "{name}");
+    // Never stored, touched, still the initial value: no record at all;
+    // for the second user too, whose values are compared with the initial
+    // value's bytes the first one encoded.
+    for id in [3, 4] {
+        let ctx = manager.begin(user(id)).await;
+        ctx.counter().unwrap().apple += 0;
+        ctx.plain().unwrap().apple += 0;
+        ctx.opaque().unwrap().apple += 0;
+        ctx.commit(HandlerOutcome::Succeeded).await.unwrap();
+        for name in ["counter", "plain", "opaque"] {
+            assert_eq!(stored(&storage, name, id).await, None, "{name} of {id}");
+        }
     }
 
     bump(&manager, 3).await;

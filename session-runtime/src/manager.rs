@@ -3,13 +3,14 @@
 //! lives with the context).
 
 use std::any::{Any, TypeId};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use smol_str::SmolStr;
 
 use crate::chat_migration::lookups::ChatLookups;
+use crate::codec::CodecError;
 use crate::error::Error;
 use crate::key::{Id, KeyStrategy, Scope, StorageKey, UpdateIds};
 use crate::lock::{KeyHome, KeyLocks};
@@ -155,6 +156,11 @@ pub(crate) struct Registration {
     /// Set once a value of this type was checked to survive its codec's
     /// round trip (see [`Registration::check_round_trip`]).
     round_trip_checked: AtomicBool,
+    /// The bytes of the type's initial value, encoded the first time a
+    /// session of it with nothing stored is written: what its value is
+    /// compared with when the type has no `PartialEq` (see
+    /// [`Registration::initial_bytes`]).
+    initial_bytes: OnceLock<Vec<u8>>,
     /// Moved at once when its chat becomes a supergroup.
     pub(crate) follows_chat: bool,
     /// The text its keys start with, when it is the same for every update
@@ -181,6 +187,7 @@ impl Registration {
             claim_entry: slot::claim_entry::<T>,
             ttl: T::TTL,
             round_trip_checked: AtomicBool::new(false),
+            initial_bytes: OnceLock::new(),
             namespace: None,
             namespace_hash: 0,
             follows_chat: matches!(T::KEY, KeyStrategy::Scope(Scope::Chat | Scope::ChatThread)),
@@ -198,6 +205,24 @@ impl Registration {
         cfg!(debug_assertions)
             || (!self.round_trip_checked.load(Ordering::Relaxed)
                 && !self.round_trip_checked.swap(true, Ordering::Relaxed))
+    }
+}
+
+impl Registration {
+    /// The bytes of `T::initial()` (`T` is this registration's type),
+    /// encoded once: a session first written compares its value's bytes
+    /// with them, rather than encode a new initial value each time.
+    ///
+    /// So a type whose `initial()` is not always the same value (a
+    /// timestamp in it, say) is compared with the first one encoded: either
+    /// way, a value that differs from it is stored.
+    pub(crate) fn initial_bytes<T: Session>(&self) -> Result<&[u8], CodecError> {
+        debug_assert_eq!(self.type_id, TypeId::of::<T>());
+        if let Some(bytes) = self.initial_bytes.get() {
+            return Ok(bytes);
+        }
+        let bytes = crate::session::encode_record(&T::initial())?;
+        Ok(self.initial_bytes.get_or_init(|| bytes))
     }
 }
 

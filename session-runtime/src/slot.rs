@@ -387,7 +387,7 @@ impl<T: Session> SlotState<T> {
         // A copy of a stored value is compared with it by the storage, where
         // it still is; anything else is compared here.
         let compared_here = !matches!(self.stored, Some(Loaded::Value { .. }));
-        if compared_here && !self.changed()? {
+        if compared_here && !self.changed(registration)? {
             return Ok(None);
         }
         if round_trip_due(registration) {
@@ -434,7 +434,7 @@ impl<T: Session> SlotState<T> {
                         == bytes
                 }
             },
-            Some(Loaded::Value { .. }) => !self.changed()?,
+            Some(Loaded::Value { .. }) => !self.changed(None)?,
         };
         if unchanged {
             return Ok(None);
@@ -453,8 +453,10 @@ impl<T: Session> SlotState<T> {
     ///
     /// A copy of a value a memory storage keeps is compared with the stored
     /// value only by `PartialEq`: putting it back costs a move, less than
-    /// encoding both to compare, and shows only in the version.
-    fn changed(&self) -> Result<bool, Error> {
+    /// encoding both to compare, and shows only in the version. With
+    /// nothing stored, the value is compared with the initial value's bytes
+    /// its `registration` keeps, where there is one.
+    fn changed(&self, registration: Option<&Registration>) -> Result<bool, Error> {
         let encode_failed = |source| self.meta.encode_failed::<T>(source);
         let same = match &self.stored {
             Some(Loaded::Value { version }) => {
@@ -465,10 +467,30 @@ impl<T: Session> SlotState<T> {
             Some(Loaded::Record(record)) => {
                 encode_record(&self.value).map_err(encode_failed)? == record.value
             }
-            None => same_value(&self.value, &T::initial()).map_err(encode_failed)?,
+            None => match registration {
+                Some(registration) => {
+                    same_as_initial(&self.value, registration).map_err(encode_failed)?
+                }
+                None => same_value(&self.value, &T::initial()).map_err(encode_failed)?,
+            },
         };
         Ok(!same)
     }
+}
+
+/// Whether `value` is the initial value of its type (registered as
+/// `registration`): by `PartialEq` where the type has it, else by its bytes
+/// against the initial value's, encoded once (see
+/// [`Registration::initial_bytes`]).
+fn same_as_initial<T: Session>(value: &T, registration: &Registration) -> Result<bool, CodecError> {
+    if let Some(same) = value.same_value(&T::initial()) {
+        return Ok(same);
+    }
+    let initial = registration.initial_bytes::<T>()?;
+    with_buffers(|bytes, _| {
+        encode_record_into(value, bytes)?;
+        Ok(bytes[..] == *initial)
+    })
 }
 
 /// Whether two values are the same: by `PartialEq` where the type has it,

@@ -684,6 +684,8 @@ impl MemoryStorage {
         // One lookup, its answer used where it is: moved out of a `match`
         // on the key, it was read back while its stores were in flight.
         let mut shard = None;
+        // The map's hash of an id key: a new record's, if none is found.
+        let mut id_hash = None;
         let by_text;
         let found = match &key {
             // Found as `DashMap::get` finds a key (its shard from the hash
@@ -694,6 +696,7 @@ impl MemoryStorage {
             // kept in `shard` while the record is used.
             UpdateKey::Id(key) => {
                 let hash = records.map.hasher().hash_one(key.hash_word());
+                id_hash = Some(hash);
                 let shards = records.map.shards();
                 shard
                     .insert(shards[records.map.determine_shard(hash as usize)].read())
@@ -711,10 +714,11 @@ impl MemoryStorage {
             None => {
                 // Its shard is written next: no read guard may be left.
                 drop(shard.take());
-                inserted = records.insert_placeholder(match &key {
+                let map_key = match &key {
                     UpdateKey::Id(key) => key.map_key(),
                     UpdateKey::Built(key) => MapKey::new(key.shared().clone()),
-                });
+                };
+                inserted = records.insert_placeholder(map_key, id_hash);
                 (inserted.key(), inserted.value())
             }
         };
@@ -827,7 +831,7 @@ impl Records {
     fn record(&self, key: &str) -> MapRef<'_> {
         match self.get(key) {
             Some(record) => record,
-            None => self.insert_placeholder(MapKey::new(SmolStr::new(key))),
+            None => self.insert_placeholder(MapKey::new(SmolStr::new(key)), None),
         }
     }
 
@@ -838,10 +842,11 @@ impl Records {
 
     /// The record at `key`, a new one without a value unless one was made
     /// since it was looked for. In a bounded map, room is made for it
-    /// first (see `clock`).
+    /// first (see `clock`). `hash` is the map's hash of `key`, if the
+    /// caller has it (the bound's ring keeps it).
     // Never inlined: only a key's first update comes here.
     #[inline(never)]
-    fn insert_placeholder(&self, key: MapKey) -> MapRef<'_> {
+    fn insert_placeholder(&self, key: MapKey, hash: Option<u64>) -> MapRef<'_> {
         let new = |stored| Arc::new(Mutex::new(stored));
         let Some(bound) = &self.bound else {
             return self
@@ -850,15 +855,20 @@ impl Records {
                 .or_insert_with(|| new(Stored::placeholder()))
                 .downgrade();
         };
+        let hash = hash.unwrap_or_else(|| self.map.hasher().hash_one(&key));
         let mut ring = bound.ring();
-        // The ring's lock orders every insertion: if the key is not there
-        // now, nobody puts it there before this does.
-        if let Some(found) = self.map.get(&key) {
+        // The ring's lock orders every insertion and removal: if the key is
+        // not there now, nobody puts it there before this does (looked for
+        // with the hash in hand; found, it is looked up again for its guard).
+        let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        if shard.read().get(hash, |(found, _)| *found == key).is_some()
+            && let Some(found) = self.map.get(&key)
+        {
             return found;
         }
         // Made before the key's shard is locked: eviction locks shards.
         let evicted = ring.make_room(&self.map, bound.max_records());
-        let place = ring.take_place(key.clone());
+        let place = ring.take_place(key.clone(), hash);
         let record = new(Stored {
             place,
             ..Stored::placeholder()

@@ -20,6 +20,9 @@
 //!
 //! [`MemoryStorage::with_capacity`]: super::MemoryStorage::with_capacity
 
+#[cfg(test)]
+use std::hash::BuildHasher;
+
 use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
@@ -47,13 +50,22 @@ pub(super) struct Clock {
 pub(super) struct Ring {
     /// One per record of the map; a place whose record left the map is
     /// empty until a new record takes it.
-    places: Vec<Option<MapKey>>,
+    places: Vec<Option<Placed>>,
     /// The empty places, taken before the ring grows.
     empty: Vec<u32>,
     /// How many places are taken: how many records the map holds.
     taken: usize,
     /// The next place to look at.
     hand: usize,
+}
+
+/// The key of a record in its place, with the map's hash of it: the hand
+/// finds and evicts the record with no hashing of its key's text (two
+/// hashes of it were a tenth of an update that evicts, `per_update
+/// bounded-full`).
+struct Placed {
+    key: MapKey,
+    hash: u64,
 }
 
 impl Clock {
@@ -102,10 +114,10 @@ impl Ring {
             }
             let here = self.hand;
             self.hand += 1;
-            let Some(key) = &self.places[here] else {
+            let Some(placed) = &self.places[here] else {
                 continue;
             };
-            match Self::visit(map, key) {
+            match Self::visit(map, placed) {
                 Visit::Kept => {}
                 Visit::Evicted => {
                     evicted += 1;
@@ -117,27 +129,32 @@ impl Ring {
         evicted
     }
 
-    /// What the hand does with the record at `key`: clears its use flag,
-    /// or evicts it.
-    fn visit(map: &Map, key: &MapKey) -> Visit {
-        let unused = match map.get(key) {
-            Some(entry) => {
-                let mut stored = entry.value().lock();
+    /// What the hand does with the record `placed`: clears its use flag,
+    /// or evicts it. Found in its shard by the hash its place keeps, as
+    /// `DashMap::get` and `DashMap::remove_if` would find it by hashing it.
+    fn visit(map: &Map, placed: &Placed) -> Visit {
+        let Placed { key, hash } = placed;
+        let shard = &map.shards()[map.determine_shard(*hash as usize)];
+        let unused = match shard.read().get(*hash, |(found, _)| found == key) {
+            Some((_, record)) => {
+                let mut stored = record.get().lock();
                 let free = stored.lock == RecordLock::Free;
                 let used = std::mem::replace(&mut stored.used, false);
                 free && !used
             }
             None => return Visit::Gone,
         };
+        if !unused {
+            return Visit::Kept;
+        }
         // Looked at again under the shard's write lock: an update may have
-        // taken the key since.
-        let evicted = unused
-            && map
-                .remove_if(key, |_, record| record.lock().lock == RecordLock::Free)
-                .is_some();
+        // taken the key since. The record is let go once the lock is.
+        let evicted = shard.write().remove_entry(*hash, |(found, record)| {
+            found == key && record.get().lock().lock == RecordLock::Free
+        });
         match evicted {
-            true => Visit::Evicted,
-            false => Visit::Kept,
+            Some(_) => Visit::Evicted,
+            None => Visit::Kept,
         }
     }
 
@@ -145,15 +162,16 @@ impl Ring {
     /// one an eviction just emptied (behind the hand: the last it reaches,
     /// so a new record has a whole turn to be used), or another empty one,
     /// or a new one at the end while the map grows. The record keeps it.
-    pub(super) fn take_place(&mut self, key: MapKey) -> u32 {
+    pub(super) fn take_place(&mut self, key: MapKey, hash: u64) -> u32 {
         self.taken += 1;
+        let placed = Some(Placed { key, hash });
         match self.empty.pop() {
             Some(at) => {
-                self.places[at as usize] = Some(key);
+                self.places[at as usize] = placed;
                 at
             }
             None => {
-                self.places.push(Some(key));
+                self.places.push(placed);
                 // A map holds far fewer than 4 billion records.
                 u32::try_from(self.places.len() - 1).unwrap_or(u32::MAX)
             }
@@ -185,10 +203,11 @@ impl Ring {
         assert_eq!(self.taken, map.len(), "one place per record");
         for entry in map.iter() {
             let at = entry.value().lock().place as usize;
-            let Some(Some(key)) = self.places.get(at) else {
+            let Some(Some(placed)) = self.places.get(at) else {
                 panic!("{}'s place is empty", entry.key().as_str());
             };
-            assert_eq!(key.as_str(), entry.key().as_str());
+            assert_eq!(placed.key.as_str(), entry.key().as_str());
+            assert_eq!(placed.hash, map.hasher().hash_one(entry.key()));
         }
         let empty = self.places.iter().filter(|place| place.is_none()).count();
         assert_eq!(empty, self.empty.len(), "every empty place is listed");

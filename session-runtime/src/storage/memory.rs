@@ -172,11 +172,11 @@ impl HeldRecord {
                 }
             };
             current.free_for(claim);
-            (written, current.vacant())
+            (written, current.vacant().then_some(current.hash))
         };
-        if vacant {
+        if let Some(hash) = vacant {
             // Deleted while held, and this write refused: nothing to keep.
-            records.remove_vacant(claim.key());
+            records.remove_vacant_record(&self.0, hash);
         }
         memory.sweep_if_due(&now);
         written
@@ -191,10 +191,10 @@ impl HeldRecord {
         let vacant = {
             let mut current = self.0.lock();
             current.free_for(claim);
-            claim.is_released() && current.vacant()
+            (claim.is_released() && current.vacant()).then_some(current.hash)
         };
-        if vacant {
-            memory.records.remove_vacant(claim.key());
+        if let Some(hash) = vacant {
+            memory.records.remove_vacant_record(&self.0, hash);
         }
     }
 }
@@ -216,6 +216,10 @@ struct Stored {
     /// Its place in the bound's ring (see `clock`), kept whatever is
     /// written in the record; unused in an unbounded map.
     place: u32,
+    /// The map's hash of its key, kept as `place` is: a vacant record
+    /// leaves the map with no hashing of its key's text (see
+    /// [`Records::remove_vacant_record`]).
+    hash: u64,
     lock: RecordLock,
 }
 
@@ -239,6 +243,7 @@ impl Stored {
             present: true,
             used: false,
             place: 0,
+            hash: 0,
             lock: RecordLock::Free,
         }
     }
@@ -252,15 +257,18 @@ impl Stored {
             present: false,
             used: false,
             place: 0,
+            hash: 0,
             lock: RecordLock::Free,
         }
     }
 
-    /// Drops the value, keeping the key's lock and the record's place.
+    /// Drops the value, keeping the key's lock, the record's place and its
+    /// key's hash.
     fn clear_value(&mut self) {
         *self = Self {
             lock: self.lock,
             place: self.place,
+            hash: self.hash,
             ..Self::placeholder()
         };
     }
@@ -848,14 +856,19 @@ impl Records {
     #[inline(never)]
     fn insert_placeholder(&self, key: MapKey, hash: Option<u64>) -> MapRef<'_> {
         let new = |stored| Arc::new(Mutex::new(stored));
+        let hash = hash.unwrap_or_else(|| self.map.hasher().hash_one(&key));
         let Some(bound) = &self.bound else {
             return self
                 .map
                 .entry(key)
-                .or_insert_with(|| new(Stored::placeholder()))
+                .or_insert_with(|| {
+                    new(Stored {
+                        hash,
+                        ..Stored::placeholder()
+                    })
+                })
                 .downgrade();
         };
-        let hash = hash.unwrap_or_else(|| self.map.hasher().hash_one(&key));
         let mut ring = bound.ring();
         // The ring's lock orders every insertion and removal: if the key is
         // not there now, nobody puts it there before this does (looked for
@@ -871,6 +884,7 @@ impl Records {
         let place = ring.take_place(key.clone(), hash);
         let record = new(Stored {
             place,
+            hash,
             ..Stored::placeholder()
         });
         let inserted = self.map.entry(key).insert(record).downgrade();
@@ -904,6 +918,30 @@ impl Records {
     /// (see [`Stored::vacant`]), as checked again under its shard's lock.
     fn remove_vacant(&self, key: &str) {
         self.remove_if(key, Stored::vacant);
+    }
+
+    /// Removes `record`, whose key the map hashes as `hash`, if it is still
+    /// in the map and vacant (see [`Stored::vacant`]), as checked again
+    /// under its shard's lock: found by the hash it keeps and its address,
+    /// where [`Records::remove_vacant`] parses and hashes its key's text
+    /// (a tenth of an update that reads a session nobody stored, `per_update
+    /// memory-read-new`).
+    fn remove_vacant_record(&self, record: &SharedRecord, hash: u64) {
+        let mut ring = self.bound.as_ref().map(clock::Clock::ring);
+        let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
+        let mut place = None;
+        // Dropped once the shard is let go.
+        let removed = shard.write().remove_entry(hash, |(_, found)| {
+            let found = found.get();
+            Arc::ptr_eq(found, record) && {
+                let stored = found.lock();
+                place = Some(stored.place);
+                stored.vacant()
+            }
+        });
+        if let (Some(_), Some(ring), Some(place)) = (removed, &mut ring, place) {
+            ring.empty_place(place);
+        }
     }
 
     /// Removes the record at `key`, or only its value while an update holds
@@ -1228,11 +1266,13 @@ impl Storage for MemoryStorage {
                 let mut current = found.lock();
                 match !current.present || current.version < restore.record.version {
                     true => {
-                        // The key's lock and the record's place stay.
-                        let (lock, place) = (current.lock, current.place);
+                        // The key's lock, the record's place and its key's
+                        // hash stay.
+                        let (lock, place, hash) = (current.lock, current.place, current.hash);
                         *current = Stored {
                             lock,
                             place,
+                            hash,
                             ..stored
                         };
                         RestoreOutcome::Restored
@@ -1561,6 +1601,67 @@ mod tests {
             update,
             session: "test",
             type_name: "Test",
+        }
+    }
+
+    /// Updates that read a session nobody stored leave no record behind:
+    /// the record each took its key in goes when its commit frees the key,
+    /// found by the hash the record keeps, for keys found by their id and
+    /// keys built as text (the bot's id in them), in either map.
+    #[tokio::test]
+    async fn reads_of_sessions_nobody_stored_leave_no_record() {
+        for storage in [MemoryStorage::new(), MemoryStorage::with_capacity(4)] {
+            for bot_id_in_keys in [false, true] {
+                let manager = crate::SessionManager::builder()
+                    .storage(storage.clone())
+                    .bot_id_in_keys(bot_id_in_keys)
+                    .register::<Visits>()
+                    .build()
+                    .unwrap();
+                for user in 1..=6 {
+                    let ids = crate::UpdateIds::new().bot(42).user(user);
+                    let ctx = manager.begin(ids).await;
+                    assert_eq!(ctx.get::<Visits>().unwrap().n, 0);
+                    ctx.commit(crate::HandlerOutcome::Succeeded).await.unwrap();
+                }
+                assert!(storage.records.map.is_empty(), "{storage:?}");
+                if storage.records.bound.is_some() {
+                    assert_ring_mirrors_map(&storage);
+                }
+            }
+        }
+    }
+
+    /// A record restored over one an update then holds keeps its key's
+    /// hash: deleted while held and left unchanged, it goes with the key.
+    #[tokio::test]
+    async fn a_restored_record_deleted_while_held_goes_with_its_key() {
+        for storage in [MemoryStorage::new(), MemoryStorage::with_capacity(4)] {
+            let manager = crate::SessionManager::builder()
+                .storage(storage.clone())
+                .register::<Visits>()
+                .build()
+                .unwrap();
+            let key = StorageKey::new(None, None, Visits::NAME, "5");
+            let restore = |version| crate::storage::Restore {
+                key: key.clone(),
+                record: Record {
+                    value: bytes::Bytes::from_static(br#"{"n":3}"#),
+                    version,
+                },
+                ttl: None,
+            };
+            storage.restore(&[restore(1)]).await.unwrap();
+            // Over the record now in the map: its stored part replaced.
+            storage.restore(&[restore(2)]).await.unwrap();
+            let ctx = manager.begin(crate::UpdateIds::new().user(5)).await;
+            assert_eq!(ctx.get::<Visits>().unwrap().n, 3);
+            storage
+                .write(&[Write::Delete { key: key.clone() }])
+                .await
+                .unwrap();
+            ctx.commit(crate::HandlerOutcome::Succeeded).await.unwrap();
+            assert!(storage.records.map.is_empty(), "{storage:?}");
         }
     }
 

@@ -874,9 +874,9 @@ impl Records {
         // not there now, nobody puts it there before this does (looked for
         // with the hash in hand; found, it is looked up again for its guard).
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
-        if shard.read().get(hash, |(found, _)| *found == key).is_some()
-            && let Some(found) = self.map.get(&key)
-        {
+        // Its guard let go here, before the shard is locked again.
+        let there = shard.read().get(hash, |(found, _)| *found == key).is_some();
+        if there && let Some(found) = self.map.get(&key) {
             return found;
         }
         // Made before the key's shard is locked: eviction locks shards.

@@ -79,6 +79,12 @@ pub trait Session: Serialize + DeserializeOwned + Send + Sync + 'static {
     type Codec: Codec;
 
     /// The value of a session that was never stored (or was cleared).
+    ///
+    /// A session still equal to it at the end of an update is not stored
+    /// (a bot keeps no record for everyone who ever said hello). For a type
+    /// without `PartialEq` "equal" means the same bytes as the initial value
+    /// the manager encoded first: an `initial()` that is not the same value
+    /// every time (a timestamp in it) makes every session stored.
     fn initial() -> Self;
 
     /// A copy of the value made without the codec, if the type can make one.

@@ -882,16 +882,28 @@ impl Records {
         // Made before the key's shard is locked: eviction locks shards.
         let evicted = ring.make_room(&self.map, bound.max_records());
         let place = ring.take_place(key.clone(), hash);
-        let record = new(Stored {
+        let stored = Stored {
             place,
             hash,
             ..Stored::placeholder()
-        });
+        };
+        // In the allocation of the record just evicted, if nothing else
+        // has it: the evicted value goes as it is written over.
+        let record = match evicted.last {
+            Some(mut spare) => match Arc::get_mut(&mut spare) {
+                Some(reused) => {
+                    *reused.get_mut() = stored;
+                    spare
+                }
+                None => new(stored),
+            },
+            None => new(stored),
+        };
         let inserted = self.map.entry(key).insert(record).downgrade();
         // Recorded once the ring is let go: a recorder may take locks of
         // its own.
         drop(ring);
-        metrics::evicted(evicted);
+        metrics::evicted(evicted.count);
         inserted
     }
 
@@ -1663,6 +1675,43 @@ mod tests {
             ctx.commit(crate::HandlerOutcome::Succeeded).await.unwrap();
             assert!(storage.records.map.is_empty(), "{storage:?}");
         }
+    }
+
+    /// A new record made by evicting another is made in the evicted one's
+    /// allocation when nothing else holds it, and starts as a new record:
+    /// nothing of the evicted user's session shows in the newcomer's.
+    #[tokio::test]
+    async fn a_record_made_by_an_eviction_takes_the_evicted_ones_place_clean() {
+        let storage = MemoryStorage::with_capacity(1);
+        let manager = crate::SessionManager::builder()
+            .storage(storage.clone())
+            .register::<Visits>()
+            .build()
+            .unwrap();
+        let visit = |user: u64| {
+            let manager = manager.clone();
+            async move {
+                let ctx = manager.begin(crate::UpdateIds::new().user(user)).await;
+                let seen = ctx.get::<Visits>().unwrap().n;
+                ctx.get::<Visits>().unwrap().n += 1;
+                ctx.commit(crate::HandlerOutcome::Succeeded).await.unwrap();
+                seen
+            }
+        };
+        let address = |user: u64| {
+            let record = storage.records.get(&format!("visits:{user}")).unwrap();
+            Arc::as_ptr(record.value())
+        };
+        for _ in 0..3 {
+            visit(1).await;
+        }
+        let first = address(1);
+        assert_eq!(visit(2).await, 0, "the newcomer starts anew");
+        assert_eq!(address(2), first, "in the evicted record's allocation");
+        assert!(storage.records.get("visits:1").is_none(), "evicted");
+        assert_eq!(visit(2).await, 1);
+        assert_eq!(visit(1).await, 0, "the evicted user starts anew too");
+        assert_ring_mirrors_map(&storage);
     }
 
     /// What [`MemoryStorage::claim_typed`] took, as a value to look at.

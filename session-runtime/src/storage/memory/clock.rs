@@ -26,17 +26,27 @@ use std::hash::BuildHasher;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::map_key::MapKey;
-use super::{Map, RecordLock};
+use super::{Map, RecordLock, SharedRecord};
 
 /// What the hand did at a place.
 enum Visit {
     /// The record stays: used since the hand last passed (its flag now
     /// cleared), or its key is held.
     Kept,
-    Evicted,
+    /// Evicted: the record, out of the map.
+    Evicted(SharedRecord),
     /// The record had left the map already (which the ring is never left
     /// to find: kept for safety).
     Gone,
+}
+
+/// What [`Ring::make_room`] evicted.
+pub(super) struct Evicted {
+    pub(super) count: u64,
+    /// The last record evicted: unless an update still has it (one that
+    /// freed its key and has not dropped its slot yet), the new record is
+    /// made in its allocation rather than a new one.
+    pub(super) last: Option<SharedRecord>,
 }
 
 /// How many records a bounded map keeps, and its ring.
@@ -102,9 +112,13 @@ impl Ring {
     /// update holds or waits for is never evicted (its update writes in
     /// it, and its lock lives there): if every record is held after two
     /// turns, the map is left over its bound until they are freed.
-    /// Answers how many records it evicted.
-    pub(super) fn make_room(&mut self, map: &Map, max_records: usize) -> u64 {
-        let mut evicted = 0;
+    /// Answers how many records it evicted, and the last of them, for the
+    /// new record to take its allocation over.
+    pub(super) fn make_room(&mut self, map: &Map, max_records: usize) -> Evicted {
+        let mut evicted = Evicted {
+            count: 0,
+            last: None,
+        };
         // Two turns: the first may only clear flags.
         let mut steps = self.places.len().saturating_mul(2);
         while self.taken >= max_records && steps > 0 {
@@ -119,8 +133,9 @@ impl Ring {
             };
             match Self::visit(map, placed) {
                 Visit::Kept => {}
-                Visit::Evicted => {
-                    evicted += 1;
+                Visit::Evicted(record) => {
+                    evicted.count += 1;
+                    evicted.last = Some(record);
                     self.empty(here);
                 }
                 Visit::Gone => self.empty(here),
@@ -153,7 +168,7 @@ impl Ring {
             found == key && record.get().lock().lock == RecordLock::Free
         });
         match evicted {
-            Some(_) => Visit::Evicted,
+            Some((_, record)) => Visit::Evicted(record.into_inner()),
             None => Visit::Kept,
         }
     }

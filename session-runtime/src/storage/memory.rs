@@ -1559,6 +1559,15 @@ mod tests {
         }
     }
 
+    /// A manager over `storage` with [`Visits`] registered.
+    fn visits_manager(storage: &MemoryStorage) -> crate::SessionManager {
+        crate::SessionManager::builder()
+            .storage(storage.clone())
+            .register::<Visits>()
+            .build()
+            .unwrap()
+    }
+
     /// Updates through a manager (keys taken in their records, records
     /// made and evicted by the claims themselves), from two threads, each
     /// update holding its key across a yield: no two updates of one user
@@ -1568,11 +1577,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn updates_of_many_users_through_few_places_keep_the_bound_and_the_ring() {
         let storage = MemoryStorage::with_capacity(8);
-        let manager = crate::SessionManager::builder()
-            .storage(storage.clone())
-            .register::<Visits>()
-            .build()
-            .unwrap();
+        let manager = visits_manager(&storage);
         let holding: Arc<[AtomicBool; 31]> = Arc::default();
         let tasks: Vec<_> = (0..4u64)
             .map(|task| {
@@ -1649,11 +1654,7 @@ mod tests {
     #[tokio::test]
     async fn a_restored_record_deleted_while_held_goes_with_its_key() {
         for storage in [MemoryStorage::new(), MemoryStorage::with_capacity(4)] {
-            let manager = crate::SessionManager::builder()
-                .storage(storage.clone())
-                .register::<Visits>()
-                .build()
-                .unwrap();
+            let manager = visits_manager(&storage);
             let key = StorageKey::new(None, None, Visits::NAME, "5");
             let restore = |version| crate::storage::Restore {
                 key: key.clone(),
@@ -1683,11 +1684,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_made_by_an_eviction_takes_the_evicted_ones_place_clean() {
         let storage = MemoryStorage::with_capacity(1);
-        let manager = crate::SessionManager::builder()
-            .storage(storage.clone())
-            .register::<Visits>()
-            .build()
-            .unwrap();
+        let manager = visits_manager(&storage);
         let visit = |user: u64| {
             let manager = manager.clone();
             async move {

@@ -574,12 +574,16 @@ impl MemoryStorage {
             if let Some(claim) = claim {
                 current.free_for(claim);
             }
-            (written, current.vacant())
+            let vacant = current.vacant().then_some(current.hash);
+            (
+                written,
+                vacant.map(|hash| (Arc::clone(found.value()), hash)),
+            )
         };
-        if vacant {
+        if let Some((record, hash)) = vacant {
             // Made for a write that was refused, or left by a key freed
             // with nothing stored.
-            records.remove_vacant(key);
+            records.remove_vacant_record(&record, hash);
         }
         Ok(match written? {
             Ok(version) => WriteOutcome::Written { version },
@@ -926,18 +930,11 @@ impl Records {
         removed
     }
 
-    /// Removes the record at `key` if it holds no value and its key is free
-    /// (see [`Stored::vacant`]), as checked again under its shard's lock.
-    fn remove_vacant(&self, key: &str) {
-        self.remove_if(key, Stored::vacant);
-    }
-
     /// Removes `record`, whose key the map hashes as `hash`, if it is still
     /// in the map and vacant (see [`Stored::vacant`]), as checked again
     /// under its shard's lock: found by the hash it keeps and its address,
-    /// where [`Records::remove_vacant`] parses and hashes its key's text
-    /// (a tenth of an update that reads a session nobody stored, `per_update
-    /// memory-read-new`).
+    /// with no parsing and hashing of its key's text (a tenth of an update
+    /// that reads a session nobody stored, `per_update memory-read-new`).
     fn remove_vacant_record(&self, record: &SharedRecord, hash: u64) {
         let mut ring = self.bound.as_ref().map(clock::Clock::ring);
         let shard = &self.map.shards()[self.map.determine_shard(hash as usize)];
@@ -1027,11 +1024,13 @@ impl KeyHome for Records {
             }
             RecordLock::Free => self.locks().release(claim),
         }
-        let vacant = record.vacant();
+        let vacant = record.vacant().then_some(record.hash);
         drop(record);
+        // The shard's guard let go: the removal locks the shard again.
+        let removable = vacant.map(|hash| (Arc::clone(shared.value()), hash));
         drop(shared);
-        if vacant {
-            self.remove_vacant(claim.key());
+        if let Some((record, hash)) = removable {
+            self.remove_vacant_record(&record, hash);
         }
     }
 }

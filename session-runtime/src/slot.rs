@@ -58,6 +58,10 @@ impl SlotEntry {
 
 /// A session slot of some type, owned by its update's entry for as long as
 /// the update lives: an accessor borrows it from there (see `SessionRef`).
+// A new box per slot and update: keeping dropped slots per thread for the
+// next update of their type was slower than the allocator (4 sessions
+// 463-475 -> 524-559 ns per update, `benches/paired.rs`): finding one by
+// type and dropping its stale state cost what malloc and free do.
 pub(crate) type SlotBox = Box<dyn ErasedSlot>;
 
 /// Where an update's session of one type stands: two words.

@@ -206,9 +206,7 @@ impl Registration {
             || (!self.round_trip_checked.load(Ordering::Relaxed)
                 && !self.round_trip_checked.swap(true, Ordering::Relaxed))
     }
-}
 
-impl Registration {
     /// The bytes of `T::initial()` (`T` is this registration's type),
     /// encoded once: a session first written compares its value's bytes
     /// with them, rather than encode a new initial value each time.
